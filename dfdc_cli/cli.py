@@ -1,0 +1,66 @@
+"""The `deepfake` executable: one Typer app, one module per subcommand under ``commands/``.
+
+Subcommand modules import torch and friends lazily inside their functions, so that ``--help`` and
+``--version`` stay instant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .commands import evaluate, extract, models, scan, train, tubes
+from .errors import UserError
+from .paths import ENV_CACHE, ENV_DATA
+from .ui import err_console
+
+app = typer.Typer(
+    name="deepfake",
+    help="Detect deepfake videos with face tubes and a 3D-CNN ensemble (DFDC 'Medics' method).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deepfake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help=f"Data folder (tubes, models, runs). Env: {ENV_DATA}.", show_default=False
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help=f"Cache folder (scan's tubes). Env: {ENV_CACHE}.", show_default=False
+    ),
+) -> None:
+    if data_dir is not None:
+        os.environ[ENV_DATA] = str(data_dir)
+    if cache_dir is not None:
+        os.environ[ENV_CACHE] = str(cache_dir)
+
+
+for _module in (extract, train, evaluate, scan, models, tubes):
+    _module.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/red]: finished work is saved; run the same command to resume.")
+        raise SystemExit(130)

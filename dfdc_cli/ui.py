@@ -1,0 +1,39 @@
+"""Shared terminal output: one console for results, one for messages, one progress bar style."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def progress(transient: bool = False) -> Progress:
+    """A progress bar on stderr, so stdout stays machine-readable."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err_console,
+        transient=transient,
+    )
+
+
+def warn(msg: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False, soft_wrap=True)
+
+
+def fail_line(path: str, reason: str) -> None:
+    """The one-line message for a video that could not be processed."""
+    err_console.print(f"[red]failed[/red] {path}: {reason}", highlight=False, soft_wrap=True)

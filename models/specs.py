@@ -1,0 +1,94 @@
+"""What each ensemble member is: the single table that `train`, `scan` and `eval` read.
+
+A member's conventions (input scaling, which softmax index is FAKE, sigmoid vs softmax, test-time
+flip, clip length) live here and are applied inside the model wrapper, so callers only ever see
+"clip in, p(fake) out".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Arch = Literal["i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50"]
+Scaling = Literal["i3d", "raw", "imagenet", "imagenet_bgr"]
+Output = Literal["softmax2_fake0", "sigmoid"]
+
+ARCHS: tuple[str, ...] = ("i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50")
+RESOLUTIONS: tuple[int, ...] = (112, 224, 256)
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    name: str
+    arch: str
+    res: int  # spatial input size (square)
+    clip_frames: int  # T of a training clip; at inference 3D members see whole tubes
+    scaling: str  # i3d: x/255*2-1 | raw: 0..255 | imagenet: RGB mean/std | imagenet_bgr: BGR mean/std
+    output: str  # softmax2_fake0: 2-class softmax, index 0 = FAKE | sigmoid: one logit = FAKE
+    flip_tta: bool  # 3D: mean of p(fake) over the clip and its horizontal flip
+    kind: str  # "3d" | "2d"
+    reference: str = ""  # name of ../shared/reference/checkpoints/<reference>.json layout
+    description: str = ""
+
+    @property
+    def is_3d(self) -> bool:
+        return self.kind == "3d"
+
+
+_ARCH_DEFAULTS: dict[str, dict] = {
+    "i3d": dict(clip_frames=64, scaling="i3d", output="softmax2_fake0", flip_tta=True, kind="3d"),
+    "r3d18": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
+    "r3d34": dict(clip_frames=32, scaling="raw", output="softmax2_fake0", flip_tta=True, kind="3d"),
+    "mc3": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
+    "r2plus1d": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
+    "seresnext50": dict(clip_frames=32, scaling="imagenet_bgr", output="sigmoid", flip_tta=False, kind="2d"),
+}
+
+
+def _member(name: str, arch: str, res: int, reference: str, description: str) -> MemberSpec:
+    return MemberSpec(name=name, arch=arch, res=res, reference=reference, description=description,
+                      **_ARCH_DEFAULTS[arch])
+
+
+# The seed's eight ensemble members (SEED.md section 2), in the order of the seed's notebook.
+MEMBERS: dict[str, MemberSpec] = {
+    m.name: m
+    for m in (
+        _member("i3d_224", "i3d", 224, "i3d_224", "I3D (Inception-v1 inflated), 64x224x224"),
+        _member("i3d_cutmix_224", "i3d", 224, "i3d_cutmix_224", "I3D trained with 3D CutMix"),
+        _member("r3d34_224", "r3d34", 224, "r3d34_224", "3D ResNet-34, type-A shortcuts, raw 0..255 input"),
+        _member("mc3_112", "mc3", 112, "mc3_112", "MC3-18 (torchvision), 112x112"),
+        _member("mc3_224", "mc3", 224, "mc3_224", "MC3-18 fine-tuned from mc3_112 at 224x224"),
+        _member("r2plus1d_112", "r2plus1d", 112, "r2plus1d_112", "R(2+1)D-18 (torchvision), 112x112"),
+        _member("r2plus1d_cutmix_112", "r2plus1d", 112, "r2plus1d_cutmix_112", "R(2+1)D-18 with 3D CutMix"),
+        _member("seresnext50_2d", "seresnext50", 256, "seresnext50_2d",
+                "SE-ResNeXt50 32x4d per frame, median of 32 frames"),
+    )
+}
+
+
+def get_spec(name: str) -> MemberSpec:
+    """A seed member by name, or a general ``<arch>_<res>`` form (e.g. ``mc3_112``, ``r3d18_224``)."""
+    if name in MEMBERS:
+        return MEMBERS[name]
+    arch, _, res = name.rpartition("_")
+    if arch in _ARCH_DEFAULTS and res.isdigit():
+        return spec_for(arch, int(res))
+    known = ", ".join(list(MEMBERS) + [f"{a}_<res>" for a in ARCHS])
+    raise KeyError(f"unknown member {name!r}; known: {known}")
+
+
+def spec_for(arch: str, res: int, name: str | None = None) -> MemberSpec:
+    """The general ``--arch A --res R`` form used by `deepfake train`."""
+    if arch not in _ARCH_DEFAULTS:
+        raise KeyError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    if res not in RESOLUTIONS:
+        raise KeyError(f"unsupported resolution {res}; choose from {', '.join(map(str, RESOLUTIONS))}")
+    if arch == "i3d" and res != 224:
+        # The I3D head pools a fixed 2x7x7 window, which is only a full map at 224.
+        raise KeyError("i3d needs --res 224 (its head pools a fixed 7x7 map)")
+    seed = next((m for m in MEMBERS.values() if m.arch == arch and m.res == res), None)
+    if seed is not None:
+        return replace(seed, name=name or seed.name) if name else seed
+    return _member(name or f"{arch}_{res}", arch, res, "", f"{arch} at {res}x{res}")
