@@ -12,6 +12,9 @@ Each tube is stored as two files:
 ``<stem>.mp4``  every frame of the span, cropped to the union box, zero-padded bottom/right to a
                 square and resized to 256x256; H.264 (crf 23), source fps.
 ``<stem>.npz``  the per-frame track, all in SOURCE pixels (see :class:`Track`).
+``<stem>_2d.mp4`` (optional) the 2D member's input: the first 32 frames of the span, each a square
+                crop of side 1.2 x the 90th percentile of the track's box size around the
+                interpolated box centre, resized to 256x256 (cubic).
 
 Tables are written atomically; paths in ``tube_path``/``track_path`` are absolute.
 """
@@ -73,6 +76,7 @@ class TubeRecord:
     part: str = ""
     tube_path: str = ""
     track_path: str = ""
+    tube2d_path: str = ""  # 2D pathway crops (first 32 frames, square 1.2x boxes), when extracted
     key: str = ""
 
 
