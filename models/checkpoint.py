@@ -1,0 +1,131 @@
+"""Reading checkpoint files safely and loading them strictly, with one-line errors a user can act on."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfdc_cli.errors import UserError
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with clear errors for missing,
+    truncated, corrupt or non-tensor (arbitrary pickle) files."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"checkpoint file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if m:
+            raise UserError(f"{path} is not a plain weights file: it pickles the Python object "
+                            f"{m.group(1)}, which a safe load (weights_only) refuses; save a state_dict "
+                            "instead") from None
+        raise UserError(f"{path} is not a PyTorch weights file that loads safely (weights_only) - is it "
+                        "truncated, corrupt, or a pickle of something other than tensors?") from None
+    except Exception as exc:  # torch raises RuntimeError/KeyError/EOFError/... for damaged files
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {_short(first)}); "
+                        "is it truncated or corrupt?") from None
+
+
+def _short(text: str, n: int = 160) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state_dict inside a loaded checkpoint: a plain state_dict, or a ``{'state_dict': ...}`` /
+    ``{'model': ...}`` wrapper (our trainer, kenshohara's files); a ``module.`` prefix (DataParallel) is
+    stripped."""
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model_state_dict", "model", "net"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        kind = type(obj).__name__
+        raise UserError(f"{source} does not hold a state_dict (found {kind}"
+                        f"{' with keys ' + ', '.join(map(str, list(obj)[:5])) if isinstance(obj, Mapping) and obj else ''})")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{source} does not hold a state_dict: entry {bad[0]!r} is not a named tensor")
+    return strip_prefix(dict(obj), "module.")
+
+
+def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def mismatch_report(net: nn.Module, sd: Mapping[str, torch.Tensor]) -> str | None:
+    """None when ``sd`` matches ``net``'s state_dict key for key and shape for shape, otherwise one line
+    naming the first differences."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es), first " + ", ".join(
+            f"{k}: file {_shape(sd[k])} vs model {_shape(own[k])}" for k in shapes[:1]))
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), first " + ", ".join(missing[:2]))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), first " + ", ".join(unexpected[:2]))
+    return "; ".join(parts)
+
+
+def guess_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """The architecture whose fresh state_dict matches ``sd`` exactly, if any (built on the meta device)."""
+    from .registry import build_net
+    from .specs import ARCHS
+
+    for arch in ARCHS:
+        with torch.device("meta"):
+            net = build_net(arch)
+        if mismatch_report(net, sd) is None:
+            return arch
+    return None
+
+
+def load_strict(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """``net.load_state_dict(sd, strict=True)`` with a one-line :class:`UserError` on any mismatch."""
+    problem = mismatch_report(net, sd)
+    if problem is not None:
+        guess = guess_arch(sd)
+        hint = f" (it is a {guess} checkpoint)" if guess else ""
+        raise UserError(f"{source} does not match {what}{hint}: {problem}")
+    net.load_state_dict(sd, strict=True)

