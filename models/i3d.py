@@ -155,7 +155,12 @@ class InceptionI3d(nn.Module):
 
     def time_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Per-time-step logits (B, num_classes, T') with T' = ceil(T/8) - 1, before the time mean."""
-        x = self.logits(self.dropout(self.avg_pool(self.features(x))))
+        x = self.features(x)
+        kt, kh, kw = self.avg_pool.kernel_size
+        if x.shape[-3] < kt or x.shape[-2] < kh or x.shape[-1] < kw:
+            raise ValueError(f"I3D needs 224x224 input and at least 9 frames (its head pools "
+                             f"{kt}x{kh}x{kw}); got a {'x'.join(map(str, x.shape[-3:]))} feature map")
+        x = self.logits(self.dropout(self.avg_pool(x)))
         if x.shape[-2:] != (1, 1):
             raise ValueError(f"I3D needs 224x224 input (its head pools a fixed 7x7 map); got a "
                              f"{tuple(x.shape[-2:])} map after pooling")

@@ -92,8 +92,8 @@ class MemberModel(nn.Module):
 
     # -- conventions ------------------------------------------------------------------------------
     def _dtype(self) -> torch.dtype:
-        p = next(self.net.parameters())
-        return p.dtype
+        p = next(self.net.parameters(), None)
+        return torch.float32 if p is None else p.dtype
 
     def preprocess(self, clip: torch.Tensor) -> torch.Tensor:
         """RGB 0..255 clip (B,3,T,H,W) or frames (B,3,H,W) -> the network's input scaling (float)."""

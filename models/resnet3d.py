@@ -119,6 +119,8 @@ class ResNet3d(nn.Module):
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
         for m in self.modules():
+            if isinstance(m, (nn.Conv3d, nn.BatchNorm3d)) and m.weight.is_meta:
+                continue  # a shape-only build (layout checks): nothing to initialise
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
             elif isinstance(m, nn.BatchNorm3d):

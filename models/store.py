@@ -197,6 +197,7 @@ def register(
     val_loss: Optional[float] = None,
     extra: Optional[Mapping[str, Any]] = None,
     activate: bool = True,
+    _loaded: Any = None,
 ) -> Entry:
     """Verify that ``weights`` (a state_dict, a trainer checkpoint dict, or a checkpoint file) loads
     strictly into ``member``'s network, store it and (by default) make it the member's active model.
@@ -209,7 +210,7 @@ def register(
     copy_from: Optional[Path] = None
     if isinstance(weights, (str, os.PathLike)):
         path = Path(weights).expanduser()
-        obj = read_checkpoint(path)
+        obj = read_checkpoint(path) if _loaded is None else _loaded
         sd = normalize_keys(extract_state_dict(obj, source=str(path)))
         source_sha = sha256_file(path)
         source = source or f"file:{path.resolve()}"
@@ -273,7 +274,7 @@ def import_checkpoint(path: Union[str, os.PathLike], member: str, *, val_loss: O
             if k in obj and isinstance(obj[k], (str, int, float)):
                 extra[k] = obj[k]
     return register(spec, path, source=f"import:{path.resolve()}", val_loss=val_loss, extra=extra,
-                    activate=activate)
+                    activate=activate, _loaded=obj)
 
 
 def _val_loss_of(path: Path, obj: Any) -> Optional[float]:
