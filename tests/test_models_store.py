@@ -189,7 +189,9 @@ def test_cli_list_shows_the_eight_members_and_other_registered(mc3_file):
         assert name in result.output
     assert "r3d18_224" in result.output
     assert store.active("mc3_112").model_id in result.output
-    assert "nothing registered" in result.output
+    assert "none" in result.output  # members with nothing registered
+    detail = _cli("models", "list", "--all")
+    assert detail.exit_code == 0 and "train:x" in detail.output
 
 
 def _r3d18_state():

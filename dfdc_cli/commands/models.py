@@ -16,10 +16,11 @@ models_app = typer.Typer(
 
 @models_app.command("list")
 def list_cmd(
-    all_entries: bool = typer.Option(False, "--all", "-a", help="One row per registered model, not per member."),
+    all_entries: bool = typer.Option(False, "--all", "-a", help="One row per registered model, with its source."),
 ) -> None:
     """Show the eight seed members (and any other registered architecture/resolution), what is
     registered for each and which model is active."""
+    from rich import box
     from rich.table import Table
 
     from dfdc_cli import paths
@@ -33,29 +34,37 @@ def list_cmd(
         by_member.setdefault(e.member, []).append(e)
     names = list(MEMBERS) + [m for m in by_member if m not in MEMBERS]
 
-    table = Table(title=f"Model registry ({paths.models_dir()})", title_justify="left")
-    for col in ("member", "arch", "res", "input", "output"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("registered", justify="right")
-    table.add_column("active id" if not all_entries else "id", no_wrap=True)
-    table.add_column("val loss", justify="right")
-    table.add_column("date", no_wrap=True)
-    table.add_column("source", overflow="fold")
+    table = Table(box=box.SIMPLE_HEAD, title=f"Model registry: {paths.models_dir()}", title_justify="left",
+                  caption="* = active" if all_entries else None, caption_justify="left", pad_edge=False)
+    table.add_column("member", no_wrap=True, min_width=max(len(n) for n in names))
+    if all_entries:
+        table.add_column("id", no_wrap=True, min_width=13)
+    else:
+        table.add_column("network", overflow="ellipsis", no_wrap=True)
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("active", no_wrap=True, min_width=12)
+    table.add_column("val loss" if all_entries else "loss", justify="right", no_wrap=True)
+    table.add_column("date", no_wrap=True, min_width=10)
+    if all_entries:
+        table.add_column("source", overflow="fold")
     for name in names:
         spec = get_spec(name)
-        output = "softmax[0]=FAKE" if spec.output == "softmax2_fake0" else "sigmoid=FAKE"
         rows = by_member.get(name, [])
-        shown = rows if all_entries else [e for e in rows if e.active]
-        base = [name, spec.arch, str(spec.res), spec.scaling, output, str(len(rows))]
-        if not shown:
-            table.add_row(*base, "[dim]-[/dim]", "", "", "[dim]nothing registered[/dim]" if not rows else "")
-        for e in shown:
-            mark = "*" if (all_entries and e.active) else ""
-            vl = "" if e.val_loss is None else f"{e.val_loss:.4f}"
-            table.add_row(*base, e.model_id + mark, vl, e.date[:10], e.source)
+        if all_entries:
+            for e in rows:
+                vl = "" if e.val_loss is None else f"{e.val_loss:.4f}"
+                table.add_row(name, e.model_id + ("*" if e.active else ""), vl, e.date[:10], e.source)
+            if not rows:
+                table.add_row(name, "[dim]-[/dim]", "", "", "")
+            continue
+        act = next((e for e in rows if e.active), None)
+        base = [name, f"{spec.arch}/{spec.res}", str(len(rows))]
+        if act is None:
+            table.add_row(*base, "[dim]none[/dim]", "", "")
+        else:
+            vl = "" if act.val_loss is None else f"{act.val_loss:.4f}"
+            table.add_row(*base, act.model_id, vl, act.date[:10])
     console.print(table)
-    if all_entries:
-        console.print("[dim]* = active[/dim]")
 
 
 @models_app.command("import")
