@@ -1,9 +1,134 @@
-"""`deepfake extract` (placeholder: registered so the CLI layout exists; filled by its issue)."""
+"""`deepfake extract`: videos -> face tubes (MP4 + track) and the tube index (videos.csv, tubes.csv)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from ..errors import UserError
+
+
+def _thresholds(text: Optional[str]) -> Optional[tuple[float, float, float]]:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise UserError(f"--thresholds: expected three numbers like 0.6,0.7,0.7, got {text!r}") from None
+    if len(vals) != 3:
+        raise UserError(f"--thresholds: expected three numbers like 0.6,0.7,0.7, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def extract_cmd(
+    paths: List[Path] = typer.Argument(
+        ..., help="Video files and/or folders (searched recursively; DFDC metadata.json gives labels).",
+        show_default=False,
+    ),
+    every: Optional[int] = typer.Option(None, "--every", help="Run the face detector on every n-th frame \\[default: 10].", show_default=False),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output folder (tube store + videos.csv/tubes.csv) \\[default: <data dir>/tubes].",
+        show_default=False,
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-j", help="Parallel worker processes \\[default: CPU cores, at most one per video].",
+        show_default=False,
+    ),
+    device: str = typer.Option("cpu", "--device", help="Where the face detector runs: cpu, cuda, cuda:N."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset",
+        help="Start from the seed's settings: 'train' (x0.5, 0.6/0.7/0.7, tubes up to 300 frames, all faces) "
+        "or 'scan' (first 100 frames, long side 480, 0.8/0.8/0.9, fallbacks, 2D crops). "
+        "\\[default: train, but tubes capped at 100 frames and 5 faces]. Options below override it.",
+        show_default=False,
+    ),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Detection frames = source x SCALE \\[default: 0.5].", show_default=False),
+    long_side: Optional[int] = typer.Option(
+        None, "--long-side", help="Resize detection frames to this long side instead of --scale (scan: 480).", show_default=False
+    ),
+    thresholds: Optional[str] = typer.Option(
+        None, "--thresholds", help="MTCNN P-Net,R-Net,O-Net thresholds \\[default: 0.6,0.7,0.7].", show_default=False
+    ),
+    factor: Optional[float] = typer.Option(None, "--factor", help="MTCNN pyramid factor \\[default: 0.709].", show_default=False),
+    min_face_size: Optional[int] = typer.Option(
+        None, "--min-face-size", help="MTCNN minimum face size in detection-frame pixels \\[default: 20].", show_default=False
+    ),
+    mask_downscale: Optional[int] = typer.Option(
+        None, "--mask-downscale", help="The 3D face mask is at 1/N of the source resolution \\[default: 4].", show_default=False
+    ),
+    min_frames: Optional[int] = typer.Option(None, "--min-frames", help="Drop tubes shorter than this \\[default: 30].", show_default=False),
+    max_frames: Optional[int] = typer.Option(
+        None, "--max-frames", help="Cut tubes to their first N frames, 0 = no cap \\[default: 100; train preset 300].", show_default=False
+    ),
+    max_faces: Optional[int] = typer.Option(
+        None, "--max-faces", help="Keep the N most confident tubes per video, 0 = all \\[default: 5].", show_default=False
+    ),
+    first_frames: Optional[int] = typer.Option(
+        None, "--first-frames", help="Decode only the first N frames of each video (scan: 100) \\[default: all].", show_default=False
+    ),
+    fallbacks: Optional[bool] = typer.Option(
+        None, "--fallbacks/--no-fallbacks",
+        help="When no tube is found, retry at 2x resolution, then with thresholds 0.5,0.5,0.5 keeping one face "
+        "\\[default: off; on in the scan preset].",
+        show_default=False,
+    ),
+    with_2d: Optional[bool] = typer.Option(
+        None, "--with-2d/--no-2d",
+        help="Also write each tube's 2D-pathway crops (<tube>_2d.mp4: 32 frames, square 1.2x boxes) \\[default: off; on in scan].",
+        show_default=False,
+    ),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start a new index in --out (drop the rows of earlier runs); the tube cache is still used."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary table (failed videos are still reported)."),
+) -> None:
+    """Extract face tubes from videos (the seed's extractor) into a cached store and a tube index.
+
+    Each video is decoded once; MTCNN runs on every n-th frame; the detections become a 3D mask whose connected components are the face tubes (at least 30 frames). Every frame of a tube is cropped to its union box, padded to a square, resized to 256x256 and saved as H.264 MP4 with its per-frame track (.npz).
+
+    Writes OUT/videos.csv (one row per video: status ok / no_face / error, with the reason) and OUT/tubes.csv (one row per tube). A video already extracted with the same settings is reused; an interrupted run resumes. Exit code 1 if any video failed.
+    """
+    from .. import extract as X
+    from ..paths import default_tubes_dir
+
+    if preset is None:
+        params = X.DEFAULT_PARAMS
+    else:
+        key = preset.strip().lower()
+        if key not in X.PRESETS:
+            raise UserError(f"--preset: unknown preset {preset!r} (choose from {', '.join(X.PRESETS)})")
+        params = X.PRESETS[key]
+    changes = {
+        "every": every,
+        "scale": scale,
+        "thresholds": _thresholds(thresholds),
+        "factor": factor,
+        "min_face_size": min_face_size,
+        "mask_downscale": mask_downscale,
+        "min_frames": min_frames,
+        "max_frames": max_frames,
+        "max_faces": max_faces,
+        "first_frames": first_frames,
+        "fallbacks": fallbacks,
+        "with_2d": with_2d,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if long_side is not None:
+        changes["long_side"] = long_side if long_side > 0 else None
+    elif scale is not None:
+        changes["long_side"] = None  # an explicit --scale wins over a preset's long side
+    params = params.replace(**changes)
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be >= 1")
+    result = X.extract(
+        paths, out if out is not None else default_tubes_dir(), params, device=device, workers=workers,
+        fresh=fresh, progress=not quiet, summary=not quiet,
+    )
+    if result.n_errors:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("extract", no_args_is_help=True)(extract_cmd)

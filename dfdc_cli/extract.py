@@ -1,0 +1,918 @@
+"""The face-tube extractor (SEED.md section 1): videos -> face tubes (MP4 + track) + index tables.
+
+Per video: decode once, sequentially (:func:`dfdc_cli.video.decode`); MTCNN
+(:class:`dfdc_cli.detect.FaceDetector`) on every n-th frame, resized for detection; the 3D mask /
+connected-components rule (:mod:`dfdc_cli.tubes`); when no tube is found and fallbacks are on, the
+seed's fallbacks (detection at 2x resolution, then thresholds 0.5/0.5/0.5 keeping one face);
+every frame of each tube's span cropped to its union box, zero-padded bottom/right to a square,
+resized to 256x256 (bilinear) and written as H.264 MP4, with the per-frame track (``.npz``) and,
+with ``with_2d``, the 2D pathway's crops (``_2d.mp4``).
+
+Store layout (``out_dir``)::
+
+    videos.csv, tubes.csv              the index (dfdc_cli.index), merged over runs
+    store/<sha[:2]>/<sha256>-<pkey>/   one entry per (video content, output-affecting parameters)
+        result.json                    status, reason, video size/fps/frames, tube geometry
+        tube0.mp4 tube0.npz [tube0_2d.mp4] ...
+
+An entry is written atomically (it exists whole or not at all), so a second run with the same
+parameters is a cache hit without decoding, and an interrupted run resumes where it stopped.
+Errors are not cached (they are cheap to retry and may be transient).
+
+Parallelism: with ``workers > 1`` each worker process runs the whole per-video pipeline on CPU
+(one torch thread each). With ``device="cuda"`` the workers decode, resize and crop, and send the
+frames to be detected to the main process, which batches them across videos on the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import queue
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import UserError, VideoError
+from .index import (
+    STATUS_ERROR,
+    STATUS_NO_FACE,
+    STATUS_OK,
+    TUBE_COLUMNS,
+    TUBES_CSV,
+    VIDEO_COLUMNS,
+    VIDEOS_CSV,
+    TubeRecord,
+    VideoRecord,
+    read_tubes,
+    read_videos,
+    write_table,
+)
+
+# Bump when the extractor's output changes for the same parameters (invalidates cache entries).
+EXTRACTOR_VERSION = 1
+
+VIDEO_EXTS = {
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
+    ".mts", ".m2ts", ".ogv",
+}
+STORE = "store"
+RESULT_JSON = "result.json"
+TUBE_SIZE = 256
+FALLBACK_THRESHOLDS = (0.5, 0.5, 0.5)
+N_2D = 32
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """Everything that decides what the extractor writes. Defaults: the CLI's (the seed's
+    training-time numbers, tubes capped at 100 frames, at most 5 faces; the seed's fallbacks are
+    an inference-time device, on in the scan preset: on footage without faces they turn
+    short-lived false detections into tubes)."""
+
+    every: int = 10  # detect on every n-th frame
+    scale: float = 0.5  # detection frames = source x scale (ignored when long_side is set)
+    long_side: Optional[int] = None  # detection frames resized so that their long side is this
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-Net
+    factor: float = 0.709  # MTCNN pyramid factor
+    min_face_size: int = 20  # MTCNN minimum face size, in detection-frame pixels
+    mask_downscale: int = 4  # the 3D mask is at 1/mask_downscale of the source resolution
+    min_frames: int = 30  # shorter tubes are dropped
+    max_frames: int = 100  # tubes are cut to their first max_frames frames (0: no cap)
+    max_faces: int = 5  # tubes kept per video, by mean detection probability (0: all)
+    first_frames: Optional[int] = None  # decode only the first N frames (None: all)
+    fallbacks: bool = False  # no tube: retry at 2x resolution, then thresholds 0.5 keeping 1 face
+    with_2d: bool = False  # also write the 2D pathway's crops (<stem>_2d.mp4)
+    size: int = TUBE_SIZE  # tube side
+    crf: int = 23  # H.264 quality of the tube MP4s
+
+    def __post_init__(self):
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        errors = []
+        if self.every < 1:
+            errors.append("every must be >= 1")
+        if self.long_side is None and not self.scale > 0:
+            errors.append("scale must be > 0")
+        if self.long_side is not None and self.long_side < 12:
+            errors.append("long_side must be >= 12")
+        if len(self.thresholds) != 3 or not all(0 <= t <= 1 for t in self.thresholds):
+            errors.append("thresholds must be three numbers in [0, 1]")
+        if not 0 < self.factor < 1:
+            errors.append("factor must be in (0, 1)")
+        if self.min_face_size < 1:
+            errors.append("min_face_size must be >= 1")
+        if self.mask_downscale < 1:
+            errors.append("mask_downscale must be >= 1")
+        if self.min_frames < 1:
+            errors.append("min_frames must be >= 1")
+        if self.max_frames < 0 or self.max_faces < 0:
+            errors.append("max_frames and max_faces must be >= 0 (0: no limit)")
+        if self.max_frames and self.max_frames < self.min_frames:
+            errors.append("max_frames must be >= min_frames")
+        if self.first_frames is not None and self.first_frames < 1:
+            errors.append("first_frames must be >= 1")
+        if self.size < 16 or self.size % 2:
+            errors.append("size must be an even number >= 16")
+        if errors:
+            raise UserError("bad extraction parameters: " + "; ".join(errors))
+
+    def replace(self, **changes) -> "ExtractParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["thresholds"] = list(self.thresholds)
+        return d
+
+    def key(self) -> str:
+        """Short hash of the output-affecting parameters (and the extractor version)."""
+        blob = json.dumps({"v": EXTRACTOR_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def detect_size(self, width: int, height: int, mult: float = 1.0) -> tuple[int, int]:
+        """Detection-frame size for a source of ``width`` x ``height``."""
+        s = (self.long_side / max(width, height)) if self.long_side else self.scale
+        s *= mult
+        return max(1, int(round(width * s))), max(1, int(round(height * s)))
+
+
+PRESETS: dict[str, ExtractParams] = {
+    # The seed's training-time extraction.
+    "train": ExtractParams(max_frames=300, max_faces=0, fallbacks=False),
+    # The seed's inference-time extraction (what `deepfake scan` uses).
+    "scan": ExtractParams(
+        first_frames=100,
+        long_side=480,
+        thresholds=(0.8, 0.8, 0.9),
+        factor=0.71,
+        max_frames=100,
+        max_faces=5,
+        fallbacks=True,
+        with_2d=True,
+    ),
+}
+DEFAULT_PARAMS = ExtractParams()
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class VideoInput:
+    path: str  # absolute
+    label: str = ""
+    original: str = ""
+    part: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def _load_metadata(folder: Path, cache: dict) -> dict:
+    if folder not in cache:
+        meta = {}
+        mp = folder / "metadata.json"
+        if mp.is_file():
+            try:
+                raw = json.loads(mp.read_text())
+                if isinstance(raw, dict):
+                    meta = {k: v for k, v in raw.items() if isinstance(v, dict)}
+            except (OSError, ValueError):
+                meta = {}
+        cache[folder] = meta
+    return cache[folder]
+
+
+def collect_inputs(paths: Iterable[str | Path], exclude: Optional[Path] = None) -> list[VideoInput]:
+    """Video files from files and folders (recursive, common video extensions, hidden files
+    skipped), in the given order, folders sorted, duplicates dropped. A DFDC ``metadata.json``
+    beside a video gives its label and original; ``part`` is the video's folder name. Paths that
+    do not exist are kept (they get an error status)."""
+    found: list[Path] = []
+    exclude = exclude.resolve() if exclude is not None else None
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_dir():
+            for q in sorted(p.rglob("*")):
+                if not q.is_file() or q.suffix.lower() not in VIDEO_EXTS:
+                    continue
+                rel = q.relative_to(p).parts
+                if any(part.startswith(".") for part in rel):
+                    continue
+                if exclude is not None and exclude in q.resolve().parents:
+                    continue
+                found.append(q)
+        else:
+            found.append(p)
+    metas: dict = {}
+    out, seen = [], set()
+    for q in found:
+        key = str(q.resolve()) if q.exists() else str(q.absolute())
+        if key in seen:
+            continue
+        seen.add(key)
+        qp = Path(key)
+        meta = _load_metadata(qp.parent, metas).get(qp.name, {}) if qp.parent.is_dir() else {}
+        label = str(meta.get("label") or "").upper()
+        out.append(VideoInput(key, label, str(meta.get("original") or ""), qp.parent.name))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-video pipeline
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def entry_dir(out_dir: str | Path, sha: str, params: ExtractParams) -> Path:
+    return Path(out_dir) / STORE / sha[:2] / f"{sha}-{params.key()}"
+
+
+DetectFn = Callable[[list, tuple, float, float], list]  # (images, thresholds, factor, min_face) -> FrameFaces
+
+
+def local_detector(device: str = "cpu", batch_size: int = 16) -> DetectFn:
+    """A detect function backed by an in-process :class:`~dfdc_cli.detect.FaceDetector`."""
+    from .detect import FaceDetector
+
+    det = FaceDetector(device=device, batch_size=batch_size)
+
+    def detect(images, thresholds, factor, min_face_size):
+        return det.detect(images, thresholds=thresholds, factor=factor, min_face_size=min_face_size)
+
+    return detect
+
+
+def _detect_sampled(frames, params: ExtractParams, detect: DetectFn, mult: float, thresholds) -> list:
+    """Faces of every n-th frame, in source pixels."""
+    from .tubes import Faces
+
+    w, h = params.detect_size(frames.width, frames.height, mult)
+    idx = list(range(0, len(frames), params.every))
+    images = [frames.rgb_resized(i, w, h) for i in idx]
+    found = detect(images, tuple(thresholds), params.factor, float(params.min_face_size))
+    sx, sy = frames.width / w, frames.height / h
+    s = np.array([sx, sy, sx, sy], np.float32)
+    out = []
+    for ff in found:
+        boxes = np.asarray(ff.boxes, np.float32).reshape(-1, 4) * s
+        marks = np.asarray(ff.landmarks, np.float32).reshape(-1, 5, 2) * np.array([sx, sy], np.float32)
+        out.append(Faces(boxes, np.asarray(ff.probs, np.float32).reshape(-1), marks))
+    return out
+
+
+def find_video_tubes(frames, params: ExtractParams, detect: DetectFn) -> tuple[list, str]:
+    """Tubes of decoded frames, with the seed's fallbacks; returns (tubes, stage) where stage is
+    "" (first try), "2x" or "low_thresholds"."""
+    from .tubes import find_tubes
+
+    def attempt(mult, thresholds, max_faces):
+        faces = _detect_sampled(frames, params, detect, mult, thresholds)
+        return find_tubes(
+            faces,
+            params.every,
+            len(frames),
+            frames.width,
+            frames.height,
+            mask_downscale=params.mask_downscale,
+            min_frames=params.min_frames,
+            max_frames=params.max_frames,
+            max_faces=max_faces,
+        )
+
+    tubes = attempt(1.0, params.thresholds, params.max_faces)
+    if tubes or not params.fallbacks:
+        return tubes, ""
+    tubes = attempt(2.0, params.thresholds, params.max_faces)
+    if tubes:
+        return tubes, "2x"
+    tubes = attempt(1.0, FALLBACK_THRESHOLDS, 1)
+    return tubes, ("low_thresholds" if tubes else "")
+
+
+def tube_frames(frames, box, first: int, last: int, size: int = TUBE_SIZE) -> np.ndarray:
+    """Every frame first..last cropped to ``box``, zero-padded bottom/right to a square, resized
+    to size x size (bilinear): uint8 (n, size, size, 3)."""
+    import cv2
+
+    x1, y1, x2, y2 = (int(v) for v in box)
+    side = max(x2 - x1, y2 - y1)
+    out = np.empty((last - first + 1, size, size, 3), np.uint8)
+    sq = np.zeros((side, side, 3), np.uint8)
+    for k, i in enumerate(range(first, last + 1)):
+        crop = frames.crop_rgb(i, x1, y1, x2, y2)
+        sq[: crop.shape[0], : crop.shape[1]] = crop
+        out[k] = cv2.resize(sq, (size, size), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def tube_2d_frames(frames, track, first: int, last: int, size: int = TUBE_SIZE, n: int = N_2D) -> np.ndarray:
+    """The 2D pathway's input: the first ``n`` frames of the span, square crops of side
+    1.2 x the 90th percentile of the track's box size centred on the interpolated box centre
+    (zero outside the frame), resized to size x size (bicubic)."""
+    import cv2
+
+    from .tubes import box_2d_crops
+
+    boxes = box_2d_crops(track, n=n)
+    count = min(n, last - first + 1, len(boxes))
+    out = np.empty((count, size, size, 3), np.uint8)
+    for k in range(count):
+        bx1, by1, bx2, by2 = boxes[k]
+        side = max(2, int(round(bx2 - bx1)))
+        x1, y1 = int(round(bx1)), int(round(by1))
+        crop = frames.crop_rgb(first + k, x1, y1, x1 + side, y1 + side)
+        out[k] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
+    return out
+
+
+def _tube_json(t, files: dict) -> dict:
+    return {
+        "tube_id": t.tube_id,
+        "first_frame": t.first_frame,
+        "last_frame": t.last_frame,
+        "n_frames": t.n_frames,
+        "x1": t.box[0],
+        "y1": t.box[1],
+        "x2": t.box[2],
+        "y2": t.box[3],
+        "mean_prob": round(float(t.mean_prob), 6),
+        "max_prob": round(float(t.max_prob), 6),
+        "n_detections": t.n_detections,
+        **files,
+    }
+
+
+def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams) -> tuple[str, Path, Optional[dict]]:
+    """(content sha256, entry folder, the entry's result if it is complete) of a video; raises
+    VideoError for a missing, empty or unreadable file. Reads the file, never decodes it."""
+    path = Path(path)
+    if not path.exists():
+        raise VideoError("file not found")
+    if path.is_dir():
+        raise VideoError("is a folder, not a video file")
+    try:
+        if path.stat().st_size == 0:
+            raise VideoError("empty file (0 bytes)")
+        sha = file_sha256(path)
+    except OSError as exc:
+        raise VideoError(f"cannot read: {exc.strerror or exc}") from None
+    entry = entry_dir(out_dir, sha, params).resolve()
+    result_path = entry / RESULT_JSON
+    if result_path.is_file():
+        try:
+            res = json.loads(result_path.read_text())
+            files = [t[k] for t in res["tubes"] for k in ("tube_file", "track_file", "tube2d_file") if t.get(k)]
+            if all((entry / f).is_file() for f in files):
+                res.update(entry=str(entry), cached=True)  # "seconds": the original extraction's
+                return sha, entry, res
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a damaged entry is redone
+    return sha, entry, None
+
+
+def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, detect: Optional[DetectFn]) -> dict:
+    """Extract one video into its store entry (or reuse the entry). Returns the entry's result
+    dict plus ``entry`` (absolute folder), ``cached`` and ``seconds``; raises VideoError."""
+    from . import video
+
+    t0 = time.time()
+    path = Path(path)
+    sha, entry, cached = lookup(path, out_dir, params)
+    if cached is not None:
+        return cached
+    frames = video.decode(path, max_frames=params.first_frames)
+    try:
+        return _process_frames(frames, path, entry, sha, params, detect, t0, time.time() - t0)
+    finally:
+        frames.release()
+
+
+def _process_frames(frames, path: Path, entry: Path, sha: str, params: ExtractParams, detect, t0: float, t_decode: float) -> dict:
+    from . import atomic, video
+
+    result_path = entry / RESULT_JSON
+    if detect is None:
+        detect = _LazyDetect()
+    t1 = time.time()
+    tubes, stage = find_video_tubes(frames, params, detect)
+    t_detect = time.time() - t1
+    info = frames.info
+    res = {
+        "version": EXTRACTOR_VERSION,
+        "sha256": sha,
+        "params": params.to_dict(),
+        "status": STATUS_OK if tubes else STATUS_NO_FACE,
+        "reason": "",
+        "n_frames": len(frames),
+        "width": frames.width,
+        "height": frames.height,
+        "fps": round(float(frames.fps), 6),
+        "rotation": info.rotation if info else 0,
+        "fallback": stage,
+        "tubes": [],
+    }
+    notes = []
+    if not tubes:
+        notes.append(f"no face tube of >= {params.min_frames} frames")
+    if stage:
+        notes.append(f"found by fallback ({stage})")
+    if getattr(frames, "decode_error", None):
+        notes.append(f"incomplete video: {frames.decode_error}")
+    res["reason"] = "; ".join(notes)
+    fps = frames.fps if frames.fps > 0 else 30.0
+    try:
+        with atomic.atomic_dir(entry) as tmp:
+            for t in tubes:
+                stem = f"tube{t.tube_id}"
+                files = {"tube_file": f"{stem}.mp4", "track_file": f"{stem}.npz", "tube2d_file": ""}
+                video.write_video(tmp / files["tube_file"], tube_frames(frames, t.box, t.first_frame, t.last_frame, params.size), fps, crf=params.crf)
+                t.track.size = params.size
+                t.track.save(tmp / files["track_file"])
+                if params.with_2d:
+                    files["tube2d_file"] = f"{stem}_2d.mp4"
+                    video.write_video(
+                        tmp / files["tube2d_file"],
+                        tube_2d_frames(frames, t.track, t.first_frame, t.last_frame, params.size),
+                        fps,
+                        crf=params.crf,
+                    )
+                res["tubes"].append(_tube_json(t, files))
+            res["seconds"] = round(time.time() - t0, 3)
+            res["timings"] = {
+                "decode": round(t_decode, 3),
+                "detect": round(t_detect, 3),
+                "write": round(time.time() - t1 - t_detect, 3),
+            }
+            atomic.write_json(tmp / RESULT_JSON, res)
+    except OSError:
+        if not result_path.is_file():  # another process finished the same entry first: fine
+            raise
+    res.update(entry=str(entry), cached=False, seconds=time.time() - t0)
+    return res
+
+
+def records_for(inp: VideoInput, res: Optional[dict], error: Optional[str], params: ExtractParams) -> tuple[VideoRecord, list[TubeRecord]]:
+    """Index rows of one video from its result (or its error)."""
+    if res is None:
+        return (
+            VideoRecord(
+                video=inp.path, name=inp.name, status=STATUS_ERROR, reason=error or "unknown error",
+                label=inp.label, original=inp.original, part=inp.part,
+            ),
+            [],
+        )
+    entry = Path(res["entry"])
+    key = entry.name
+    vrec = VideoRecord(
+        video=inp.path,
+        name=inp.name,
+        status=res["status"],
+        reason=res.get("reason", ""),
+        n_tubes=len(res["tubes"]),
+        n_frames=int(res["n_frames"]),
+        width=int(res["width"]),
+        height=int(res["height"]),
+        fps=float(res["fps"]),
+        label=inp.label,
+        original=inp.original,
+        part=inp.part,
+        key=key,
+        seconds=round(float(res.get("seconds", 0.0)), 3),
+    )
+    trecs = []
+    for t in res["tubes"]:
+        trecs.append(
+            TubeRecord(
+                video=inp.path,
+                name=inp.name,
+                tube_id=int(t["tube_id"]),
+                first_frame=int(t["first_frame"]),
+                last_frame=int(t["last_frame"]),
+                n_frames=int(t["n_frames"]),
+                x1=int(t["x1"]),
+                y1=int(t["y1"]),
+                x2=int(t["x2"]),
+                y2=int(t["y2"]),
+                mean_prob=float(t["mean_prob"]),
+                max_prob=float(t["max_prob"]),
+                n_detections=int(t["n_detections"]),
+                label=inp.label,
+                original=inp.original,
+                part=inp.part,
+                tube_path=str(entry / t["tube_file"]),
+                track_path=str(entry / t["track_file"]),
+                tube2d_path=str(entry / t["tube2d_file"]) if t.get("tube2d_file") else "",
+                key=key,
+            )
+        )
+    return vrec, trecs
+
+
+def _safe_process(path: str, out_dir: str, params: ExtractParams, detect) -> tuple[Optional[dict], Optional[str]]:
+    """process_video that never raises: (result, None) or (None, one-line reason)."""
+    try:
+        return process_video(path, out_dir, params, detect), None
+    except VideoError as exc:
+        return None, str(exc)
+    except MemoryError:
+        return None, "out of memory"
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- one video's failure never stops the batch
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes
+
+
+def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, remote: bool) -> None:
+    """Worker loop: ("job", job_id, path) -> ("done", wid, job_id, result, error).
+
+    remote=True: detection requests go to the main process as ("det", wid, req_id, images, kw)
+    and the answer comes back on this worker's task queue as ("dets", req_id, faces)."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # noqa: BLE001
+        pass
+    counter = [0]
+
+    def remote_detect(images, thresholds, factor, min_face_size):
+        counter[0] += 1
+        req = counter[0]
+        results.put(("det", wid, req, images, (tuple(thresholds), factor, min_face_size)))
+        while True:
+            msg = tasks.get()
+            if msg[0] == "dets" and msg[1] == req:
+                if isinstance(msg[2], str):
+                    raise RuntimeError(f"detection failed in the main process: {msg[2]}")
+                return msg[2]
+
+    detect = remote_detect if remote else _LazyDetect("cpu")
+    results.put(("ready", wid))
+    while True:
+        msg = tasks.get()
+        if msg is None:
+            return
+        if msg[0] != "job":
+            continue
+        _, job_id, path = msg
+        res, err = _safe_process(path, out_dir, params, detect)
+        results.put(("done", wid, job_id, res, err))
+
+
+def _mp_context():
+    """Worker processes start from a fork server that has imported torch and the extractor once
+    (per main process): starting a worker then takes milliseconds instead of seconds, and no
+    worker is forked from a process whose torch/OpenMP threads are running (which can hang)."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "cv2", "av", "scipy.ndimage", "dfdc_cli.extract", "dfdc_cli.detect"])
+    return ctx
+
+
+class _Pool:
+    """Worker processes with their own task queues (so detection answers reach the right one)."""
+
+    def __init__(self, n: int, out_dir: str, params: ExtractParams, remote: bool):
+        self.ctx = _mp_context()
+        self.results = self.ctx.Queue()
+        self.args = (out_dir, params, remote)
+        self.procs: dict[int, object] = {}
+        self.tasks: dict[int, object] = {}
+        self.busy: dict[int, Optional[int]] = {}
+        self.next_wid = 0
+        for _ in range(n):
+            self.spawn()
+
+    def spawn(self) -> int:
+        wid = self.next_wid
+        self.next_wid += 1
+        q = self.ctx.Queue()
+        p = self.ctx.Process(target=_worker_main, args=(wid, q, self.results, *self.args), daemon=True)
+        p.start()
+        self.procs[wid], self.tasks[wid], self.busy[wid] = p, q, None
+        return wid
+
+    def idle(self) -> list[int]:
+        return [w for w, j in self.busy.items() if j is None]
+
+    def submit(self, wid: int, job_id: int, path: str) -> None:
+        self.busy[wid] = job_id
+        self.tasks[wid].put(("job", job_id, path))
+
+    def dead(self) -> list[tuple[int, Optional[int], Optional[int]]]:
+        """Workers that died: (wid, job it held, exit code); they are replaced."""
+        out = []
+        for wid, p in list(self.procs.items()):
+            if not p.is_alive():
+                out.append((wid, self.busy.get(wid), p.exitcode))
+                del self.procs[wid], self.tasks[wid], self.busy[wid]
+                self.spawn()
+        return out
+
+    def close(self) -> None:
+        for wid, q in self.tasks.items():
+            try:
+                q.put(None)
+            except Exception:  # noqa: BLE001
+                pass
+        deadline = time.time() + 5
+        for p in self.procs.values():
+            p.join(timeout=max(0.1, deadline - time.time()))
+        for p in self.procs.values():
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=1)
+
+
+def _serve_detections(pool: _Pool, requests: list, detector) -> None:
+    """Answer the workers' pending detection requests, batched across videos by frame size."""
+    groups: dict = {}
+    for req in requests:
+        _, wid, req_id, images, kw = req
+        size = images[0].shape if images else None
+        groups.setdefault((size, kw), []).append(req)
+    for (size, kw), reqs in groups.items():
+        thresholds, factor, min_face = kw
+        allimgs = [im for r in reqs for im in r[3]]
+        try:
+            faces = detector.detect(allimgs, thresholds=thresholds, factor=factor, min_face_size=min_face) if allimgs else []
+            err = None
+        except Exception as exc:  # noqa: BLE001
+            faces, err = None, f"{type(exc).__name__}: {exc}"
+        pos = 0
+        for r in reqs:
+            n = len(r[3])
+            answer = err if err is not None else faces[pos : pos + n]
+            pos += n
+            if r[1] in pool.tasks:
+                pool.tasks[r[1]].put(("dets", r[2], answer))
+
+
+def _run_pool(
+    jobs: list[VideoInput], out_dir: str, params: ExtractParams, device: str, workers: int, on_done, remote: bool
+) -> None:
+    detector = None
+    if remote:
+        from .detect import FaceDetector
+
+        detector = FaceDetector(device=device, batch_size=64)
+    pool = _Pool(max(1, workers), out_dir, params, remote)
+    pending = list(range(len(jobs)))[::-1]
+    crashes: dict[int, int] = {}
+    running = 0
+    try:
+        while pending or running:
+            for wid in pool.idle():
+                if not pending:
+                    break
+                j = pending.pop()
+                pool.submit(wid, j, jobs[j].path)
+                running += 1
+            det_reqs = []
+            try:
+                msg = pool.results.get(timeout=0.2)
+                while True:
+                    if msg[0] == "det":
+                        det_reqs.append(msg)
+                    elif msg[0] == "done":
+                        _, wid, j, res, err = msg
+                        if wid in pool.busy:
+                            pool.busy[wid] = None
+                        running -= 1
+                        on_done(j, res, err)
+                    msg = pool.results.get_nowait()
+            except queue.Empty:
+                pass
+            if det_reqs:
+                _serve_detections(pool, det_reqs, detector)
+            for wid, j, code in pool.dead():
+                if j is None:
+                    continue
+                running -= 1
+                crashes[j] = crashes.get(j, 0) + 1
+                if crashes[j] < 2:
+                    pending.append(j)  # one retry in a fresh worker
+                else:
+                    on_done(j, None, f"worker process crashed (exit code {code})")
+    finally:
+        pool.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch
+
+
+@dataclass
+class ExtractResult:
+    videos: list[VideoRecord]
+    tubes: list[TubeRecord]
+    out_dir: Path
+    cached: int = 0
+    seconds: float = 0.0
+    frames_decoded: int = 0
+
+    @property
+    def n_errors(self) -> int:
+        return sum(v.status == STATUS_ERROR for v in self.videos)
+
+
+def write_index(out_dir: Path, videos: list[VideoRecord], tubes: list[TubeRecord], fresh: bool = False) -> None:
+    """Merge this run's rows into out_dir's tables (rows of the same videos replaced)."""
+    import pandas as pd
+
+    new_v = pd.DataFrame([asdict(v) for v in videos], columns=VIDEO_COLUMNS)
+    new_t = pd.DataFrame([asdict(t) for t in tubes], columns=TUBE_COLUMNS)
+    done = set(new_v["video"].astype(str))
+    if not fresh:
+        old_v, old_t = read_videos(out_dir), read_tubes(out_dir)
+        if len(old_v):
+            old_v = old_v[~old_v["video"].astype(str).isin(done)]
+            new_v = pd.concat([old_v.reindex(columns=VIDEO_COLUMNS), new_v], ignore_index=True)
+        if len(old_t):
+            old_t = old_t[~old_t["video"].astype(str).isin(done)]
+            new_t = pd.concat([old_t.reindex(columns=TUBE_COLUMNS), new_t], ignore_index=True)
+    write_table(out_dir / VIDEOS_CSV, new_v.to_dict("records"), VIDEO_COLUMNS)
+    write_table(out_dir / TUBES_CSV, new_t.to_dict("records"), TUBE_COLUMNS)
+
+
+def extract(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    params: ExtractParams = DEFAULT_PARAMS,
+    *,
+    device: str = "cpu",
+    workers: Optional[int] = None,
+    fresh: bool = False,
+    progress: bool = True,
+    quiet: bool = False,
+    summary: bool = True,
+    write: bool = True,
+    detect_in_main: Optional[bool] = None,
+) -> ExtractResult:
+    """Extract face tubes from ``paths`` (files and folders) into ``out_dir``.
+
+    Returns this run's index rows (in input order); also merges them into ``out_dir``'s
+    ``videos.csv`` / ``tubes.csv`` (unless ``write=False``; ``fresh`` drops the rows already
+    there). ``workers``: processes (default: min(CPU cores, videos); 1 runs in this process).
+    ``device``: where MTCNN runs ("cpu", "cuda", "cuda:1"...); with several workers and a GPU,
+    the workers decode and crop while the main process detects, batched across videos
+    (``detect_in_main`` forces that split on or off). Never raises for a bad video:
+    its row has status error and the reason. Terminal output: ``progress`` bar, one line per failed
+    video, ``summary`` table; ``quiet`` silences all three.
+    """
+    from . import ui
+
+    t0 = time.time()
+    out_dir = Path(out_dir).expanduser().resolve()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+    device = _check_device(device)
+    jobs = collect_inputs(paths, exclude=out_dir)
+    if workers is None:
+        cores = os.cpu_count() or 1
+        # GPU: the main process detects, the workers decode/crop/encode.
+        workers = min(cores if device == "cpu" else max(1, cores - 1), max(1, len(jobs)))
+    workers = max(1, int(workers))
+
+    results: list[Optional[tuple]] = [None] * len(jobs)
+    n_cached = 0
+    frames_total = 0
+    bar = ui.progress() if (progress and not quiet and jobs) else None
+    task = None
+    counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0}
+
+    def on_done(j: int, res: Optional[dict], err: Optional[str]) -> None:
+        nonlocal n_cached, frames_total
+        vrec, trecs = records_for(jobs[j], res, err, params)
+        results[j] = (vrec, trecs)
+        counts[vrec.status] = counts.get(vrec.status, 0) + 1
+        if res is not None and res.get("cached"):
+            n_cached += 1
+        elif res is not None:
+            frames_total += int(res.get("n_frames", 0))
+        if err is not None and not quiet:
+            ui.fail_line(jobs[j].path, err)
+        if bar is not None:
+            bar.update(task, advance=1, status=_status_text(counts, n_cached))
+
+    try:
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("extract", total=len(jobs), status="")
+        # Cache hits and unreadable files are settled here, without starting any worker.
+        todo = []
+        for j, inp in enumerate(jobs):
+            try:
+                _, _, res = lookup(inp.path, out_dir, params)
+            except VideoError as exc:
+                on_done(j, None, str(exc))
+                continue
+            if res is not None:
+                on_done(j, res, None)
+            else:
+                todo.append(j)
+        if workers <= 1 or len(todo) <= 1:
+            detect = _LazyDetect(device)
+            for j in todo:
+                res, err = _safe_process(jobs[j].path, str(out_dir), params, detect)
+                on_done(j, res, err)
+        else:
+            remote = (device != "cpu") if detect_in_main is None else bool(detect_in_main)
+            sub = [jobs[j] for j in todo]
+            _run_pool(sub, str(out_dir), params, device, min(workers, len(todo)), lambda k, r, e: on_done(todo[k], r, e), remote)
+    finally:
+        if bar is not None:
+            bar.stop()
+        done = [r for r in results if r is not None]
+        videos = [r[0] for r in done]
+        tubes = [t for r in done for t in r[1]]
+        if write and done:
+            write_index(out_dir, videos, tubes, fresh=fresh)
+    out = ExtractResult(videos, tubes, out_dir, n_cached, time.time() - t0, frames_total)
+    if summary and not quiet:
+        _summary(out)
+    return out
+
+
+class _LazyDetect:
+    """A detect function that loads MTCNN on first use (a run of cache hits never loads it)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.fn: Optional[DetectFn] = None
+
+    def __call__(self, images, thresholds, factor, min_face_size):
+        if self.fn is None:
+            self.fn = local_detector(self.device, batch_size=64 if self.device != "cpu" else 16)
+        return self.fn(images, thresholds, factor, min_face_size)
+
+
+def _check_device(device: str) -> str:
+    device = (device or "cpu").strip().lower()
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        return device
+    raise UserError(f"unknown device {device!r} (cpu, cuda, cuda:N)")
+
+
+def _status_text(counts: dict, cached: int) -> str:
+    return f"ok {counts.get(STATUS_OK, 0)}  no_face {counts.get(STATUS_NO_FACE, 0)}  error {counts.get(STATUS_ERROR, 0)}  cached {cached}"
+
+
+def _summary(res: ExtractResult) -> None:
+    from rich.table import Table
+
+    from .ui import console
+
+    by = {s: [v for v in res.videos if v.status == s] for s in (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)}
+    table = Table(title="deepfake extract", show_header=True, header_style="bold")
+    table.add_column("status")
+    table.add_column("videos", justify="right")
+    table.add_column("tubes", justify="right")
+    table.add_row("ok", str(len(by[STATUS_OK])), str(len(res.tubes)))
+    table.add_row("no_face", str(len(by[STATUS_NO_FACE])), "0")
+    table.add_row("[red]error[/red]" if by[STATUS_ERROR] else "error", str(len(by[STATUS_ERROR])), "0")
+    table.add_row("total", str(len(res.videos)), str(len(res.tubes)), end_section=True)
+    rate = len(res.videos) / res.seconds if res.seconds > 0 else 0.0
+    console.print(table)
+    console.print(
+        f"{res.cached} cached, {len(res.videos) - res.cached} processed in {res.seconds:.1f} s "
+        f"({rate:.2f} videos/s)\nindex: {res.out_dir / VIDEOS_CSV}\n       {res.out_dir / TUBES_CSV}",
+        highlight=False,
+        soft_wrap=True,
+    )
