@@ -1,0 +1,820 @@
+"""`deepfake scan`: verdicts on videos from the ensemble (SEED.md section 5).
+
+Pipeline, per chunk of videos:
+
+1. face tubes from the shared scan cache (``paths.scan_tubes_dir()``), extracted with the scan
+   preset when missing (first 100 frames, long side 480, thresholds 0.8/0.8/0.9, at most 5 faces,
+   the seed's fallbacks);
+2. the tubes are decoded (3D: every frame of the tube, 256x256; 2D: the tube's ``*_2d.mp4`` crops,
+   first 32 frames) and grouped by length, so that tubes of several videos go through a member in
+   one batch;
+3. every member scores every tube: 3D members take the whole tube, centre-cropped to 224 (resized
+   to 112 for the 112 members); the member's own ``predict`` applies its input scaling and the
+   horizontal-flip TTA (3D) or the per-frame sigmoid median (2D);
+4. per member: mean over the video's faces; video: weighted mean over members (equal weights by
+   default), clipped to [0.001, 0.999].
+
+A video with no face gets the prior 0.5 with status ``no_face`` and no verdict; a video that cannot
+be read gets 0.5 with status ``error`` and the reason. Extraction of the next chunk runs in a
+producer thread while the models score the current one.
+
+The arithmetic of steps 3-4 lives in small pure functions (:func:`mean_over_faces`,
+:func:`combine_members`, :func:`aggregate_video`, :func:`verdict`) that the tests drive directly.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+
+CLIP_LO, CLIP_HI = 0.001, 0.999
+PRIOR = 0.5  # p(fake) of a video with no face or that failed (the seed's rule)
+CROP_3D = 224  # 3D members see the centre 224x224 of the 256x256 tube (resized for the 112 members)
+FRAMES_2D = 32  # the 2D member sees the first 32 frames of its crops
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
+
+NO_MODEL_HELP = (
+    "no trained model is registered. Get one with `deepfake train ...` (see `deepfake train --help`) "
+    "or register a checkpoint with `deepfake models import FILE --as MEMBER`; "
+    "`deepfake models list` shows what is registered."
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class FaceScore:
+    """One face tube of a video and what each member said about it."""
+
+    tube_id: int
+    first_frame: int
+    last_frame: int
+    n_frames: int
+    box: list[int]  # union box in source pixels: x1, y1, x2, y2
+    mean_prob: float  # mean detection probability
+    members: dict[str, float] = field(default_factory=dict)  # member -> p(fake) of this tube
+    p_fake: Optional[float] = None  # weighted mean over members, clipped
+    tube_path: str = ""  # the tube MP4 in the scan cache
+
+
+@dataclass
+class VideoScan:
+    video: str  # path as given (absolute)
+    name: str  # file name (the DFDC key)
+    status: str  # ok | no_face | error
+    reason: str = ""  # why there is no verdict (no_face / error), or notes
+    n_faces: int = 0
+    faces: list[FaceScore] = field(default_factory=list)
+    members: dict[str, Optional[float]] = field(default_factory=dict)  # member -> mean over faces
+    p_fake: float = PRIOR  # the ensemble, clipped; PRIOR when there is no verdict
+    p_fake_raw: Optional[float] = None  # the ensemble before clipping
+    verdict: Optional[str] = None  # FAKE | REAL | None (no verdict)
+    extract_seconds: float = 0.0  # extraction wall time (~0 on a cache hit)
+    label: str = ""  # FAKE | REAL when known (eval)
+
+    @property
+    def scanned(self) -> bool:
+        return self.status in (STATUS_OK, STATUS_NO_FACE)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if not d["label"]:
+            d.pop("label")
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Ensemble arithmetic (pure)
+
+
+def clip_p(p: float) -> float:
+    return float(min(max(p, CLIP_LO), CLIP_HI))
+
+
+def mean_over_faces(scores: Sequence[float]) -> Optional[float]:
+    """A member's video score: the mean of its p(fake) over the video's faces (None: no face)."""
+    vals = [float(s) for s in scores if s is not None and not math.isnan(s)]
+    return float(np.mean(vals)) if vals else None
+
+
+def combine_members(
+    member_scores: Mapping[str, Optional[float]], weights: Optional[Mapping[str, float]] = None
+) -> Optional[float]:
+    """Weighted mean over the members that gave a score (unclipped); None when none did.
+
+    ``weights`` maps member -> weight (missing members weigh 1; weight 0 leaves a member out).
+    """
+    num = den = 0.0
+    for m, s in member_scores.items():
+        if s is None or math.isnan(s):
+            continue
+        w = 1.0 if weights is None else float(weights.get(m, 1.0))
+        num += w * float(s)
+        den += w
+    return num / den if den > 0 else None
+
+
+def verdict(p: Optional[float], threshold: float = 0.5) -> Optional[str]:
+    """FAKE when p >= threshold, REAL below; None without a score."""
+    if p is None:
+        return None
+    return "FAKE" if p >= threshold else "REAL"
+
+
+def aggregate_video(
+    result: VideoScan,
+    face_scores: Mapping[int, Mapping[str, float]],
+    members: Sequence[str],
+    weights: Optional[Mapping[str, float]] = None,
+    threshold: float = 0.5,
+) -> VideoScan:
+    """Fill a video's per-member, per-face and ensemble figures from per-tube member scores.
+
+    ``face_scores``: tube_id -> {member: p(fake)}; the faces listed in ``result.faces``. A video with
+    status no_face/error (or whose faces got no score at all) keeps the prior and no verdict.
+    """
+    if result.status != STATUS_OK:
+        result.members = {m: None for m in members}
+        result.p_fake, result.p_fake_raw, result.verdict = PRIOR, None, None
+        return result
+    for face in result.faces:
+        face.members = {m: float(face_scores[face.tube_id][m]) for m in members
+                        if m in face_scores.get(face.tube_id, {})}
+        p = combine_members(face.members, weights)
+        face.p_fake = None if p is None else clip_p(p)
+    result.n_faces = len(result.faces)
+    result.members = {m: mean_over_faces([f.members[m] for f in result.faces if m in f.members])
+                      for m in members}
+    missing = [m for m, s in result.members.items() if s is None]
+    raw = combine_members(result.members, weights)
+    if raw is None:
+        result.status = STATUS_ERROR
+        result.reason = "no member could score any face tube"
+        result.p_fake, result.p_fake_raw, result.verdict = PRIOR, None, None
+        return result
+    if missing:
+        note = f"not scored by {', '.join(missing)}"
+        result.reason = f"{result.reason}; {note}" if result.reason else note
+    result.p_fake_raw = float(raw)
+    result.p_fake = clip_p(raw)
+    result.verdict = verdict(result.p_fake, threshold)
+    return result
+
+
+def parse_weights(text: Optional[str], members: Sequence[str]) -> dict[str, float]:
+    """``"mc3_112=2,i3d_224=0.5"`` -> weights for ``members`` (unlisted members weigh 1)."""
+    weights = {m: 1.0 for m in members}
+    if not text:
+        return weights
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep:
+            raise UserError(f"--weights: expected MEMBER=WEIGHT, got {part!r}")
+        if name not in weights:
+            raise UserError(f"--weights: {name!r} is not one of the members in use ({', '.join(members)})")
+        try:
+            w = float(value)
+        except ValueError:
+            raise UserError(f"--weights: {value!r} is not a number") from None
+        if not math.isfinite(w) or w < 0:
+            raise UserError(f"--weights: weight of {name} must be >= 0")
+        weights[name] = w
+    if sum(weights.values()) <= 0:
+        raise UserError("--weights: at least one member needs a positive weight")
+    return weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Input preparation (torch; CPU or GPU)
+
+
+def centre_crop(x, size: int):
+    """Centre ``size`` x ``size`` window of the last two dims (no-op when already that small)."""
+    h, w = x.shape[-2], x.shape[-1]
+    if h <= size and w <= size:
+        return x
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def prepare_3d(tubes, res: int):
+    """uint8 tubes (B, T, 256, 256, 3) -> uint8 clips (B, 3, T, res, res) for a 3D member.
+
+    Centre crop 224 (the seed's inference crop), then for other resolutions a bilinear resize
+    (align_corners=False, no antialias: OpenCV's INTER_LINEAR, as the seed's notebook resized
+    224 -> 112; for an exact halving that is the mean of each 2x2 block), rounded half up back to
+    uint8. A member of resolution >= 256 takes the whole tube.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = tubes.permute(0, 4, 1, 2, 3)  # B, 3, T, H, W
+    if res < tubes.shape[2]:
+        x = centre_crop(x, CROP_3D)
+    h, w = x.shape[-2], x.shape[-1]
+    if (h, w) == (res, res):
+        return x.contiguous()
+    if h == w == 2 * res:
+        y = F.avg_pool3d(x.float(), kernel_size=(1, 2, 2))
+    else:
+        b, c, t = x.shape[:3]
+        y = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).float()
+        y = F.interpolate(y, size=(res, res), mode="bilinear", align_corners=False, antialias=False)
+        y = y.reshape(b, t, c, res, res).permute(0, 2, 1, 3, 4)
+    return torch.floor_(y.add_(0.5)).clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+def prepare_2d(frames, res: int = 256):
+    """uint8 2D crops (B, N, 256, 256, 3) -> uint8 (B, 3, N, res, res) (the first 32 frames)."""
+    import torch.nn.functional as F
+    import torch
+
+    x = frames[:, :FRAMES_2D].permute(0, 4, 1, 2, 3)
+    if x.shape[-1] != res or x.shape[-2] != res:
+        b, c, t, h, w = x.shape
+        y = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).float()
+        y = F.interpolate(y, size=(res, res), mode="bicubic", align_corners=False)
+        x = y.round_().clamp_(0, 255).to(torch.uint8).reshape(b, t, c, res, res).permute(0, 2, 1, 3, 4)
+    return x.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Members
+
+
+@dataclass
+class Member:
+    """A loaded ensemble member as scan uses it: a name, its kind and resolution, and a scoring
+    function taking a uint8 batch (B, 3, T, res, res) on the device and returning p(fake) (B,)."""
+
+    name: str
+    kind: str  # "3d" | "2d"
+    res: int
+    predict: Callable
+    model_id: str = ""  # registry id / sha256 prefix, for the machine output
+    module: object = None  # the torch module (device moves, channels_last)
+
+
+def available_members() -> list[str]:
+    """Members with an active (registered) model, in the seed's order (then by name)."""
+    from models import store
+
+    return [m for m in store.members() if store.active(m) is not None]
+
+
+def load_member(name: str, device) -> Member:
+    """Load a registered member's active model once, on ``device``, in eval mode."""
+    import torch
+
+    from models import store
+    from models.specs import get_spec
+
+    try:
+        spec = get_spec(name)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    if store.active(spec.name) is None:
+        raise UserError(f"member {spec.name!r} has no registered model. " + NO_MODEL_HELP)
+    model = store.load(spec.name, device=device)
+    if torch.device(device).type == "cuda" and spec.kind == "3d":
+        try:  # cuDNN's fast 3D convolutions in fp16 want channels-last
+            model = model.to(memory_format=torch.channels_last_3d)
+        except RuntimeError:
+            pass
+    return member_from_model(model)
+
+
+def member_from_model(model) -> Member:
+    """Wrap a :class:`models.registry.MemberModel` (eval mode) for the scanner."""
+    model.eval()
+    return Member(name=model.spec.name, kind=model.spec.kind, res=model.spec.res, predict=model.predict,
+                  model_id=getattr(model, "model_id", "") or "", module=model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tubes
+
+
+@dataclass
+class LoadedTube:
+    """One face tube's pixels, ready for the members."""
+
+    video_idx: int  # index into the chunk's video list
+    tube_id: int
+    frames: Optional[np.ndarray]  # uint8 (T, 256, 256, 3): the 3D input
+    frames2d: Optional[np.ndarray]  # uint8 (N<=32, 256, 256, 3): the 2D input, or None
+
+
+def read_tube(row: Mapping, need_3d: bool = True, need_2d: bool = False) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Decode a tube MP4 (and its 2D crops when asked and present)."""
+    from .video import read_video
+
+    f3 = read_video(row["tube_path"]) if need_3d else None
+    f2 = None
+    p2 = str(row.get("tube2d_path", "") or "")
+    if need_2d and p2 and Path(p2).exists():
+        f2 = read_video(p2, count=FRAMES_2D)
+    return f3, f2
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by equal length (whole tubes are never padded or cut), in batches of at
+    most ``batch_size``, longest groups first."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(int(n), []).append(i)
+    out = []
+    for n in sorted(groups, reverse=True):
+        idx = groups[n]
+        out.extend(idx[k : k + batch_size] for k in range(0, len(idx), batch_size))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The scanner
+
+
+def pick_device(device: Optional[str] = None) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    return str(device)
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for video files (sorted). Missing paths are
+    kept (they become per-video errors)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_EXTS
+                           and not q.name.startswith("."))
+            out.extend(found)
+        else:
+            out.append(p)
+    seen, uniq = set(), []
+    for p in out:
+        key = str(p.resolve()) if p.exists() else str(p.absolute())
+        if key not in seen:
+            seen.add(key)
+            uniq.append(Path(key))
+    return uniq
+
+
+@dataclass
+class Extracted:
+    """What the extraction stage gives the scorer for one video: its record and tube rows."""
+
+    video: str
+    name: str
+    status: str
+    reason: str
+    seconds: float
+    tubes: list[dict]
+
+
+def _extracted(vrec, trecs) -> Extracted:
+    """An extraction record (dataclass or dict) and its tube rows -> :class:`Extracted`."""
+    v = asdict(vrec) if hasattr(vrec, "__dataclass_fields__") else dict(vrec)
+    ts = [asdict(t) if hasattr(t, "__dataclass_fields__") else dict(t) for t in trecs]
+    ts.sort(key=lambda r: int(r["tube_id"]))
+    status = str(v.get("status") or STATUS_ERROR)
+    if status == STATUS_OK and not ts:
+        status = STATUS_NO_FACE
+    reason = str(v.get("reason") or "")
+    if status == STATUS_NO_FACE and not reason:
+        reason = "no face found"
+    name = str(v.get("name") or Path(str(v.get("video", ""))).name)
+    return Extracted(str(v.get("video", "")), name, status, reason, float(v.get("seconds") or 0.0), ts)
+
+
+def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
+                   on_video: Callable[[int, Extracted], None]) -> None:
+    """Face tubes of ``paths`` from the scan cache (``paths.scan_tubes_dir()``), extracting with the
+    scan preset what is missing; calls ``on_video(i, extracted)`` as each video is done (in
+    completion order, from this thread). The cache's index tables are updated at the end.
+
+    Mirrors :func:`dfdc_cli.extract.extract` (cache hits and unreadable files settled without a
+    worker, then one worker pool for the whole run, detection batched on the GPU in this process),
+    but hands over each video as soon as it is done, so the models start on the first videos while
+    the others are extracted. Falls back to the public ``extract()`` in chunks if the extractor's
+    internals are not what this expects.
+    """
+    import inspect
+
+    from . import extract as X
+    from .errors import VideoError
+    from .paths import scan_tubes_dir
+
+    params = X.PRESETS["scan"]
+    out_dir = scan_tubes_dir().expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = out_dir.resolve()
+    jobs = X.collect_inputs([str(p) for p in paths])
+    needed = ("_run_pool", "_safe_process", "_LazyDetect", "records_for", "write_index", "lookup")
+    ok = all(hasattr(X, n) for n in needed) and len(jobs) == len(paths)
+    pool_params = list(inspect.signature(X._run_pool).parameters) if ok else []
+    if not ok or pool_params[:6] != ["jobs", "out_dir", "params", "device", "workers", "on_done"]:
+        _chunked_extract(X, paths, out_dir, params, device, workers, on_video)
+        return
+    if workers is None:
+        import os
+
+        cores = os.cpu_count() or 1
+        # GPU: this process detects, the workers decode/crop/encode.
+        workers = min(cores if device == "cpu" else max(1, cores - 1), len(jobs))
+    rows: dict[int, tuple] = {}
+
+    def on_done(j: int, res, err) -> None:
+        vrec, trecs = X.records_for(jobs[j], res, err, params)
+        rows[j] = (vrec, trecs)
+        on_video(j, _extracted(vrec, trecs))
+
+    try:
+        todo = []
+        for j, inp in enumerate(jobs):  # cache hits and unreadable files: no worker needed
+            try:
+                _, _, res = X.lookup(inp.path, out_dir, params)
+            except VideoError as exc:
+                on_done(j, None, str(exc))
+                continue
+            if res is not None:
+                on_done(j, res, None)
+            else:
+                todo.append(j)
+        if workers <= 1 or len(todo) <= 1:
+            detect = X._LazyDetect(device)
+            for j in todo:
+                res, err = X._safe_process(jobs[j].path, str(out_dir), params, detect)
+                on_done(j, res, err)
+        elif todo:
+            args = [[jobs[j] for j in todo], str(out_dir), params, device, min(workers, len(todo)),
+                    lambda k, r, e: on_done(todo[k], r, e)]
+            if "remote" in pool_params:
+                args.append(device != "cpu")
+            X._run_pool(*args)
+    finally:
+        if rows:
+            done = [rows[j] for j in sorted(rows)]
+            try:
+                X.write_index(out_dir, [v for v, _ in done], [t for _, ts in done for t in ts])
+            except OSError:
+                pass  # the index is a convenience; the store entries are the cache
+
+
+def _chunked_extract(X, paths, out_dir, params, device, workers, on_video, chunk: int = 32) -> None:
+    """The public extractor, ``chunk`` videos at a time (results come per chunk)."""
+    for k in range(0, len(paths), chunk):
+        part = [str(p) for p in paths[k : k + chunk]]
+        res = X.extract(part, out_dir, params, device=device, workers=workers, progress=False, quiet=True)
+        tubes: dict[str, list] = {}
+        for t in res.tubes:
+            tubes.setdefault(str(t.video), []).append(t)
+        got = {str(v.video): v for v in res.videos}
+        for i, p in enumerate(part, k):
+            v = got.get(p) or got.get(str(Path(p).resolve()))
+            if v is None:
+                on_video(i, Extracted(p, Path(p).name, STATUS_ERROR, "extraction produced no record", 0.0, []))
+            else:
+                on_video(i, _extracted(v, tubes.get(str(v.video), [])))
+
+
+class _Stop(Exception):
+    """Raised inside the extraction callback when the consumer has gone away."""
+
+
+class Scanner:
+    """Loads the members once and scans videos in chunks, extraction overlapping the models.
+
+    ``members`` may be names (loaded from the registry) or ready :class:`Member` objects (tests,
+    benchmarks). ``extractor`` replaces :func:`stream_extract` (tests): it is called as
+    ``extractor(paths, device, workers, on_video)`` and calls ``on_video(i, Extracted)`` per video.
+    """
+
+    def __init__(
+        self,
+        members: Optional[Sequence] = None,
+        weights: Optional[Mapping[str, float]] = None,
+        threshold: float = 0.5,
+        device: Optional[str] = None,
+        workers: Optional[int] = None,
+        batch_size: int = 8,
+        chunk_size: Optional[int] = None,
+        precision: str = "auto",
+        extractor: Optional[Callable] = None,
+    ):
+        import torch
+
+        self.device = pick_device(device)
+        self.threshold = float(threshold)
+        self.workers = workers
+        self.batch_size = max(1, int(batch_size))
+        on_gpu = self.device.startswith("cuda")
+        self.chunk_size = chunk_size or (16 if on_gpu else 4)
+        self.extractor = extractor or stream_extract
+        if precision == "auto":
+            precision = "fp16" if on_gpu else "fp32"
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True
+        if members is None:
+            names = available_members()
+            if not names:
+                raise UserError(NO_MODEL_HELP)
+            members = names
+        loaded = []
+        for m in members:
+            loaded.append(m if isinstance(m, Member) else load_member(str(m), self.device))
+        if not loaded:
+            raise UserError(NO_MODEL_HELP)
+        self.members: list[Member] = loaded
+        self.names = [m.name for m in loaded]
+        if len(set(self.names)) != len(self.names):
+            raise UserError("a member is listed twice")
+        self.weights = dict(weights) if weights else {m: 1.0 for m in self.names}
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.amp_dtype is None or not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def score_tubes(self, tubes: Sequence[LoadedTube], on_device: Optional[dict] = None) -> list[dict[str, float]]:
+        """p(fake) of every member for every tube: one dict per tube (member -> p).
+
+        Tubes of equal length are batched together; each group's pixels go to the device once and
+        serve every member. ``on_device`` (optional) caches the device tensors between calls
+        (the benchmark's models-only ceiling).
+        """
+        import torch
+
+        out: list[dict[str, float]] = [dict() for _ in tubes]
+        need_3d = any(m.kind == "3d" for m in self.members)
+        need_2d = any(m.kind == "2d" for m in self.members)
+        groups3 = groups2 = []
+        if need_3d:
+            idx3 = [i for i, t in enumerate(tubes) if t.frames is not None]
+            groups3 = [[idx3[j] for j in g] for g in batches_by_length([tubes[i].frames.shape[0] for i in idx3], self.batch_size)]
+        if need_2d:
+            idx2 = [i for i, t in enumerate(tubes) if t.frames2d is not None]
+            groups2 = [[idx2[j] for j in g] for g in batches_by_length([tubes[i].frames2d.shape[0] for i in idx2], self.batch_size)]
+        cache = on_device if on_device is not None else {}
+        non_blocking = self.device.startswith("cuda")
+
+        def to_device(kind: str, g: list[int]):
+            key = (kind, tuple(g))
+            if key not in cache:
+                arr = np.stack([tubes[i].frames if kind == "3d" else tubes[i].frames2d for i in g])
+                t = torch.from_numpy(arr)
+                if non_blocking:
+                    t = t.pin_memory()
+                cache[key] = t.to(self.device, non_blocking=non_blocking)
+            return cache[key]
+
+        def run(m: Member, x) -> None:
+            x = prepare_3d(x, m.res) if m.kind == "3d" else prepare_2d(x, m.res)
+            if m.kind == "3d" and x.is_cuda:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            p = torch.as_tensor(m.predict(x)).float().reshape(-1).cpu().numpy()
+            if p.shape[0] != x.shape[0]:
+                raise RuntimeError(f"{m.name}: predict returned {p.shape[0]} scores for {x.shape[0]} clips")
+            return p
+
+        def run_split(m: Member, x, g: list[int]) -> None:
+            """Score a batch; out of device memory, halve it (a single tube that does not fit is
+            left unscored by this member, and the video says so)."""
+            try:
+                p = run(m, x)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if len(g) == 1:
+                    from .ui import warn
+
+                    warn(f"{m.name}: a tube of {x.shape[1]} frames does not fit in device memory; skipped")
+                    return
+                h = len(g) // 2
+                run_split(m, x[:h], g[:h])
+                run_split(m, x[h:], g[h:])
+                return
+            for i, v in zip(g, p):
+                out[i][m.name] = float(v)
+
+        with torch.inference_mode(), self._autocast():
+            for m in self.members:
+                for g in (groups3 if m.kind == "3d" else groups2):
+                    run_split(m, to_device(m.kind, g), g)
+        return out
+
+    # -- the pipeline ---------------------------------------------------------------------------
+    def load_tubes(self, extracted: Sequence[Extracted]) -> tuple[list[LoadedTube], list[str]]:
+        """Decode the tubes of a chunk (threads). Returns the tubes and, per video, an error
+        message ('' when fine) for tubes that could not be read."""
+        futures = self._submit_tubes(extracted)
+        return self._collect_tubes(extracted, futures)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if getattr(self, "_decode_pool", None) is None:
+            self._decode_pool = ThreadPoolExecutor(max(1, min(8, self.workers or 4)), thread_name_prefix="tube-read")
+        return self._decode_pool
+
+    def _submit_tubes(self, extracted: Sequence[Extracted]) -> list:
+        need_3d = any(m.kind == "3d" for m in self.members)
+        need_2d = any(m.kind == "2d" for m in self.members)
+
+        def work(vi, row):
+            try:
+                f3, f2 = read_tube(row, need_3d, need_2d)
+                return LoadedTube(vi, int(row["tube_id"]), f3, f2), ""
+            except Exception as exc:  # noqa: BLE001 - recorded per video
+                return None, f"tube {row.get('tube_id')}: {exc}"
+
+        pool = self._pool()
+        return [(vi, pool.submit(work, vi, row)) for vi, e in enumerate(extracted)
+                if e.status == STATUS_OK for row in e.tubes]
+
+    @staticmethod
+    def _collect_tubes(extracted: Sequence[Extracted], futures: list) -> tuple[list[LoadedTube], list[str]]:
+        errors = [""] * len(extracted)
+        tubes: list[LoadedTube] = []
+        for vi, fut in futures:
+            tube, err = fut.result()
+            if tube is not None:
+                tubes.append(tube)
+            elif not errors[vi]:
+                errors[vi] = err
+        return tubes, errors
+
+    def _results_for(self, extracted: Sequence[Extracted], tubes: Sequence[LoadedTube],
+                     errors: Sequence[str], scores: Sequence[Mapping[str, float]]) -> list[VideoScan]:
+        per_video: list[dict[int, dict[str, float]]] = [dict() for _ in extracted]
+        for t, s in zip(tubes, scores):
+            per_video[t.video_idx][t.tube_id] = dict(s)
+        out = []
+        for vi, e in enumerate(extracted):
+            r = VideoScan(video=e.video, name=e.name, status=e.status, reason=e.reason, extract_seconds=e.seconds)
+            if e.status == STATUS_OK:
+                for row in e.tubes:
+                    if int(row["tube_id"]) not in per_video[vi]:
+                        continue
+                    r.faces.append(FaceScore(
+                        tube_id=int(row["tube_id"]), first_frame=int(row["first_frame"]),
+                        last_frame=int(row["last_frame"]), n_frames=int(row["n_frames"]),
+                        box=[int(row[k]) for k in ("x1", "y1", "x2", "y2")],
+                        mean_prob=float(row.get("mean_prob", float("nan"))),
+                        tube_path=str(row.get("tube_path", "")),
+                    ))
+                if not r.faces:
+                    r.status = STATUS_ERROR
+                    r.reason = errors[vi] or "no face tube could be read"
+                elif errors[vi]:
+                    r.reason = f"skipped {errors[vi]}"
+            aggregate_video(r, per_video[vi], self.names, self.weights, self.threshold)
+            out.append(r)
+        return out
+
+    def scan_iter(self, paths: Sequence[str | Path]) -> Iterator[VideoScan]:
+        """Scan videos; yields one :class:`VideoScan` per path, in the given order.
+
+        A producer thread runs the extraction (worker processes, one pool for the run) and hands
+        over each video as it is done; the models score the videos ready so far in one chunk
+        (up to ``chunk_size`` videos, tubes batched across them) while the tubes of the next chunk
+        are read from disk, and extraction goes on meanwhile.
+        """
+        paths = [Path(p) for p in paths]
+        n = len(paths)
+        if n == 0:
+            return
+        q: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        DONE = object()
+
+        def on_video(i: int, e: Extracted) -> None:
+            if stop.is_set():
+                raise _Stop()
+            q.put((i, e))
+
+        def produce():
+            try:
+                self.extractor(paths, self.device, self.workers, on_video)
+            except _Stop:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                q.put(("error", exc))
+            finally:
+                q.put(DONE)
+
+        th = threading.Thread(target=produce, name="scan-extract", daemon=True)
+        th.start()
+        finished = False
+
+        def take(block: bool) -> list[tuple[int, Extracted]]:
+            nonlocal finished
+            items: list = []
+            while len(items) < self.chunk_size and not finished:
+                try:
+                    item = q.get(block=block and not items)
+                except queue.Empty:
+                    break
+                if item is DONE:
+                    finished = True
+                    break
+                if item[0] == "error":
+                    raise item[1]
+                items.append(item)
+            return items
+
+        def start(items):
+            return items, self._submit_tubes([e for _, e in items])
+
+        results: list[Optional[VideoScan]] = [None] * n
+        emitted = 0
+        try:
+            cur = start(take(block=True))
+            while cur[0]:
+                nxt_items = take(block=False)
+                nxt = start(nxt_items) if nxt_items else None
+                items, futures = cur
+                ex = [e for _, e in items]
+                tubes, errors = self._collect_tubes(ex, futures)
+                scores = self.score_tubes(tubes)
+                for (i, _), r in zip(items, self._results_for(ex, tubes, errors, scores)):
+                    if r.video == "" or not r.video:
+                        r.video = str(paths[i])
+                    results[i] = r
+                while emitted < n and results[emitted] is not None:
+                    yield results[emitted]
+                    emitted += 1
+                cur = nxt if nxt is not None else start(take(block=True))
+            for i in range(emitted, n):  # anything the extractor never reported
+                r = results[i] or VideoScan(video=str(paths[i]), name=paths[i].name, status=STATUS_ERROR,
+                                            reason="extraction gave no result")
+                if results[i] is None:
+                    aggregate_video(r, {}, self.names, self.weights, self.threshold)
+                yield r
+        finally:
+            stop.set()
+
+    def scan(self, paths: Sequence[str | Path], on_result: Optional[Callable[[VideoScan], None]] = None) -> list[VideoScan]:
+        out = []
+        for r in self.scan_iter(paths):
+            out.append(r)
+            if on_result is not None:
+                on_result(r)
+        return out
+
+    def describe(self) -> dict:
+        return {
+            "members": self.names,
+            "weights": {m: self.weights.get(m, 1.0) for m in self.names},
+            "models": {m.name: m.model_id for m in self.members},
+            "threshold": self.threshold,
+            "clip": [CLIP_LO, CLIP_HI],
+            "prior": PRIOR,
+            "device": self.device,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine output
+
+
+def to_json(results: Sequence[VideoScan], meta: Mapping) -> dict:
+    from . import __version__
+
+    return {"tool": f"deepfake {__version__}", **dict(meta), "videos": [r.to_dict() for r in results]}
+
+
+def submission_rows(results: Sequence[VideoScan]) -> list[tuple[str, float]]:
+    """DFDC submission: (filename, p(fake)); the prior 0.5 for videos without a verdict."""
+    return [(r.name, float(r.p_fake)) for r in results]
+
+
+def write_submission(path: str | Path, results: Sequence[VideoScan]) -> None:
+    from .atomic import write_text
+
+    lines = ["filename,label"] + [f"{n},{p:.6f}" for n, p in submission_rows(results)]
+    write_text(path, "\n".join(lines) + "\n")
