@@ -22,10 +22,15 @@ Errors are not cached (they are cheap to retry and may be transient).
 Parallelism: with ``workers > 1`` each worker process runs the whole per-video pipeline on CPU
 (one torch thread each). With ``device="cuda"`` the workers decode, resize and crop, and send the
 frames to be detected to the main process, which batches them across videos on the GPU.
+
+:func:`iter_extract` runs a batch and hands over each video as soon as it is done (what `deepfake
+scan` uses to score the first videos while the others are extracted); :func:`extract` is that run,
+collected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,7 +39,7 @@ import queue
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -677,8 +682,9 @@ def _serve_detections(pool: _Pool, requests: list, detector) -> None:
 
 
 def _run_pool(
-    jobs: list[VideoInput], out_dir: str, params: ExtractParams, device: str, workers: int, on_done, remote: bool
-) -> None:
+    jobs: list[VideoInput], out_dir: str, params: ExtractParams, device: str, workers: int, remote: bool
+) -> Iterator[tuple[int, Optional[dict], Optional[str]]]:
+    """Yields (job index, result, error) per job, in completion order."""
     detector = None
     if remote:
         from .detect import FaceDetector
@@ -688,15 +694,20 @@ def _run_pool(
     pending = list(range(len(jobs)))[::-1]
     crashes: dict[int, int] = {}
     running = 0
+
+    def fill() -> None:
+        nonlocal running
+        for wid in pool.idle():
+            if not pending:
+                break
+            j = pending.pop()
+            pool.submit(wid, j, jobs[j].path)
+            running += 1
+
     try:
         while pending or running:
-            for wid in pool.idle():
-                if not pending:
-                    break
-                j = pending.pop()
-                pool.submit(wid, j, jobs[j].path)
-                running += 1
-            det_reqs = []
+            fill()
+            det_reqs, finished = [], []
             try:
                 msg = pool.results.get(timeout=0.2)
                 while True:
@@ -707,10 +718,12 @@ def _run_pool(
                         if wid in pool.busy:
                             pool.busy[wid] = None
                         running -= 1
-                        on_done(j, res, err)
+                        finished.append((j, res, err))
                     msg = pool.results.get_nowait()
             except queue.Empty:
                 pass
+            # Workers blocked on detections and idle workers are served before the consumer
+            # gets control: it may take a while with each result.
             if det_reqs:
                 _serve_detections(pool, det_reqs, detector)
             for wid, j, code in pool.dead():
@@ -721,13 +734,24 @@ def _run_pool(
                 if crashes[j] < 2:
                     pending.append(j)  # one retry in a fresh worker
                 else:
-                    on_done(j, None, f"worker process crashed (exit code {code})")
+                    finished.append((j, None, f"worker process crashed (exit code {code})"))
+            fill()
+            yield from finished
     finally:
         pool.close()
 
 
 # ----------------------------------------------------------------------------------------------
 # The batch
+
+
+class VideoDone(NamedTuple):
+    """One video's outcome, as :func:`iter_extract` hands it over."""
+
+    index: int  # position among the run's inputs (files as given, folders expanded)
+    video: VideoRecord
+    tubes: list[TubeRecord]
+    cached: bool  # reused from the store, not decoded
 
 
 @dataclass
@@ -763,6 +787,112 @@ def write_index(out_dir: Path, videos: list[VideoRecord], tubes: list[TubeRecord
     write_table(out_dir / TUBES_CSV, new_t.to_dict("records"), TUBE_COLUMNS)
 
 
+def _out_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir).expanduser().resolve()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+    return out_dir
+
+
+def iter_extract(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    params: ExtractParams = DEFAULT_PARAMS,
+    *,
+    device: str = "cpu",
+    workers: Optional[int] = None,
+    fresh: bool = False,
+    progress: bool = True,
+    quiet: bool = False,
+    write: bool = True,
+    detect_in_main: Optional[bool] = None,
+) -> Iterator[VideoDone]:
+    """Extract face tubes from ``paths`` into ``out_dir``, handing over each video as it is done.
+
+    Yields one :class:`VideoDone` per input video in completion order: cache hits and unreadable
+    files first (settled without starting a worker), then the others as the workers finish them.
+    Failed videos are yielded too (status error, with the reason); a bad video never raises.
+    When the iteration ends, or stops early (``close()``, Ctrl-C, an exception in the consumer),
+    the rows handed over so far are merged into ``out_dir``'s index (unless ``write=False``);
+    close the iterator (``contextlib.closing``) to have that happen at once when stopping early.
+
+    The bad folder or device is reported (UserError) by this call, before any iteration.
+    ``workers``, ``device``, ``detect_in_main``, ``fresh``: as :func:`extract`. ``progress``:
+    a progress bar; one line per failed video unless ``quiet`` (which also hides the bar).
+    """
+    out_dir = _out_dir(out_dir)
+    device = _check_device(device)
+    jobs = collect_inputs(paths, exclude=out_dir)
+    if workers is None:
+        cores = os.cpu_count() or 1
+        # GPU: the main process detects, the workers decode/crop/encode.
+        workers = min(cores if device == "cpu" else max(1, cores - 1), max(1, len(jobs)))
+    workers = max(1, int(workers))
+    remote = (device != "cpu") if detect_in_main is None else bool(detect_in_main)
+    return _iter_jobs(jobs, out_dir, params, device, workers, remote, fresh, progress and not quiet, quiet, write)
+
+
+def _iter_jobs(
+    jobs: list[VideoInput], out_dir: Path, params: ExtractParams, device: str, workers: int, remote: bool,
+    fresh: bool, progress: bool, quiet: bool, write: bool,
+) -> Iterator[VideoDone]:
+    from . import ui
+
+    rows: dict[int, tuple[VideoRecord, list[TubeRecord]]] = {}
+    counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0}
+    n_cached = 0
+    bar = ui.progress() if (progress and jobs) else None
+    task = None
+
+    def settle(j: int, res: Optional[dict], err: Optional[str]) -> VideoDone:
+        nonlocal n_cached
+        vrec, trecs = records_for(jobs[j], res, err, params)
+        rows[j] = (vrec, trecs)
+        cached = bool(res is not None and res.get("cached"))
+        counts[vrec.status] = counts.get(vrec.status, 0) + 1
+        n_cached += cached
+        if err is not None and not quiet:
+            ui.fail_line(jobs[j].path, err)
+        if bar is not None:
+            bar.update(task, advance=1, status=_status_text(counts, n_cached))
+        return VideoDone(j, vrec, trecs, cached)
+
+    try:
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("extract", total=len(jobs), status="")
+        todo = []
+        for j, inp in enumerate(jobs):
+            try:
+                _, _, res = lookup(inp.path, out_dir, params)
+            except VideoError as exc:
+                yield settle(j, None, str(exc))
+                continue
+            if res is not None:
+                yield settle(j, res, None)
+            else:
+                todo.append(j)
+        if workers <= 1 or len(todo) <= 1:
+            detect = _LazyDetect(device)
+            for j in todo:
+                res, err = _safe_process(jobs[j].path, str(out_dir), params, detect)
+                yield settle(j, res, err)
+        else:
+            sub = [jobs[j] for j in todo]
+            # closing(): the workers stop as soon as this run is closed, not when it is collected.
+            with contextlib.closing(_run_pool(sub, str(out_dir), params, device, min(workers, len(todo)), remote)) as pool:
+                for k, res, err in pool:
+                    yield settle(todo[k], res, err)
+    finally:
+        if bar is not None:
+            bar.stop()
+        if write and rows:
+            done = [rows[j] for j in sorted(rows)]
+            write_index(out_dir, [v for v, _ in done], [t for _, ts in done for t in ts], fresh=fresh)
+
+
 def extract(
     paths: Sequence[str | Path],
     out_dir: str | Path,
@@ -786,79 +916,27 @@ def extract(
     the workers decode and crop while the main process detects, batched across videos
     (``detect_in_main`` forces that split on or off). Never raises for a bad video:
     its row has status error and the reason. Terminal output: ``progress`` bar, one line per failed
-    video, ``summary`` table; ``quiet`` silences all three.
+    video, ``summary`` table; ``quiet`` silences all three. :func:`iter_extract` is the same run,
+    handing over each video as it is done.
     """
-    from . import ui
-
     t0 = time.time()
-    out_dir = Path(out_dir).expanduser().resolve()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-    device = _check_device(device)
-    jobs = collect_inputs(paths, exclude=out_dir)
-    if workers is None:
-        cores = os.cpu_count() or 1
-        # GPU: the main process detects, the workers decode/crop/encode.
-        workers = min(cores if device == "cpu" else max(1, cores - 1), max(1, len(jobs)))
-    workers = max(1, int(workers))
-
-    results: list[Optional[tuple]] = [None] * len(jobs)
-    n_cached = 0
-    frames_total = 0
-    bar = ui.progress() if (progress and not quiet and jobs) else None
-    task = None
-    counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0}
-
-    def on_done(j: int, res: Optional[dict], err: Optional[str]) -> None:
-        nonlocal n_cached, frames_total
-        vrec, trecs = records_for(jobs[j], res, err, params)
-        results[j] = (vrec, trecs)
-        counts[vrec.status] = counts.get(vrec.status, 0) + 1
-        if res is not None and res.get("cached"):
-            n_cached += 1
-        elif res is not None:
-            frames_total += int(res.get("n_frames", 0))
-        if err is not None and not quiet:
-            ui.fail_line(jobs[j].path, err)
-        if bar is not None:
-            bar.update(task, advance=1, status=_status_text(counts, n_cached))
-
-    try:
-        if bar is not None:
-            bar.start()
-            task = bar.add_task("extract", total=len(jobs), status="")
-        # Cache hits and unreadable files are settled here, without starting any worker.
-        todo = []
-        for j, inp in enumerate(jobs):
-            try:
-                _, _, res = lookup(inp.path, out_dir, params)
-            except VideoError as exc:
-                on_done(j, None, str(exc))
-                continue
-            if res is not None:
-                on_done(j, res, None)
-            else:
-                todo.append(j)
-        if workers <= 1 or len(todo) <= 1:
-            detect = _LazyDetect(device)
-            for j in todo:
-                res, err = _safe_process(jobs[j].path, str(out_dir), params, detect)
-                on_done(j, res, err)
-        else:
-            remote = (device != "cpu") if detect_in_main is None else bool(detect_in_main)
-            sub = [jobs[j] for j in todo]
-            _run_pool(sub, str(out_dir), params, device, min(workers, len(todo)), lambda k, r, e: on_done(todo[k], r, e), remote)
-    finally:
-        if bar is not None:
-            bar.stop()
-        done = [r for r in results if r is not None]
-        videos = [r[0] for r in done]
-        tubes = [t for r in done for t in r[1]]
-        if write and done:
-            write_index(out_dir, videos, tubes, fresh=fresh)
-    out = ExtractResult(videos, tubes, out_dir, n_cached, time.time() - t0, frames_total)
+    out_dir = _out_dir(out_dir)
+    done: list[VideoDone] = []
+    run = iter_extract(
+        paths, out_dir, params, device=device, workers=workers, fresh=fresh, progress=progress, quiet=quiet,
+        write=write, detect_in_main=detect_in_main,
+    )
+    with contextlib.closing(run):
+        done.extend(run)
+    done.sort(key=lambda d: d.index)
+    out = ExtractResult(
+        videos=[d.video for d in done],
+        tubes=[t for d in done for t in d.tubes],
+        out_dir=out_dir,
+        cached=sum(d.cached for d in done),
+        seconds=time.time() - t0,
+        frames_decoded=sum(d.video.n_frames for d in done if not d.cached),
+    )
     if summary and not quiet:
         _summary(out)
     return out

@@ -412,91 +412,32 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
                    on_video: Callable[[int, Extracted], None]) -> None:
     """Face tubes of ``paths`` from the scan cache (``paths.scan_tubes_dir()``), extracting with the
     scan preset what is missing; calls ``on_video(i, extracted)`` as each video is done (in
-    completion order, from this thread). The cache's index tables are updated at the end.
+    completion order, from this thread), so the models start on the first videos while the others
+    are extracted. The cache's index tables are updated at the end (:func:`dfdc_cli.extract.iter_extract`).
 
-    Mirrors :func:`dfdc_cli.extract.extract` (cache hits and unreadable files settled without a
-    worker, then one worker pool for the whole run, detection batched on the GPU in this process),
-    but hands over each video as soon as it is done, so the models start on the first videos while
-    the others are extracted. Falls back to the public ``extract()`` in chunks if the extractor's
-    internals are not what this expects.
+    ``paths`` are files (:func:`expand_paths`): the extractor's inputs are the same, one to one, so
+    its input index is the position in ``paths``.
     """
-    import inspect
+    import contextlib
 
     from . import extract as X
-    from .errors import VideoError
     from .paths import scan_tubes_dir
+    from .ui import warn
 
-    params = X.PRESETS["scan"]
-    out_dir = scan_tubes_dir().expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_dir = out_dir.resolve()
-    jobs = X.collect_inputs([str(p) for p in paths])
-    needed = ("_run_pool", "_safe_process", "_LazyDetect", "records_for", "write_index", "lookup")
-    ok = all(hasattr(X, n) for n in needed) and len(jobs) == len(paths)
-    pool_params = list(inspect.signature(X._run_pool).parameters) if ok else []
-    if not ok or pool_params[:6] != ["jobs", "out_dir", "params", "device", "workers", "on_done"]:
-        _chunked_extract(X, paths, out_dir, params, device, workers, on_video)
-        return
-    if workers is None:
-        import os
-
-        cores = os.cpu_count() or 1
-        # GPU: this process detects, the workers decode/crop/encode.
-        workers = min(cores if device == "cpu" else max(1, cores - 1), len(jobs))
-    rows: dict[int, tuple] = {}
-
-    def on_done(j: int, res, err) -> None:
-        vrec, trecs = X.records_for(jobs[j], res, err, params)
-        rows[j] = (vrec, trecs)
-        on_video(j, _extracted(vrec, trecs))
-
+    run = X.iter_extract([str(p) for p in paths], scan_tubes_dir(), X.PRESETS["scan"], device=device,
+                         workers=workers, progress=False, quiet=True)
+    handed = 0
     try:
-        todo = []
-        for j, inp in enumerate(jobs):  # cache hits and unreadable files: no worker needed
-            try:
-                _, _, res = X.lookup(inp.path, out_dir, params)
-            except VideoError as exc:
-                on_done(j, None, str(exc))
-                continue
-            if res is not None:
-                on_done(j, res, None)
-            else:
-                todo.append(j)
-        if workers <= 1 or len(todo) <= 1:
-            detect = X._LazyDetect(device)
-            for j in todo:
-                res, err = X._safe_process(jobs[j].path, str(out_dir), params, detect)
-                on_done(j, res, err)
-        elif todo:
-            args = [[jobs[j] for j in todo], str(out_dir), params, device, min(workers, len(todo)),
-                    lambda k, r, e: on_done(todo[k], r, e)]
-            if "remote" in pool_params:
-                args.append(device != "cpu")
-            X._run_pool(*args)
-    finally:
-        if rows:
-            done = [rows[j] for j in sorted(rows)]
-            try:
-                X.write_index(out_dir, [v for v, _ in done], [t for _, ts in done for t in ts])
-            except OSError:
-                pass  # the index is a convenience; the store entries are the cache
-
-
-def _chunked_extract(X, paths, out_dir, params, device, workers, on_video, chunk: int = 32) -> None:
-    """The public extractor, ``chunk`` videos at a time (results come per chunk)."""
-    for k in range(0, len(paths), chunk):
-        part = [str(p) for p in paths[k : k + chunk]]
-        res = X.extract(part, out_dir, params, device=device, workers=workers, progress=False, quiet=True)
-        tubes: dict[str, list] = {}
-        for t in res.tubes:
-            tubes.setdefault(str(t.video), []).append(t)
-        got = {str(v.video): v for v in res.videos}
-        for i, p in enumerate(part, k):
-            v = got.get(p) or got.get(str(Path(p).resolve()))
-            if v is None:
-                on_video(i, Extracted(p, Path(p).name, STATUS_ERROR, "extraction produced no record", 0.0, []))
-            else:
-                on_video(i, _extracted(v, tubes.get(str(v.video), [])))
+        with contextlib.closing(run):
+            for done in run:
+                handed += 1
+                on_video(done.index, _extracted(done.video, done.tubes))
+    except OSError as exc:
+        # Past the last video only the index merge is left; scan never reads that index (the
+        # store entries are the cache), so a failure to write it costs no verdict.
+        if handed < len(paths):
+            raise
+        warn(f"the scan cache's index was not updated: {exc}")
 
 
 class _Stop(Exception):

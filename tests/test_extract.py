@@ -338,3 +338,45 @@ def test_cli(tmp_path, gen_videos, bad_videos):
     from dfdc_cli.paths import default_tubes_dir
 
     assert len(read_tubes(default_tubes_dir())) == 1
+
+
+def test_iter_extract_hands_over_each_video_as_it_is_done(tmp_path, gen_videos, bad_videos, monkeypatch):
+    out = tmp_path / "out"
+    X.process_video(gen_videos / "gap_face.mp4", out, TRAIN, None)  # in the store: a cache hit
+    calls = []
+    real = X.process_video
+
+    def spy(path, *a, **k):
+        calls.append(Path(path).name)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(X, "process_video", spy)
+    paths = [gen_videos / "two_faces.mp4", bad_videos / "empty.mp4", gen_videos / "gap_face.mp4", bad_videos / "text.mp4"]
+    seen = []
+    for d in X.iter_extract(paths, out, TRAIN, workers=1, progress=False, quiet=True):
+        assert not (out / "videos.csv").exists()  # the index is merged once, at the end
+        seen.append((d.index, d.video.name, d.video.status, d.cached, len(d.tubes), list(calls)))
+    # Settled without decoding first (unreadable, cached), then each video as soon as it is done.
+    assert seen == [
+        (1, "empty.mp4", "error", False, 0, []),
+        (2, "gap_face.mp4", "ok", True, 1, []),
+        (0, "two_faces.mp4", "ok", False, 2, ["two_faces.mp4"]),
+        (3, "text.mp4", "error", False, 0, ["two_faces.mp4", "text.mp4"]),
+    ]
+    videos = read_videos(out)
+    assert list(videos["name"]) == ["two_faces.mp4", "empty.mp4", "gap_face.mp4", "text.mp4"]  # input order
+    assert len(read_tubes(out)) == 3
+
+
+def test_iter_extract_stopped_early_indexes_what_it_handed_over(tmp_path, gen_videos, bad_videos, monkeypatch):
+    from dfdc_cli.errors import UserError
+
+    with pytest.raises(UserError, match="unknown device"):  # at the call, before any iteration
+        X.iter_extract([gen_videos], tmp_path / "out", TRAIN, device="tpu")
+    monkeypatch.setattr(X, "process_video", lambda *a, **k: pytest.fail("nothing is processed after close()"))
+    run = X.iter_extract([bad_videos / "empty.mp4", gen_videos / "two_faces.mp4"], tmp_path / "out", TRAIN,
+                         workers=1, progress=False, quiet=True)
+    first = next(run)
+    assert (first.index, first.video.status) == (0, "error")
+    run.close()
+    assert list(read_videos(tmp_path / "out")["name"]) == ["empty.mp4"]
