@@ -195,11 +195,13 @@ def _load_metadata(folder: Path, cache: dict) -> dict:
     return cache[folder]
 
 
-def collect_inputs(paths: Iterable[str | Path], exclude: Optional[Path] = None) -> list[VideoInput]:
+def collect_inputs(paths: Iterable[str | Path], exclude: Optional[Path] = None,
+                   default_label: str = "") -> list[VideoInput]:
     """Video files from files and folders (recursive, common video extensions, hidden files
     skipped), in the given order, folders sorted, duplicates dropped. A DFDC ``metadata.json``
     beside a video gives its label and original; ``part`` is the video's folder name. Paths that
-    do not exist are kept (they get an error status)."""
+    do not exist are kept (they get an error status). ``default_label`` labels the videos that no
+    metadata.json labels (e.g. a folder of real videos for self-blended training)."""
     found: list[Path] = []
     exclude = exclude.resolve() if exclude is not None else None
     for p in paths:
@@ -225,7 +227,7 @@ def collect_inputs(paths: Iterable[str | Path], exclude: Optional[Path] = None) 
         seen.add(key)
         qp = Path(key)
         meta = _load_metadata(qp.parent, metas).get(qp.name, {}) if qp.parent.is_dir() else {}
-        label = str(meta.get("label") or "").upper()
+        label = str(meta.get("label") or default_label).upper()
         out.append(VideoInput(key, label, str(meta.get("original") or ""), qp.parent.name))
     return out
 
@@ -808,6 +810,7 @@ def iter_extract(
     quiet: bool = False,
     write: bool = True,
     detect_in_main: Optional[bool] = None,
+    default_label: str = "",
 ) -> Iterator[VideoDone]:
     """Extract face tubes from ``paths`` into ``out_dir``, handing over each video as it is done.
 
@@ -824,7 +827,7 @@ def iter_extract(
     """
     out_dir = _out_dir(out_dir)
     device = _check_device(device)
-    jobs = collect_inputs(paths, exclude=out_dir)
+    jobs = collect_inputs(paths, exclude=out_dir, default_label=default_label)
     if workers is None:
         cores = os.cpu_count() or 1
         # GPU: the main process detects, the workers decode/crop/encode.
@@ -906,6 +909,7 @@ def extract(
     summary: bool = True,
     write: bool = True,
     detect_in_main: Optional[bool] = None,
+    default_label: str = "",
 ) -> ExtractResult:
     """Extract face tubes from ``paths`` (files and folders) into ``out_dir``.
 
@@ -924,7 +928,7 @@ def extract(
     done: list[VideoDone] = []
     run = iter_extract(
         paths, out_dir, params, device=device, workers=workers, fresh=fresh, progress=progress, quiet=quiet,
-        write=write, detect_in_main=detect_in_main,
+        write=write, detect_in_main=detect_in_main, default_label=default_label,
     )
     with contextlib.closing(run):
         done.extend(run)

@@ -571,3 +571,25 @@ def self_blend_records(
         if on_done is not None:
             on_done(new, stats)
     return out
+
+
+def params_from_file(path: str | Path) -> SelfBlendParams:
+    """Generator parameters from TOML (a ``[selfblend]`` table or top-level keys) or JSON."""
+    import json
+    import tomllib
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        text = path.read_text()
+        d = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{path}: cannot parse ({' '.join(str(exc).split())})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a table of parameters")
+    for key in ("selfblend", "self_blend", "self-blend"):
+        if isinstance(d.get(key), dict):
+            d = d[key]
+            break
+    return SelfBlendParams.from_dict(d)

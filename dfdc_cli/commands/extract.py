@@ -83,6 +83,19 @@ def extract_cmd(
         False, "--fresh", help="Start a new index in --out (drop the rows of earlier runs); the tube cache is still used."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary table (failed videos are still reported)."),
+    label: Optional[str] = typer.Option(
+        None, "--label", help="Label (REAL or FAKE) for videos that no DFDC metadata.json labels, e.g. a folder of real videos.",
+        show_default=False,
+    ),
+    self_blend: bool = typer.Option(
+        False, "--self-blend", help="Also write a self-blended fake of every REAL tube to OUT/self-blended/ and index it "
+        "(label FAKE, original = the real video), to look at or to train on.",
+    ),
+    self_blend_seed: int = typer.Option(0, "--self-blend-seed", help="Seed of the self-blended fakes (same seed, same fakes)."),
+    self_blend_params: Optional[Path] = typer.Option(
+        None, "--self-blend-params", help="Generator parameters: TOML ([selfblend] table) or JSON \\[default: built-in].",
+        show_default=False,
+    ),
 ) -> None:
     """Extract face tubes from videos (the seed's extractor) into a cached store and a tube index.
 
@@ -122,12 +135,54 @@ def extract_cmd(
     params = params.replace(**changes)
     if workers is not None and workers < 1:
         raise UserError("--workers must be >= 1")
+    default_label = ""
+    if label is not None:
+        default_label = label.strip().upper()
+        if default_label not in ("REAL", "FAKE"):
+            raise UserError(f"--label: expected REAL or FAKE, got {label!r}")
+    blend_params = None
+    if self_blend:
+        from ..selfblend import SelfBlendParams, params_from_file
+
+        # Read before extracting: a bad parameter file should fail in a second, not after an hour.
+        blend_params = params_from_file(self_blend_params) if self_blend_params else SelfBlendParams()
     result = X.extract(
         paths, out if out is not None else default_tubes_dir(), params, device=device, workers=workers,
-        fresh=fresh, progress=not quiet, summary=not quiet,
+        fresh=fresh, progress=not quiet, summary=not quiet, default_label=default_label,
     )
+    if blend_params is not None:
+        _self_blend(result, blend_params, self_blend_seed, quiet)
     if result.n_errors:
         raise typer.Exit(1)
+
+
+def _self_blend(result, params, seed: int, quiet: bool) -> None:
+    """Self-blended fakes of the run's REAL tubes, appended to the index beside them."""
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    from ..index import TUBE_COLUMNS, TUBES_CSV, read_tubes, write_table
+    from ..selfblend import self_blend_records
+    from ..ui import console, progress, warn
+
+    reals = [t for t in result.tubes if str(t.label).upper() == "REAL"]
+    if not reals:
+        warn("--self-blend: no REAL tube in this run (label videos with a DFDC metadata.json or --label REAL)")
+        return
+    out_dir = result.out_dir / "self-blended"
+    with progress(transient=quiet) as bar:
+        task = bar.add_task("self-blend", total=len(reals), status="")
+        rows = self_blend_records(reals, out_dir, params, seed=seed,
+                                  on_done=lambda rec, stats: bar.advance(task))
+    new = pd.DataFrame([asdict(r) for r in rows], columns=TUBE_COLUMNS)
+    old = read_tubes(result.out_dir)
+    if len(old):
+        old = old[~old["tube_path"].astype(str).isin(set(new["tube_path"]))]
+        new = pd.concat([old.reindex(columns=TUBE_COLUMNS), new], ignore_index=True)
+    write_table(result.out_dir / TUBES_CSV, new.to_dict("records"), TUBE_COLUMNS)
+    if not quiet:
+        console.print(f"self-blended: {len(rows)} fake tubes in {out_dir}")
 
 
 def register(app: typer.Typer) -> None:

@@ -272,14 +272,14 @@ def blend(
     """Write a self-blended fake of a real tube (the generator behind `train --fakes self-blended`)."""
     import numpy as np
 
-    from ..selfblend import SelfBlendParams, blend_clip, self_blend_tube
+    from ..selfblend import SelfBlendParams, blend_clip, params_from_file, self_blend_tube
     from ..ui import console
 
     frames = load_tube_frames(tube)
     track_path = track if track is not None else tube.with_suffix(".npz")
     if not track_path.exists():
         raise UserError(f"{track_path}: no track for this tube (self-blending needs the face's landmarks)")
-    params = SelfBlendParams.from_dict(_read_params(params_file)) if params_file else SelfBlendParams()
+    params = params_from_file(params_file) if params_file else SelfBlendParams()
     out = out if out is not None else Path.cwd() / f"{tube.stem}_sbi{seed}.mp4"
     try:
         stats = self_blend_tube(tube, track_path, out, params, seed)
@@ -298,31 +298,6 @@ def blend(
         + (f"\n{sheet}" if sheet is not None else ""),
         highlight=False, soft_wrap=True,
     )
-
-
-def _read_params(path: Path) -> dict:
-    import json
-
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() == ".json":
-            d = json.loads(path.read_text())
-        else:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-
-            d = tomllib.loads(path.read_text())
-    except Exception as exc:
-        raise UserError(f"{path}: cannot parse ({_one_line(exc)})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path}: expected a table of parameters")
-    for key in ("self_blend", "self-blend", "selfblend"):
-        if isinstance(d.get(key), dict):
-            return d[key]
-    return d
 
 
 def register(app: typer.Typer) -> None:
