@@ -1,9 +1,122 @@
-"""`deepfake train` (placeholder: registered so the CLI layout exists; filled by its issue)."""
+"""`deepfake train`: train an ensemble member from the tube index with a recipe."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+# Options that may differ in a resumed run (they do not change what is computed).
+_RESUME_OK = {("data", "workers"), ("data", "prefetch"), ("data", "start_method"), ("train", "device"),
+              ("train", "stop_after"), ("data", "index")}
+
+
+def train_cmd(
+    member: Optional[str] = typer.Option(
+        None, "--member", "-m", help="Seed member to train (i3d_224, i3d_cutmix_224, r3d34_224, mc3_112, mc3_224, "
+        "r2plus1d_112, r2plus1d_cutmix_112, seresnext50_2d); its recipe ships with the tool.", show_default=False),
+    arch: Optional[str] = typer.Option(None, "--arch", help="General form: architecture (i3d, r3d18, r3d34, mc3, "
+                                       "r2plus1d, seresnext50); needs --res.", show_default=False),
+    res: Optional[int] = typer.Option(None, "--res", help="General form: input resolution (112, 224, 256).",
+                                      show_default=False),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="A recipe TOML applied over the member's recipe.",
+                                          show_default=False),
+    index: Optional[Path] = typer.Option(None, "--index", help="Tube index folder (or its tubes.csv) from "
+                                         "`deepfake extract`. Default: the data folder's tubes.", show_default=False),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="optim.epochs", show_default=False),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="optim.batch_size (per process)",
+                                             show_default=False),
+    lr: Optional[float] = typer.Option(None, "--lr", help="optim.lr (one-cycle peak)", show_default=False),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="optim.optimizer: adam | adamw | ranger",
+                                            show_default=False),
+    workers: Optional[int] = typer.Option(None, "--workers", help="data.workers (DataLoader processes)",
+                                          show_default=False),
+    device: Optional[str] = typer.Option(None, "--device", help="train.device: auto | cpu | cuda | cuda:N",
+                                         show_default=False),
+    amp: Optional[str] = typer.Option(None, "--amp", help="train.amp: auto | bf16 | fp16 | off (GPU only)",
+                                      show_default=False),
+    init: Optional[str] = typer.Option(None, "--init", help="model.init: pretrained | scratch | FILE | a registry "
+                                       "member (e.g. mc3_112)", show_default=False),
+    val_parts: Optional[str] = typer.Option(None, "--val-parts", help="data.val_parts: hold out DFDC parts, e.g. "
+                                            "45-49 (default: split by original video)", show_default=False),
+    seed: Optional[int] = typer.Option(None, "--seed", help="train.seed", show_default=False),
+    fakes: Optional[str] = typer.Option(None, "--fakes", help="data.fakes: real | self-blended | mixed",
+                                        show_default=False),
+    cutmix: Optional[bool] = typer.Option(None, "--cutmix/--no-cutmix", help="augment.cutmix (3D CutMix)",
+                                          show_default=False),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="Any recipe value: section.key=value "
+                                             "(TOML syntax), e.g. --set augment.crop_scale=[0.4,1]. Repeatable.",
+                                             show_default=False),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run (its folder) from "
+                                          "its last finished epoch, exactly.", show_default=False),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: <data>/runs/<member>-"
+                                           "<UTC time>).", show_default=False),
+    print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe and exit."),
+) -> None:
+    """Train an ensemble member from face tubes and register its best checkpoint.
+
+    Examples: `deepfake train --member r2plus1d_cutmix_112`,
+    `deepfake train --arch mc3 --res 112 --epochs 5 --lr 3e-4 --val-parts 45-49`,
+    `torchrun --nproc-per-node 4 -m dfdc_cli.cli train --member i3d_224` (DistributedDataParallel).
+    """
+    from dfdc_cli import train as trainer
+    from dfdc_cli.errors import UserError
+    from dfdc_cli.ui import console, err_console
+
+    over = trainer.parse_sets(list(sets or []))
+
+    def put(section: str, key: str, value) -> None:
+        if value is not None:
+            over.setdefault(section, {})[key] = value
+
+    put("data", "index", str(index) if index is not None else None)
+    put("optim", "epochs", epochs)
+    put("optim", "batch_size", batch_size)
+    put("optim", "lr", lr)
+    put("optim", "optimizer", optimizer.lower() if optimizer else None)
+    put("data", "workers", workers)
+    put("train", "device", device)
+    put("train", "amp", amp)
+    put("model", "init", init)
+    put("data", "val_parts", val_parts)
+    put("train", "seed", seed)
+    put("data", "fakes", fakes)
+    put("augment", "cutmix", cutmix)
+
+    if resume is not None:
+        if member or arch or res or recipe:
+            raise UserError("--resume continues a run with its saved recipe; leave out --member/--arch/--res/--recipe")
+        saved = Path(resume).expanduser() / "recipe.toml"
+        if not saved.is_file():
+            raise UserError(f"--resume {resume}: no recipe.toml there (not a run folder)")
+        changed = [f"{s}.{k}" for s, t in over.items() for k in t if (s, k) not in _RESUME_OK]
+        if changed:
+            raise UserError("--resume continues the saved recipe exactly; only --workers, --device and --index "
+                            f"may change (got {', '.join(changed)})")
+        resolved = trainer.load_recipe_file(saved)
+        resolved.setdefault("train", {})["stop_after"] = 0  # a resumed run goes to the end unless told
+        resolved = trainer.deep_merge(resolved, over)
+        trainer.validate_recipe(resolved)
+    else:
+        resolved = trainer.resolve_recipe(member=member, arch=arch, res=res, recipe_file=recipe, overrides=over)
+    if print_recipe:
+        console.print(trainer.dumps_toml(resolved), markup=False, highlight=False, soft_wrap=True)
+        return
+
+    def echo(msg: str) -> None:
+        err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+    result = trainer.train(resolved, run_dir=run_dir, resume=resume, echo=echo)
+    if result.stopped_early or not result.is_main:
+        return
+    e = result.registered
+    console.print(
+        f"{resolved['model']['member']}: best epoch {result.best_epoch}, val loss "
+        f"{result.best_val_loss:.4f}; registered as {getattr(e, 'model_id', '?')} (active); run {result.run_dir}",
+        markup=False, highlight=False, soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train_cmd)

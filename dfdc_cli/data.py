@@ -1,0 +1,451 @@
+"""Training data: the tube table, the train/validation split, the class-balanced sampler and the
+clip datasets that `deepfake train` reads.
+
+* :func:`load_tubes` reads ``tubes.csv`` of a tube index (:mod:`dfdc_cli.index`) and adds ``y``
+  (1 = FAKE), ``group`` (the real video a tube belongs to: its own name for a real, the
+  ``original`` for a fake) and ``part_num`` (the DFDC part number, when the part names one).
+* :func:`split_tubes` splits by DFDC part (``--val-parts 45-49``) or by group; either way a fake and
+  its original (and that original's other fakes) never sit on both sides.
+* :class:`BalancedSampler` yields, per epoch, every real tube once plus as many fakes, drawn across
+  all fakes (a stream of permutations, so successive epochs walk through every fake before one
+  repeats). It is a pure function of (seed, epoch): it resumes exactly, and under
+  DistributedDataParallel each rank takes a disjoint stride of the same epoch list.
+* :class:`ClipDataset` decodes a clip from a tube MP4 (only the frames it needs), optionally turns
+  a real clip into a self-blended fake, and augments it with one parameter set per clip.
+
+A sampler item is ``(row, self_blend, sample_seed)``: the per-sample seed drives everything random
+about the sample (window start, augmentation, self-blend), so the data do not depend on the number
+of DataLoader workers or on which worker loads what.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from . import augment
+from .errors import UserError
+from .index import read_tubes, resolve_index
+
+FAKE, REAL = "FAKE", "REAL"
+FAKES_MODES = ("real", "self-blended", "mixed")
+PAD_MODES = ("loop", "reflect", "repeat")
+
+# ----------------------------------------------------------------------------------------------
+# The tube table
+
+
+def part_number(part: str) -> Optional[int]:
+    """DFDC part number from a part/folder name: ``dfdc_train_part_45`` -> 45; None if none."""
+    m = re.search(r"(\d+)\D*$", str(part or ""))
+    return int(m.group(1)) if m else None
+
+
+def parse_parts(spec: str) -> set[int]:
+    """``"45-49"``, ``"45,47"``, ``"0-3,45-49"`` -> a set of part numbers."""
+    out: set[int] = set()
+    for chunk in str(spec).replace(" ", "").split(","):
+        if not chunk:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", chunk)
+        if not m:
+            raise UserError(f"--val-parts: cannot read {chunk!r} (use e.g. 45-49 or 45,46,47)")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        if b < a:
+            raise UserError(f"--val-parts: empty range {chunk!r}")
+        out.update(range(a, b + 1))
+    if not out:
+        raise UserError("--val-parts: no part numbers given")
+    return out
+
+
+def prepare_tubes(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``y``, ``group`` and ``part_num`` to a tubes table (rows with an unknown label dropped)."""
+    df = df.copy()
+    for col in ("label", "original", "name", "part", "video"):
+        if col not in df.columns:
+            df[col] = ""
+        df[col] = df[col].fillna("").astype(str).str.strip()
+    df["label"] = df["label"].str.upper()
+    df = df[df["label"].isin([FAKE, REAL])].reset_index(drop=True)
+    df["y"] = (df["label"] == FAKE).astype(np.int64)
+    names = df["name"].where(df["name"] != "", df["video"].map(lambda v: Path(v).name if v else ""))
+    df["group"] = np.where((df["label"] == FAKE) & (df["original"] != ""), df["original"], names)
+    df["part_num"] = df["part"].map(part_number)
+    if "n_frames" not in df.columns:
+        df["n_frames"] = 0
+    return df
+
+
+def load_tubes(index: Optional[str | Path]) -> pd.DataFrame:
+    """Read the tube index (folder or tubes.csv) for training; raises UserError when unusable."""
+    folder = resolve_index(index)
+    if not (folder / "tubes.csv").exists():
+        raise UserError(
+            f"no tube index at {folder} (tubes.csv missing): run `deepfake extract` first or pass --index"
+        )
+    raw = read_tubes(folder)
+    if raw.empty:
+        raise UserError(f"{folder / 'tubes.csv'} lists no tubes")
+    df = prepare_tubes(raw)
+    if df.empty:
+        raise UserError(f"{folder / 'tubes.csv'}: no tube has a FAKE/REAL label (training needs labels)")
+    missing = [p for p in df["tube_path"] if not Path(p).exists()]
+    if missing:
+        raise UserError(f"{len(missing)} tube file(s) listed in the index are missing, e.g. {missing[0]}")
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# Split
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    how: str  # "parts 45-49" | "groups 10%"
+    moved_groups: int = 0  # groups moved to the validation side to avoid leakage (parts split)
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for side, d in (("train", self.train), ("val", self.val)):
+            real, fake = d[d["y"] == 0], d[d["y"] == 1]
+            out[side] = {
+                "real_tubes": int(len(real)),
+                "fake_tubes": int(len(fake)),
+                "real_videos": int(real["name"].nunique()),
+                "fake_videos": int(fake["name"].nunique()),
+                "groups": int(d["group"].nunique()),
+            }
+        return out
+
+    def summary(self) -> str:
+        s = self.sizes()
+        lines = [f"split by {self.how}" + (f" ({self.moved_groups} group(s) moved to val to avoid leakage)"
+                                           if self.moved_groups else "")]
+        for side in ("train", "val"):
+            v = s[side]
+            lines.append(
+                f"  {side:5s}: {v['real_tubes']} real / {v['fake_tubes']} fake tubes, "
+                f"{v['real_videos']} real / {v['fake_videos']} fake videos, {v['groups']} groups"
+            )
+        return "\n".join(lines)
+
+
+def split_tubes(
+    df: pd.DataFrame, val_parts: Optional[str] = None, val_fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """Train/validation split without leakage between a fake and its original.
+
+    ``val_parts``: tubes whose DFDC part number is listed go to validation; a group found on both
+    sides (a fake whose original sits in another part) is moved wholly to validation. Otherwise:
+    groups (one real video and all its fakes) are shuffled with ``seed`` and ``val_fraction`` of
+    them go to validation.
+    """
+    if val_parts:
+        parts = parse_parts(val_parts)
+        in_val = df["part_num"].isin(parts)
+        if not in_val.any():
+            known = sorted({int(p) for p in df["part_num"].dropna()})
+            raise UserError(f"--val-parts {val_parts}: no tube is in those parts (parts in the index: {known})")
+        val_groups = set(df.loc[in_val, "group"])
+        straddle = val_groups & set(df.loc[~in_val, "group"])
+        mask = df["group"].isin(val_groups)
+        return Split(df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True),
+                     f"parts {val_parts}", moved_groups=len(straddle))
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    groups = np.array(sorted(df["group"].unique()))
+    rng = np.random.default_rng([int(seed), 0x5EED5])
+    rng.shuffle(groups)
+    n_val = int(round(val_fraction * len(groups)))
+    if val_fraction > 0 and n_val == 0 and len(groups) >= 2:
+        n_val = 1
+    val_groups = set(groups[:n_val])
+    mask = df["group"].isin(val_groups)
+    return Split(df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True),
+                 f"groups ({val_fraction:.0%} of {len(groups)} groups, seed {seed})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampler
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def _stream(n: int, start: int, count: int, seed: int, tag: int) -> np.ndarray:
+    """Items [start, start + count) of an endless stream of permutations of range(n)."""
+    if n <= 0 or count <= 0:
+        return np.zeros(0, np.int64)
+    out = []
+    pos = start
+    while pos < start + count:
+        cycle, offset = divmod(pos, n)
+        perm = np.random.default_rng([seed, tag, cycle]).permutation(n)
+        take = min(n - offset, start + count - pos)
+        out.append(perm[offset : offset + take])
+        pos += take
+    return np.concatenate(out).astype(np.int64)
+
+
+class BalancedSampler(Sampler):
+    """Per epoch: every real tube once plus as many fakes, drawn across all fakes; shuffled.
+
+    ``fakes``: "real" (fakes from the index), "self-blended" (each fake is a real tube self-blended,
+    drawn across all reals), "mixed" (``selfblend_fraction`` of the fakes self-blended, the rest from
+    the index). Items are ``(row, self_blend, sample_seed)``. Deterministic in (seed, epoch); with
+    ``world_size > 1`` each rank gets the stride ``rank::world_size`` of the (padded) epoch list.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        seed: int = 0,
+        fakes: str = "real",
+        selfblend_fraction: float = 0.5,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if fakes not in FAKES_MODES:
+            raise UserError(f"--fakes must be one of {', '.join(FAKES_MODES)}, got {fakes!r}")
+        y = np.asarray(labels, dtype=np.int64)
+        self.reals = np.flatnonzero(y == 0)
+        self.fakes_idx = np.flatnonzero(y == 1)
+        self.seed = int(seed)
+        self.mode = fakes
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.epoch = 0
+        n_real = len(self.reals)
+        if n_real == 0:
+            raise UserError("the training side has no real tubes; class balancing needs some")
+        if fakes == "real":
+            self.n_sbi = 0
+        elif fakes == "self-blended":
+            self.n_sbi = n_real
+        else:
+            self.n_sbi = int(round(float(selfblend_fraction) * n_real))
+        self.n_fake = n_real - self.n_sbi
+        if self.n_fake > 0 and len(self.fakes_idx) == 0:
+            raise UserError("the training side has no fake tubes; use --fakes self-blended to train on reals only")
+
+    @property
+    def epoch_size(self) -> int:
+        return 2 * len(self.reals)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_items(self, epoch: Optional[int] = None) -> list[tuple[int, bool, int]]:
+        """The whole epoch's items, in order, before sharding."""
+        e = self.epoch if epoch is None else int(epoch)
+        n_real = len(self.reals)
+        rows = [self.reals]
+        sbi = [np.zeros(n_real, bool)]
+        if self.n_fake:
+            rows.append(self.fakes_idx[_stream(len(self.fakes_idx), e * self.n_fake, self.n_fake, self.seed, 1)])
+            sbi.append(np.zeros(self.n_fake, bool))
+        if self.n_sbi:
+            rows.append(self.reals[_stream(n_real, e * self.n_sbi, self.n_sbi, self.seed, 2)])
+            sbi.append(np.ones(self.n_sbi, bool))
+        all_rows = np.concatenate(rows)
+        all_sbi = np.concatenate(sbi)
+        order = np.random.default_rng([self.seed, 3, e]).permutation(len(all_rows))
+        return [
+            (int(all_rows[j]), bool(all_sbi[j]), _seed(self.seed, e, pos))
+            for pos, j in enumerate(order)
+        ]
+
+    def _shard(self, items: list) -> list:
+        if self.world_size <= 1:
+            return items
+        total = -(-len(items) // self.world_size) * self.world_size
+        items = items + items[: total - len(items)]
+        return items[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, bool, int]]:
+        return iter(self._shard(self.epoch_items()))
+
+    def __len__(self) -> int:
+        return -(-self.epoch_size // self.world_size)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "mode": self.mode, "n_sbi": self.n_sbi}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+
+
+def val_items(labels: Sequence[int], fakes: str = "real", seed: int = 0) -> list[tuple[int, bool, int]]:
+    """Validation items, fixed across epochs: every tube once (in self-blended/mixed mode the real
+    tubes also once more as self-blended fakes; in self-blended mode the index's fakes are left out)."""
+    y = np.asarray(labels, dtype=np.int64)
+    items: list[tuple[int, bool, int]] = []
+    for i, lab in enumerate(y):
+        if lab == 1 and fakes == "self-blended":
+            continue
+        items.append((int(i), False, _seed(seed, 7, i)))
+    if fakes in ("self-blended", "mixed"):
+        items += [(int(i), True, _seed(seed, 8, i)) for i in np.flatnonzero(y == 0)]
+    return items
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """Rank's share of a list (no padding: every item is seen exactly once across ranks)."""
+    return items[rank::world_size] if world_size > 1 else items
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+
+
+def pad_indices(n: int, t: int, mode: str = "loop") -> np.ndarray:
+    """Frame indices that stretch n decoded frames to t: loop 0..n-1,0..; reflect 0..n-1,n-2..1,0..;
+    repeat: the last frame repeated."""
+    if n >= t:
+        return np.arange(t)
+    if mode == "loop":
+        return np.arange(t) % n
+    if mode == "reflect":
+        if n == 1:
+            return np.zeros(t, np.int64)
+        cycle = np.r_[np.arange(n), np.arange(n - 2, 0, -1)]
+        return cycle[np.arange(t) % len(cycle)]
+    if mode == "repeat":
+        return np.minimum(np.arange(t), n - 1)
+    raise UserError(f"data.pad must be one of {', '.join(PAD_MODES)}, got {mode!r}")
+
+
+def worker_init(_worker_id: int) -> None:
+    """DataLoader workers: one torch thread each (the workers are the parallelism).
+
+    (OpenCV's thread count is left alone: calling ``cv2.setNumThreads`` in a forked worker hangs
+    when the parent process had already used OpenCV's thread pool.)
+    """
+    torch.set_num_threads(1)
+
+
+class ClipDataset(Dataset):
+    """Clips (3D members) or single frames (2D member) from tube MP4s.
+
+    Item in: ``(row, self_blend, sample_seed)`` (or a plain row index: no self-blend, seed = row).
+    Item out: ``(x, y)`` with ``x`` uint8 (3, T, res, res) for 3D or (3, res, res) for 2D, and
+    ``y`` float (1.0 = FAKE).
+
+    Training: a random contiguous window of T frames (only frames up to start + T are decoded),
+    random augmentation. Validation: the first T frames, centre crop. Tubes shorter than T are
+    padded with ``pad`` ("loop" by default: frames 0..n-1, 0..).
+    """
+
+    def __init__(
+        self,
+        tubes: pd.DataFrame,
+        *,
+        clip_frames: int,
+        res: int,
+        train: bool,
+        kind: str = "3d",
+        aug: Optional[Mapping[str, Any]] = None,
+        pad: str = "loop",
+        selfblend: Optional[Mapping[str, Any]] = None,
+        frames_2d: int = 32,
+    ):
+        self.paths = tubes["tube_path"].astype(str).tolist()
+        self.paths_2d = (
+            tubes["tube2d_path"].fillna("").astype(str).tolist() if "tube2d_path" in tubes.columns else [""] * len(tubes)
+        )
+        self.tracks = (
+            tubes["track_path"].fillna("").astype(str).tolist() if "track_path" in tubes.columns else [""] * len(tubes)
+        )
+        self.n_frames = [int(n) if str(n) not in ("", "nan") else 0 for n in tubes["n_frames"].tolist()]
+        self.labels = tubes["y"].astype(np.float32).tolist()
+        self.T = int(clip_frames)
+        self.res = int(res)
+        self.train = bool(train)
+        self.kind = kind
+        self.aug = augment.clip_config(aug)
+        self.pad = pad
+        pad_indices(1, 2, pad)  # validate early
+        self.selfblend = dict(selfblend or {})
+        self._sb_params = None
+        self.frames_2d = int(frames_2d)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    # -- decoding --------------------------------------------------------------------------
+    def _window(self, row: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded frames (T, H, W, 3) and their tube frame indices (T,)."""
+        from .video import read_video
+
+        n = self.n_frames[row]
+        start = int(rng.integers(0, n - self.T + 1)) if (self.train and n > self.T) else 0
+        count = self.T if n <= 0 else max(1, min(self.T, n - start))
+        frames = read_video(self.paths[row], start, count)
+        idx = pad_indices(len(frames), self.T, self.pad)
+        return frames[idx], start + idx
+
+    def _frame_2d(self, row: int, rng: np.random.Generator) -> np.ndarray:
+        from .video import read_video
+
+        p2 = self.paths_2d[row]
+        path = p2 if p2 and Path(p2).exists() else self.paths[row]
+        n = self.n_frames[row] or self.frames_2d
+        n = min(n, self.frames_2d) if (p2 and path == p2) else n
+        i = int(rng.integers(0, max(n, 1))) if self.train else max(n, 1) // 2
+        frames = read_video(path, 0, i + 1)
+        return frames[-1:]  # (1, H, W, 3)
+
+    def _self_blend(self, row: int, frames: np.ndarray, tube_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A self-blended fake of a real clip; the blend mask follows the tube's track."""
+        from .index import Track
+        from .selfblend import SelfBlendParams, blend_clip, track_tube_geometry  # lazy import
+
+        if not self.tracks[row] or not Path(self.tracks[row]).exists():
+            raise UserError(f"self-blending needs the tube's track file (track_path) for {self.paths[row]}")
+        if self._sb_params is None:
+            self._sb_params = SelfBlendParams.from_dict(self.selfblend)
+        track = Track.load(self.tracks[row])
+        lm, bx = track_tube_geometry(track)
+        h, w = frames.shape[1:3]
+        sx, sy = w / float(track.size), h / float(track.size)
+        ti = np.clip(tube_idx, 0, len(bx) - 1)
+        lm = lm[ti] * np.array([sx, sy], np.float32)
+        bx = bx[ti] * np.array([sx, sy, sx, sy], np.float32)
+        fake, _mask = blend_clip(frames, lm, bx, self._sb_params, rng)
+        return fake
+
+    # -- items -----------------------------------------------------------------------------
+    def __getitem__(self, item):
+        if isinstance(item, (tuple, list)):
+            row, sbi, seed = int(item[0]), bool(item[1]), int(item[2])
+        else:
+            row, sbi, seed = int(item), False, int(item)
+        rng = np.random.default_rng(seed)
+        if self.kind == "2d":
+            frames = self._frame_2d(row, rng)
+            tube_idx = np.zeros(1, np.int64)
+        else:
+            frames, tube_idx = self._window(row, rng)
+        y = self.labels[row]
+        if sbi:
+            frames = self._self_blend(row, frames, tube_idx, rng)
+            y = 1.0
+        h, w = frames.shape[1:3]
+        params = augment.sample_clip_params(rng, h, w, self.aug) if self.train else augment.val_clip_params(h, w, self.aug)
+        x = augment.apply_clip_params(frames, params, self.res)
+        if self.kind == "2d":
+            x = x[:, 0]
+        return x, torch.tensor(y, dtype=torch.float32)
