@@ -147,14 +147,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int) -> torch.Tensor:
     """Apply one parameter set to every frame: uint8 (T, H, W, 3) -> uint8 tensor (3, T, res, res).
 
-    Order: crop + resize (bilinear, antialiased), flips, brightness/contrast, blur, noise, channel
+    Order: crop + resize (bilinear, no antialiasing, as OpenCV INTER_LINEAR), flips, brightness/contrast, blur, noise, channel
     order. Pixel operations run after the resize, on the (smaller) output.
     """
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # T, 3, H, W
     top, left, h, w = params["crop"]
     x = x[:, :, top : top + h, left : left + w]
     if (h, w) != (res, res):
-        x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
+        # No antialiasing: the seed's pipelines resized with OpenCV's INTER_LINEAR, and scan does the
+        # same, so a member sees one kind of resampling in training and at inference.
+        x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=False)
     if params["hflip"]:
         x = x.flip(-1)
     if params["vflip"]:

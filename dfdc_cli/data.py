@@ -397,28 +397,34 @@ class ClipDataset(Dataset):
         idx = pad_indices(len(frames), self.T, self.pad)
         return frames[idx], start + idx
 
-    def _frame_2d(self, row: int, rng: np.random.Generator) -> np.ndarray:
+    def _frame_2d(self, row: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+        """One frame for the 2D member: (frames (1, H, W, 3), its frame index, read from 2D crops?)."""
         from .video import read_video
 
         p2 = self.paths_2d[row]
-        path = p2 if p2 and Path(p2).exists() else self.paths[row]
+        from_2d = bool(p2) and Path(p2).exists()
+        path = p2 if from_2d else self.paths[row]
         n = self.n_frames[row] or self.frames_2d
-        n = min(n, self.frames_2d) if (p2 and path == p2) else n
+        n = min(n, self.frames_2d) if from_2d else n
         i = int(rng.integers(0, max(n, 1))) if self.train else max(n, 1) // 2
         frames = read_video(path, 0, i + 1)
-        return frames[-1:]  # (1, H, W, 3)
+        return frames[-1:], np.array([i], np.int64), from_2d
 
-    def _self_blend(self, row: int, frames: np.ndarray, tube_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A self-blended fake of a real clip; the blend mask follows the tube's track."""
+    def _self_blend(self, row: int, frames: np.ndarray, tube_idx: np.ndarray, rng: np.random.Generator,
+                    from_2d: bool = False) -> np.ndarray:
+        """A self-blended fake of a real clip; the blend mask follows the tube's track.
+
+        ``from_2d``: the frames are the 2D pathway's crops, whose geometry differs from the tube's
+        (per-frame square boxes), so the track is mapped into those crops instead."""
         from .index import Track
-        from .selfblend import SelfBlendParams, blend_clip, track_tube_geometry  # lazy import
+        from .selfblend import SelfBlendParams, blend_clip, track_2d_geometry, track_tube_geometry  # lazy import
 
         if not self.tracks[row] or not Path(self.tracks[row]).exists():
             raise UserError(f"self-blending needs the tube's track file (track_path) for {self.paths[row]}")
         if self._sb_params is None:
             self._sb_params = SelfBlendParams.from_dict(self.selfblend)
         track = Track.load(self.tracks[row])
-        lm, bx = track_tube_geometry(track)
+        lm, bx = track_2d_geometry(track, n=self.frames_2d) if from_2d else track_tube_geometry(track)
         h, w = frames.shape[1:3]
         sx, sy = w / float(track.size), h / float(track.size)
         ti = np.clip(tube_idx, 0, len(bx) - 1)
@@ -434,14 +440,14 @@ class ClipDataset(Dataset):
         else:
             row, sbi, seed = int(item), False, int(item)
         rng = np.random.default_rng(seed)
+        from_2d = False
         if self.kind == "2d":
-            frames = self._frame_2d(row, rng)
-            tube_idx = np.zeros(1, np.int64)
+            frames, tube_idx, from_2d = self._frame_2d(row, rng)
         else:
             frames, tube_idx = self._window(row, rng)
         y = self.labels[row]
         if sbi:
-            frames = self._self_blend(row, frames, tube_idx, rng)
+            frames = self._self_blend(row, frames, tube_idx, rng, from_2d)
             y = 1.0
         h, w = frames.shape[1:3]
         params = augment.sample_clip_params(rng, h, w, self.aug) if self.train else augment.val_clip_params(h, w, self.aug)

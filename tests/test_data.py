@@ -225,3 +225,45 @@ def test_clip_dataset_self_blend(tmp_path):
     outside = np.ones((size, size), bool)
     outside[8:56, 8:56] = False  # well outside the face box (the mask may grow a little beyond it)
     assert diff[torch.from_numpy(outside)].max() == 0
+
+
+def test_2d_self_blend_follows_the_face_in_the_2d_crops(tmp_path):
+    """The 2D member reads the *_2d.mp4 crops (square boxes around the face), whose geometry differs
+    from the tube's union box: the blend must land on the face in the crops, not where the face sits
+    in the tube."""
+    from dfdc_cli.index import Track
+    from dfdc_cli.selfblend import track_2d_geometry
+    from dfdc_cli.video import write_video
+
+    n, size = 8, 256
+    face = np.array([300, 300, 360, 372], np.float32)  # source pixels, bottom-right of the union box
+    template = np.array([[0.34, 0.46], [0.66, 0.46], [0.5, 0.64], [0.37, 0.82], [0.63, 0.82]], np.float32)
+    lm = face[:2] + template * (face[2:] - face[:2])
+    track = Track(frames=np.arange(n), boxes=np.repeat(face[None], n, 0), landmarks=np.repeat(lm[None], n, 0),
+                  probs=np.full(n, 0.99, np.float32), detected=np.ones(n, bool),
+                  crop_box=np.array([100, 100, 400, 400]), size=size)
+    track.save(tmp_path / "t.npz")
+    yy, xx = np.mgrid[0:size, 0:size]
+    texture = np.stack([128 + 60 * np.sin(xx / 5.0), 128 + 60 * np.cos(yy / 7.0), (100 + xx + yy) % 255], -1)
+    frames = np.repeat(texture.clip(0, 255).astype(np.uint8)[None], n, 0)
+    write_video(tmp_path / "t.mp4", frames, 25)
+    write_video(tmp_path / "t_2d.mp4", frames, 25)
+    df = data.prepare_tubes(pd.DataFrame([dict(
+        name="r.mp4", label="REAL", original="", part="p0", tube_path=str(tmp_path / "t.mp4"),
+        track_path=str(tmp_path / "t.npz"), tube2d_path=str(tmp_path / "t_2d.mp4"), n_frames=n)]))
+    noaug = dict(brightness_contrast_p=0, blur_p=0, hflip_p=0, vflip_p=0, channel_shuffle_p=0, crop_scale=[1, 1],
+                 crop_ratio=[1, 1], val_crop=256)
+    ds = data.ClipDataset(df, clip_frames=1, res=size, train=True, kind="2d", aug=noaug, frames_2d=n,
+                          selfblend={"blend_ratio": [1.0, 1.0], "full_blend_prob": 1.0, "colour_prob": 1.0})
+    real, _ = ds[(0, False, 5)]
+    fake, y = ds[(0, True, 5)]
+    assert y.item() == 1.0
+    diff = (fake.int() - real.int()).abs().amax(dim=0).numpy()  # (H, W)
+    ys, xs = np.nonzero(diff > 10)
+    assert len(xs) > 100
+    lm2d, _ = track_2d_geometry(track, n=n)
+    centre = lm2d[0].mean(axis=0)  # the face centre in the crops (near the middle)
+    assert abs(xs.mean() - centre[0]) < 25 and abs(ys.mean() - centre[1]) < 25
+    # ... and far from where the face sits in the tube's own geometry (bottom-right).
+    tube_centre = track.to_tube_coords(lm[None])[0].mean(axis=0)
+    assert np.hypot(xs.mean() - tube_centre[0], ys.mean() - tube_centre[1]) > 50
