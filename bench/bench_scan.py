@@ -78,30 +78,10 @@ def decode_ceiling(paths: list[Path], workers: int, frames: int = 100) -> dict:
 
 def tiny_networks() -> None:
     """Replace every architecture with a tiny network (CPU smoke runs of the plumbing)."""
-    import torch
-    from torch import nn
-
     import models.registry as R
+    from models.tiny import tiny_net
 
-    class Tiny3d(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv3d(3, 4, 3, stride=(2, 4, 4))
-            self.fc = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3, 4)))
-
-    class Tiny2d(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, stride=4)
-            self.fc = nn.Linear(4, 1)
-
-        def forward(self, x):
-            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-    R.build_net = lambda arch: Tiny2d() if arch == "seresnext50" else Tiny3d()
+    R.build_net = tiny_net
 
 
 def register_random(members: list[str]) -> None:

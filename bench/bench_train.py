@@ -142,7 +142,6 @@ def bench_member(member: str, args, index: Path) -> dict:
     # 1) loader only
     t0 = None
     n = 0
-    start = time.perf_counter()
     for i, (x, y) in enumerate(loader()):
         if i == args.warmup:
             t0 = time.perf_counter()

@@ -21,7 +21,7 @@ Tables are written atomically; paths in ``tube_path``/``track_path`` are absolut
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 

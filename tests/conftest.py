@@ -60,7 +60,7 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
 # Generated videos for the extractor's tests (made here, with the project's own writer).
 
 
-def astronaut_face(width: int = 96) -> "np.ndarray":
+def astronaut_face(width: int = 96):
     """The face of skimage's astronaut (MTCNN finds it with p > 0.99), with some margin, RGB."""
     import cv2
     from skimage import data

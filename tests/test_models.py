@@ -15,14 +15,6 @@ from models.specs import MEMBERS, get_spec
 from models_util import layout, random_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two pytest workers on two cores: more threads per worker only oversubscribe the CPU.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _meta_net(arch: str) -> nn.Module:
     with torch.device("meta"):

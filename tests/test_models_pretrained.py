@@ -11,13 +11,6 @@ from models.registry import build
 from models_util import random_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _with_head(sd: dict, head: dict[str, tuple], drop_bn_counters: bool = False) -> dict:
     out = {k: v for k, v in sd.items() if not k.startswith(tuple(k2.rsplit(".", 1)[0] + "." for k2 in head))}

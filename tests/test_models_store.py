@@ -17,13 +17,6 @@ from models.specs import MEMBERS
 from models_util import random_state_dict, save_layout_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture
 def mc3_file(tmp_path):

@@ -273,26 +273,6 @@ def test_submission_and_json(tmp_path):
 # End to end: real extraction of real clips, small registered members, the CLI
 
 
-class Tiny3d(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(3, 4, 3, stride=(2, 4, 4))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3, 4)))
-
-
-class Tiny2d(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, stride=4)
-        self.fc = nn.Linear(4, 1)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
 @pytest.fixture
 def tiny_members(monkeypatch):
     """mc3_112, r2plus1d_112 and seresnext50_2d registered with tiny networks standing in for the
@@ -300,14 +280,12 @@ def tiny_members(monkeypatch):
     import models.registry as R
     from models import store
 
+    from models.tiny import tiny_net
+
     real = R.build_net
 
     def build_net(arch):
-        if arch in ("mc3", "r2plus1d"):
-            return Tiny3d()
-        if arch == "seresnext50":
-            return Tiny2d()
-        return real(arch)
+        return tiny_net(arch) if arch in ("mc3", "r2plus1d", "seresnext50") else real(arch)
 
     monkeypatch.setattr(R, "build_net", build_net)
     torch.manual_seed(1)

@@ -253,6 +253,7 @@ def test_resume_gives_the_same_weights(tiny_index, tmp_path):
                          echo=lambda s: None, show_progress=False)
     part = trainer.train(tiny_recipe(tiny_index, train__stop_after=1, **base), run_dir=tmp_path / "part",
                          echo=lambda s: None, show_progress=False)
+    assert full.epochs_done == 2 and not full.stopped_early
     assert part.stopped_early and part.epochs_done == 1 and part.registered is None
     # `deepfake train --resume RUN_DIR` continues from the saved recipe and checkpoint
     from typer.testing import CliRunner
