@@ -88,6 +88,20 @@ def _shape(t: torch.Tensor) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
 
+def describe_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], shapes: list[str],
+                      missing: list[str], unexpected: list[str], shown: tuple[int, int, int] = (1, 2, 2)) -> str:
+    """One line naming the first shape mismatches, missing and unexpected keys (``shown`` of each)."""
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es), first " + ", ".join(
+            f"{k}: file {_shape(sd[k])} vs model {_shape(own[k])}" for k in shapes[: shown[0]]))
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), first " + ", ".join(missing[: shown[1]]))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), first " + ", ".join(unexpected[: shown[2]]))
+    return "; ".join(parts)
+
+
 def mismatch_report(net: nn.Module, sd: Mapping[str, torch.Tensor]) -> str | None:
     """None when ``sd`` matches ``net``'s state_dict key for key and shape for shape, otherwise one line
     naming the first differences."""
@@ -97,15 +111,7 @@ def mismatch_report(net: nn.Module, sd: Mapping[str, torch.Tensor]) -> str | Non
     shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
     if not (missing or unexpected or shapes):
         return None
-    parts = []
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es), first " + ", ".join(
-            f"{k}: file {_shape(sd[k])} vs model {_shape(own[k])}" for k in shapes[:1]))
-    if missing:
-        parts.append(f"{len(missing)} missing key(s), first " + ", ".join(missing[:2]))
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s), first " + ", ".join(unexpected[:2]))
-    return "; ".join(parts)
+    return describe_mismatch(own, sd, shapes, missing, unexpected)
 
 
 def guess_arch(sd: Mapping[str, torch.Tensor]) -> str | None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from dfdc_cli.errors import UserError
 
-from .checkpoint import _shape, extract_state_dict, read_checkpoint, strip_prefix
+from .checkpoint import describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
 
 HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
     "i3d": ("logits.",),
@@ -114,15 +114,8 @@ def pretrained_state_dict(net: nn.Module, arch: str, path: Union[str, os.PathLik
     missing = [k for k in own if k not in take and not _is_head(k, arch)
                and not k.endswith("num_batches_tracked")]
     if unexpected or mismatched or missing:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es), first " + ", ".join(
-                f"{k}: file {_shape(sd[k])} vs model {_shape(own[k])}" for k in mismatched[:2]))
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), first " + ", ".join(missing[:3]))
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), first " + ", ".join(unexpected[:3]))
-        raise UserError(f"{path} is not usable as {arch} pretrained weights: " + "; ".join(parts))
+        raise UserError(f"{path} is not usable as {arch} pretrained weights: "
+                        + describe_mismatch(own, sd, mismatched, missing, unexpected, shown=(2, 3, 3)))
     # Keep the head only if it is complete (a same-architecture checkpoint of ours).
     head = [k for k in own if _is_head(k, arch)]
     if not all(k in take for k in head):

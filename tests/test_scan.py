@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from cli_util import run_cli
 import torch
 from torch import nn
 
@@ -295,19 +295,6 @@ def tiny_members(monkeypatch):
     return names
 
 
-def run_cli(monkeypatch, capsys, *args):
-    from dfdc_cli import ui
-    from dfdc_cli.cli import main
-
-    monkeypatch.setattr(ui.console, "width", 250)
-    monkeypatch.setattr(sys, "argv", ["deepfake", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def table_rows(out: str) -> dict[str, list[str]]:

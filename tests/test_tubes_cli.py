@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import cv2
 import numpy as np
 import pytest
+from cli_util import run_cli
 
 from dfdc_cli.index import TUBE_COLUMNS, TubeRecord, Track, write_table
 from dfdc_cli.video import write_video
@@ -33,18 +33,6 @@ def make_tube(folder, t: int = 25, size: int = 64, stem: str = "clip_0"):
     return tube
 
 
-def run_cli(monkeypatch, capsys, *args):
-    """Run the real entry point (with its one-line error handler); returns (code, stdout, stderr)."""
-    from dfdc_cli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["deepfake", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_contact_sheet_size(tmp_path):
