@@ -14,8 +14,7 @@ float32 tensor unless the input is a CUDA float tensor). Type ``"B"`` uses a 1x1
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable, Optional, Sequence, Type, Union
+from typing import Optional, Sequence, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -164,5 +163,3 @@ def resnet3d(depth: int, shortcut_type: str = "B", num_classes: int = 400) -> Re
     block, layers = _DEPTHS[depth]
     return ResNet3d(block, layers, shortcut_type=shortcut_type, num_classes=num_classes)
 
-
-resnet34_a: Callable[..., ResNet3d] = partial(resnet3d, 34, "A")
