@@ -42,7 +42,7 @@ def _root(
         None, "--data-dir", help=f"Data folder (tubes, models, runs). Env: {ENV_DATA}.", show_default=False
     ),
     cache_dir: Optional[Path] = typer.Option(
-        None, "--cache-dir", help=f"Cache folder (scan's tubes). Env: {ENV_CACHE}.", show_default=False
+        None, "--cache-dir", help=f"Cache folder (scan's tubes and scores). Env: {ENV_CACHE}.", show_default=False
     ),
 ) -> None:
     if data_dir is not None:

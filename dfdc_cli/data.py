@@ -338,15 +338,17 @@ def worker_init(_worker_id: int) -> None:
 
 
 class ClipDataset(Dataset):
-    """Clips (3D members) or single frames (2D member) from tube MP4s.
+    """Clips (3D members) or frames (2D member) from tube MP4s.
 
     Item in: ``(row, self_blend, sample_seed)`` (or a plain row index: no self-blend, seed = row).
-    Item out: ``(x, y)`` with ``x`` uint8 (3, T, res, res) for 3D or (3, res, res) for 2D, and
-    ``y`` float (1.0 = FAKE).
+    Item out: ``(x, y)`` with ``x`` uint8 (3, T, res, res) for 3D, and for 2D (3, res, res) in
+    training or (3, frames_2d, res, res) in validation; ``y`` float (1.0 = FAKE).
 
-    Training: a random contiguous window of T frames (only frames up to start + T are decoded),
-    random augmentation. Validation: the first T frames, centre crop. Tubes shorter than T are
-    padded with ``pad`` ("loop" by default: frames 0..n-1, 0..).
+    Training: a random contiguous window of T frames (only frames up to start + T are decoded), or
+    for 2D one random frame; random augmentation. Validation: the first T (2D: ``frames_2d``)
+    frames, centre crop; the 2D stack is scored as scan scores it (see
+    :meth:`models.registry.MemberModel.p_fake_2d`). Tubes shorter than that are padded with
+    ``pad`` ("loop" by default: frames 0..n-1, 0..).
     """
 
     def __init__(
@@ -397,16 +399,24 @@ class ClipDataset(Dataset):
         idx = pad_indices(len(frames), self.T, self.pad)
         return frames[idx], start + idx
 
-    def _frame_2d(self, row: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
-        """One frame for the 2D member: (frames (1, H, W, 3), its frame index, read from 2D crops?)."""
+    def _frames_2d(self, row: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The 2D member's frames: (frames (K, H, W, 3), their frame indices (K,), read from 2D crops?).
+
+        Training: one random frame (K = 1). Validation: the first ``frames_2d`` frames (K =
+        ``frames_2d``, short tubes padded with ``pad``): the frames scan scores, so that the validation
+        loss that picks the best checkpoint measures the member as scan will use it."""
         from .video import read_video
 
         p2 = self.paths_2d[row]
         from_2d = bool(p2) and Path(p2).exists()
         path = p2 if from_2d else self.paths[row]
+        if not self.train:
+            frames = read_video(path, 0, self.frames_2d)
+            idx = pad_indices(len(frames), self.frames_2d, self.pad)
+            return frames[idx], idx, from_2d
         n = self.n_frames[row] or self.frames_2d
         n = min(n, self.frames_2d) if from_2d else n
-        i = int(rng.integers(0, max(n, 1))) if self.train else max(n, 1) // 2
+        i = int(rng.integers(0, max(n, 1)))
         frames = read_video(path, 0, i + 1)
         return frames[-1:], np.array([i], np.int64), from_2d
 
@@ -442,7 +452,7 @@ class ClipDataset(Dataset):
         rng = np.random.default_rng(seed)
         from_2d = False
         if self.kind == "2d":
-            frames, tube_idx, from_2d = self._frame_2d(row, rng)
+            frames, tube_idx, from_2d = self._frames_2d(row, rng)
         else:
             frames, tube_idx = self._window(row, rng)
         y = self.labels[row]
@@ -452,6 +462,6 @@ class ClipDataset(Dataset):
         h, w = frames.shape[1:3]
         params = augment.sample_clip_params(rng, h, w, self.aug) if self.train else augment.val_clip_params(h, w, self.aug)
         x = augment.apply_clip_params(frames, params, self.res)
-        if self.kind == "2d":
+        if self.kind == "2d" and self.train:
             x = x[:, 0]
         return x, torch.tensor(y, dtype=torch.float32)

@@ -115,8 +115,8 @@ def labels_from_metadata(path: str | Path) -> list[Labelled]:
     return out
 
 
-def gather_labels(val: Optional[Path], metadata: Sequence[Path]) -> tuple[list[Labelled], list[Labelled]]:
-    """All labelled videos (first label wins on duplicates) -> (present, missing files)."""
+def read_labels(val: Optional[Path], metadata: Sequence[Path]) -> list[Labelled]:
+    """All labelled videos of --val and --metadata (first label wins on duplicates)."""
     items: list[Labelled] = []
     if val is not None:
         items += labels_from_csv(val)
@@ -130,11 +130,46 @@ def gather_labels(val: Optional[Path], metadata: Sequence[Path]) -> tuple[list[L
         if k not in seen:
             seen.add(k)
             uniq.append(it)
+    return uniq
+
+
+def gather_labels(val: Optional[Path], metadata: Sequence[Path]) -> tuple[list[Labelled], list[Labelled]]:
+    """All labelled videos (first label wins on duplicates) -> (present, missing files)."""
+    uniq = read_labels(val, metadata)
     present = [it for it in uniq if it.video.exists()]
     missing = [it for it in uniq if not it.video.exists()]
     if not present:
         raise UserError(f"none of the {len(uniq)} labelled videos exists (first: {uniq[0].video})")
     return present, missing
+
+
+def match_index(items: Sequence, labels: Optional[Sequence[Labelled]]) -> tuple[list, list[Labelled], list[Labelled], int]:
+    """Pair the items of an extract index (:func:`dfdc_cli.scan.index_items`) with labels.
+
+    ``labels`` None: the index's own labels (from DFDC metadata or ``extract --label``; self-blended
+    copies are FAKE). Otherwise each labelled video is found by its path, else by its file name
+    when that name is unique in the index (DFDC names are). Returns (items, their labels,
+    labelled videos the index does not hold, index items left without a label).
+    """
+    pairs: list[tuple] = []
+    missing: list[Labelled] = []
+    if labels is None:
+        for e in items:
+            if e.label in ("FAKE", "REAL"):
+                pairs.append((e, Labelled(Path(e.video), e.name, parse_label(e.label))))
+    else:
+        by_path = {(str(e.video), e.name): e for e in items}
+        by_name: dict[str, object] = {}
+        for e in items:
+            by_name[e.name] = None if e.name in by_name else e  # None: ambiguous
+        for lab in labels:
+            e = by_path.get((str(lab.video), lab.name)) or by_name.get(lab.name)
+            if e is None:
+                missing.append(lab)
+            else:
+                pairs.append((e, lab))
+    unlabelled = len(items) - len({id(e) for e, _ in pairs})
+    return [e for e, _ in pairs], [lab for _, lab in pairs], missing, unlabelled
 
 
 # ----------------------------------------------------------------------------------------------

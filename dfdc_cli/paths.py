@@ -36,6 +36,11 @@ def scan_tubes_dir() -> Path:
     return cache_dir() / "scan-tubes"
 
 
+def scan_scores_dir() -> Path:
+    """Member scores of scanned tubes (:mod:`dfdc_cli.scorecache`): what makes a scan resumable."""
+    return cache_dir() / "scan-scores"
+
+
 def models_dir() -> Path:
     """The model registry's weights: one folder per imported or trained model."""
     return data_dir() / "models"

@@ -82,6 +82,7 @@ class VideoScan:
     p_fake_raw: Optional[float] = None  # the ensemble before clipping
     verdict: Optional[str] = None  # FAKE | REAL | None (no verdict)
     extract_seconds: float = 0.0  # extraction wall time (~0 on a cache hit)
+    cached_members: list[str] = field(default_factory=list)  # members whose scores came from the score cache
     label: str = ""  # FAKE | REAL when known (eval)
 
     @property
@@ -391,6 +392,7 @@ class Extracted:
     reason: str
     seconds: float
     tubes: list[dict]
+    label: str = ""  # FAKE | REAL when the index knows it
 
 
 def _extracted(vrec, trecs) -> Extracted:
@@ -405,7 +407,54 @@ def _extracted(vrec, trecs) -> Extracted:
     if status == STATUS_NO_FACE and not reason:
         reason = "no face found"
     name = str(v.get("name") or Path(str(v.get("video", ""))).name)
-    return Extracted(str(v.get("video", "")), name, status, reason, float(v.get("seconds") or 0.0), ts)
+    return Extracted(str(v.get("video", "")), name, status, reason, float(v.get("seconds") or 0.0), ts,
+                     str(v.get("label") or "").upper())
+
+
+def index_items(index_dir: str | Path) -> list[Extracted]:
+    """The scorable units of a `deepfake extract` index, without extracting anything: one per
+    source video (with its status, tubes and label), then one per self-blended copy (tubes named
+    ``<stem>_sbi<seed>.mp4``: they share the real video's path but are FAKE items of their own)."""
+    from .index import TUBES_CSV, VIDEOS_CSV, read_tubes, read_videos, resolve_index
+
+    root = resolve_index(index_dir)
+    if not (root / VIDEOS_CSV).exists() and not (root / TUBES_CSV).exists():
+        raise UserError(f"--index {root}: no tube index there (videos.csv / tubes.csv); run `deepfake extract` first")
+    try:
+        videos = read_videos(root).to_dict("records")
+        tubes = read_tubes(root).to_dict("records")
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds on a damaged table
+        raise UserError(f"--index {root}: the index tables cannot be read ({exc})") from None
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in tubes:
+        groups.setdefault((str(t["video"]), str(t["name"])), []).append(t)
+    out = []
+    for v in videos:
+        out.append(_extracted(v, groups.pop((str(v["video"]), str(v["name"])), [])))
+    for (video, name), ts in groups.items():
+        out.append(_extracted({"video": video, "name": name, "status": STATUS_OK, "label": ts[0].get("label", "")}, ts))
+    return out
+
+
+def select_items(items: Sequence[Extracted], paths: Sequence[Path], index_dir: str | Path) -> list[Extracted]:
+    """The index items of the given video files (the real video's own item, not its self-blends);
+    a file the index does not hold becomes an error item that says so."""
+    by_key = {(e.video, e.name): e for e in items}
+    out = []
+    for p in paths:
+        e = by_key.get((str(p), p.name))
+        out.append(e if e is not None else Extracted(str(p), p.name, STATUS_ERROR, f"not in the index {index_dir}", 0.0, []))
+    return out
+
+
+def items_extractor(items: Sequence[Extracted]) -> Callable:
+    """A :class:`Scanner` extractor handing over ready items (an index) in order."""
+
+    def extractor(paths, device, workers, on_video) -> None:
+        for i, e in enumerate(items):
+            on_video(i, e)
+
+    return extractor
 
 
 def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
@@ -448,8 +497,14 @@ class Scanner:
     """Loads the members once and scans videos in chunks, extraction overlapping the models.
 
     ``members`` may be names (loaded from the registry) or ready :class:`Member` objects (tests,
-    benchmarks). ``extractor`` replaces :func:`stream_extract` (tests): it is called as
-    ``extractor(paths, device, workers, on_video)`` and calls ``on_video(i, Extracted)`` per video.
+    benchmarks). ``extractor`` replaces :func:`stream_extract` (an existing index, tests): it is
+    called as ``extractor(paths, device, workers, on_video)`` and calls ``on_video(i, Extracted)``
+    per video.
+
+    ``score_dir``: a :class:`~dfdc_cli.scorecache.ScoreCache` root. Member scores found there are
+    reused (unless ``reuse_scores`` is False) and new ones stored, so an interrupted scan resumes
+    where it stopped and registering one more member costs only that member's work. Members
+    without a model id (ready objects in tests) are never cached.
     """
 
     def __init__(
@@ -463,6 +518,8 @@ class Scanner:
         chunk_size: Optional[int] = None,
         precision: str = "auto",
         extractor: Optional[Callable] = None,
+        score_dir: Optional[str | Path] = None,
+        reuse_scores: bool = True,
     ):
         import torch
 
@@ -476,6 +533,12 @@ class Scanner:
         if precision == "auto":
             precision = "fp16" if on_gpu else "fp32"
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
+        self.score_cache = None
+        if score_dir is not None:
+            from .scorecache import ScoreCache, numeric_mode
+
+            self.score_cache = ScoreCache(score_dir, numeric_mode(self.device, precision))
+        self.reuse_scores = bool(reuse_scores)
         if on_gpu:
             torch.backends.cudnn.benchmark = True
         if members is None:
@@ -504,25 +567,32 @@ class Scanner:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
-    def score_tubes(self, tubes: Sequence[LoadedTube], on_device: Optional[dict] = None) -> list[dict[str, float]]:
+    def score_tubes(self, tubes: Sequence[LoadedTube], on_device: Optional[dict] = None,
+                    need: Optional[Sequence[set[str]]] = None) -> list[dict[str, float]]:
         """p(fake) of every member for every tube: one dict per tube (member -> p).
 
         Tubes of equal length are batched together; each group's pixels go to the device once and
-        serve every member. ``on_device`` (optional) caches the device tensors between calls
-        (the benchmark's models-only ceiling).
+        serve every member that needs them. ``need`` (optional): per tube, the members to run
+        (the others' scores came from the score cache). ``on_device`` (optional) caches the
+        device tensors between calls (the benchmark's models-only ceiling).
         """
         import torch
 
         out: list[dict[str, float]] = [dict() for _ in tubes]
-        need_3d = any(m.kind == "3d" for m in self.members)
-        need_2d = any(m.kind == "2d" for m in self.members)
-        groups3 = groups2 = []
-        if need_3d:
-            idx3 = [i for i, t in enumerate(tubes) if t.frames is not None]
-            groups3 = [[idx3[j] for j in g] for g in batches_by_length([tubes[i].frames.shape[0] for i in idx3], self.batch_size)]
-        if need_2d:
-            idx2 = [i for i, t in enumerate(tubes) if t.frames2d is not None]
-            groups2 = [[idx2[j] for j in g] for g in batches_by_length([tubes[i].frames2d.shape[0] for i in idx2], self.batch_size)]
+        group_memo: dict[tuple, list[list[int]]] = {}
+
+        def groups_for(m: Member) -> list[list[int]]:
+            def pixels(t: LoadedTube):
+                return t.frames if m.kind == "3d" else t.frames2d
+
+            idx = tuple(i for i, t in enumerate(tubes)
+                        if pixels(t) is not None and (need is None or m.name in need[i]))
+            key = (m.kind, idx)
+            if key not in group_memo:  # members of a kind needing the same tubes share the batches
+                lengths = [pixels(tubes[i]).shape[0] for i in idx]
+                group_memo[key] = [[idx[j] for j in g] for g in batches_by_length(lengths, self.batch_size)]
+            return group_memo[key]
+
         cache = on_device if on_device is not None else {}
         non_blocking = self.device.startswith("cuda")
 
@@ -566,7 +636,7 @@ class Scanner:
 
         with torch.inference_mode(), self._autocast():
             for m in self.members:
-                for g in (groups3 if m.kind == "3d" else groups2):
+                for g in groups_for(m):
                     run_split(m, to_device(m.kind, g), g)
         return out
 
@@ -582,11 +652,10 @@ class Scanner:
             self._decode_pool = ThreadPoolExecutor(max(1, min(8, self.workers or 4)), thread_name_prefix="tube-read")
         return self._decode_pool
 
-    def _submit_tubes(self, extracted: Sequence[Extracted]) -> list:
-        need_3d = any(m.kind == "3d" for m in self.members)
-        need_2d = any(m.kind == "2d" for m in self.members)
+    def _submit_tubes(self, extracted: Sequence[Extracted], cached: Optional[Sequence[Mapping]] = None) -> list:
+        """Start reading the tubes of the videos that some member still has to score."""
 
-        def work(vi, row):
+        def work(vi, row, need_3d, need_2d):
             try:
                 f3, f2 = read_tube(row, need_3d, need_2d)
                 return LoadedTube(vi, int(row["tube_id"]), f3, f2), ""
@@ -594,8 +663,89 @@ class Scanner:
                 return None, f"tube {row.get('tube_id')}: {exc}"
 
         pool = self._pool()
-        return [(vi, pool.submit(work, vi, row)) for vi, e in enumerate(extracted)
-                if e.status == STATUS_OK for row in e.tubes]
+        futures = []
+        for vi, e in enumerate(extracted):
+            if e.status != STATUS_OK:
+                continue
+            todo = [m for m in self.members if cached is None or m.name not in cached[vi]]
+            if not todo:
+                continue
+            need_3d = any(m.kind == "3d" for m in todo)
+            need_2d = any(m.kind == "2d" for m in todo)
+            futures.extend((vi, pool.submit(work, vi, row, need_3d, need_2d)) for row in e.tubes)
+        return futures
+
+    # -- the score cache ------------------------------------------------------------------------
+    @staticmethod
+    def _tube_files(e: Extracted) -> list[str]:
+        return [str(p) for r in e.tubes for p in (r.get("tube_path"), r.get("tube2d_path")) if p]
+
+    def _cache_keys(self, extracted: Sequence[Extracted]) -> list[Optional[str]]:
+        from .scorecache import tube_set_key
+
+        if self.score_cache is None:
+            return [None] * len(extracted)
+        return [tube_set_key(self._tube_files(e)) if e.status == STATUS_OK and e.tubes else None
+                for e in extracted]
+
+    def _cached_scores(self, extracted: Sequence[Extracted], keys: Sequence[Optional[str]]) -> list[dict]:
+        """Per video: member -> {tube id: p} for the members the score cache already has in full."""
+        from .scorecache import member_key
+
+        out: list[dict] = [dict() for _ in extracted]
+        if self.score_cache is None or not self.reuse_scores:
+            return out
+        for vi, (e, key) in enumerate(zip(extracted, keys)):
+            if key is None:
+                continue
+            stored = self.score_cache.get(key)
+            ids = {int(r["tube_id"]) for r in e.tubes}
+            for m in self.members:
+                got = stored.get(member_key(m.name, m.model_id)) if m.model_id else None
+                if got is not None and set(got) == ids:
+                    out[vi][m.name] = got
+        self._flush_cache_warnings()
+        return out
+
+    def _store_scores(self, extracted: Sequence[Extracted], keys: Sequence[Optional[str]], cached: Sequence[Mapping],
+                      tubes: Sequence[LoadedTube], errors: Sequence[str], scores: Sequence[Mapping[str, float]]) -> None:
+        """Store each member's scores of each video whose every tube it scored."""
+        from .scorecache import member_key
+
+        if self.score_cache is None:
+            return
+        per_video: list[dict[int, Mapping[str, float]]] = [dict() for _ in extracted]
+        for t, sc in zip(tubes, scores):
+            per_video[t.video_idx][t.tube_id] = sc
+        for vi, (e, key) in enumerate(zip(extracted, keys)):
+            if key is None or errors[vi]:
+                continue
+            ids = {int(r["tube_id"]) for r in e.tubes}
+            new = {}
+            for m in self.members:
+                if not m.model_id or m.name in cached[vi]:
+                    continue
+                got = {tid: sc[m.name] for tid, sc in per_video[vi].items() if m.name in sc}
+                if set(got) == ids:
+                    new[member_key(m.name, m.model_id)] = got
+            if not new:
+                continue
+            try:
+                self.score_cache.put(key, new, self._tube_files(e))
+            except OSError as exc:
+                from .ui import warn
+
+                warn(f"score cache not written ({exc}); scores of this run will not be reused")
+                self.score_cache = None
+                return
+
+    def _flush_cache_warnings(self) -> None:
+        if self.score_cache is not None and self.score_cache.warnings:
+            from .ui import warn
+
+            for w in self.score_cache.warnings:
+                warn(w)
+            self.score_cache.warnings.clear()
 
     @staticmethod
     def _collect_tubes(extracted: Sequence[Extracted], futures: list) -> tuple[list[LoadedTube], list[str]]:
@@ -610,13 +760,19 @@ class Scanner:
         return tubes, errors
 
     def _results_for(self, extracted: Sequence[Extracted], tubes: Sequence[LoadedTube],
-                     errors: Sequence[str], scores: Sequence[Mapping[str, float]]) -> list[VideoScan]:
+                     errors: Sequence[str], scores: Sequence[Mapping[str, float]],
+                     cached: Optional[Sequence[Mapping]] = None) -> list[VideoScan]:
         per_video: list[dict[int, dict[str, float]]] = [dict() for _ in extracted]
         for t, s in zip(tubes, scores):
             per_video[t.video_idx][t.tube_id] = dict(s)
+        for vi, from_cache in enumerate(cached or []):
+            for m, tube_scores in from_cache.items():
+                for tid, p in tube_scores.items():
+                    per_video[vi].setdefault(int(tid), {})[m] = float(p)
         out = []
         for vi, e in enumerate(extracted):
-            r = VideoScan(video=e.video, name=e.name, status=e.status, reason=e.reason, extract_seconds=e.seconds)
+            r = VideoScan(video=e.video, name=e.name, status=e.status, reason=e.reason, extract_seconds=e.seconds,
+                          cached_members=[m for m in self.names if cached and m in cached[vi]])
             if e.status == STATUS_OK:
                 for row in e.tubes:
                     if int(row["tube_id"]) not in per_video[vi]:
@@ -689,7 +845,10 @@ class Scanner:
             return items
 
         def start(items):
-            return items, self._submit_tubes([e for _, e in items])
+            ex = [e for _, e in items]
+            keys = self._cache_keys(ex)
+            cached = self._cached_scores(ex, keys)
+            return items, keys, cached, self._submit_tubes(ex, cached)
 
         results: list[Optional[VideoScan]] = [None] * n
         emitted = 0
@@ -698,11 +857,13 @@ class Scanner:
             while cur[0]:
                 nxt_items = take(block=False)
                 nxt = start(nxt_items) if nxt_items else None
-                items, futures = cur
+                items, keys, cached, futures = cur
                 ex = [e for _, e in items]
                 tubes, errors = self._collect_tubes(ex, futures)
-                scores = self.score_tubes(tubes)
-                for (i, _), r in zip(items, self._results_for(ex, tubes, errors, scores)):
+                need = [{m.name for m in self.members if m.name not in cached[t.video_idx]} for t in tubes]
+                scores = self.score_tubes(tubes, need=need)
+                self._store_scores(ex, keys, cached, tubes, errors, scores)
+                for (i, _), r in zip(items, self._results_for(ex, tubes, errors, scores, cached)):
                     if r.video == "" or not r.video:
                         r.video = str(paths[i])
                     results[i] = r

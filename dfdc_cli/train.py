@@ -703,7 +703,14 @@ def train(
     train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, drop_last=False, **loader_kw)
     # (built on every rank when there is a validation side, even for a rank whose shard is empty:
     # all ranks must take part in gathering the predictions)
-    val_loader = (DataLoader(val_ds, batch_size=int(t["val_batch_size"]) or bs, sampler=val_list, **loader_kw)
+    val_bs = int(t["val_batch_size"]) or bs
+    if kind == "2d" and not int(t["val_batch_size"]):
+        # A 2D validation item is a stack of frames_2d frames (scored like scan: median over frames),
+        # so batch_size of them would put frames_2d times a training batch through one forward. By
+        # default take as many tubes as make about one training batch of frames; an explicit
+        # train.val_batch_size counts tubes and is taken as given.
+        val_bs = max(1, bs // max(1, int(d["frames_2d"])))
+    val_loader = (DataLoader(val_ds, batch_size=val_bs, sampler=val_list, **loader_kw)
                   if len(split.val) else None)
     steps_per_epoch = len(train_loader)
     epochs = int(o["epochs"])
@@ -869,16 +876,22 @@ def _epoch_line(row: Mapping, epochs: int) -> str:
 def evaluate(model, loader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """p(fake) and labels over a (sharded) loader, gathered from all ranks.
 
+    The 2D member's items are frame stacks, scored by its test-time rule
+    (:meth:`models.registry.MemberModel.p_fake_2d`, the one scan's predict applies), so that its
+    validation loss measures what scan will do.
+
     Runs the bare model (not the DDP wrapper, whose forward would broadcast buffers: a collective
     that ranks with different numbers of validation batches would not match)."""
     model = _unwrap(model)
     model.eval()
+    two_d = model.kind == "2d"
     ys, ps = [], []
     for x, y in loader:
         x = _to_input(x, rt.device)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
-            logits = model(x)
-        ps.append(torch.sigmoid(logits.float().reshape(-1)).cpu().numpy())
+            out = model.p_fake_2d(x) if two_d else model(x)  # 2D: p(fake) already, in float32
+        p = out if two_d else torch.sigmoid(out.float().reshape(-1))
+        ps.append(p.cpu().numpy())
         ys.append(y.numpy())
     y_all = np.concatenate(ys) if ys else np.zeros(0)
     p_all = np.concatenate(ps) if ps else np.zeros(0)

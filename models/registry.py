@@ -136,6 +136,21 @@ class MemberModel(nn.Module):
 
     forward = fake_logit
 
+    def p_fake_2d(self, clip: torch.Tensor) -> torch.Tensor:
+        """The 2D member's test-time rule: p(fake) (B,) of raw RGB 0..255 clips (B,3,T,H,W).
+
+        Every even-indexed frame flipped horizontally, per-frame sigmoid, lower median over frames.
+        Runs in the module's current mode and grad state, so that :meth:`predict` (scan) and the
+        trainer's validation (under its autocast) score a tube by one and the same rule."""
+        if self.spec.kind != "2d":
+            raise ValueError(f"{self.spec.name}: p_fake_2d is the 2D member's rule, this member is {self.spec.kind}")
+        if clip.dim() != 5:  # (a lone frame (B,3,H,W) would have its rows taken for frames)
+            raise ValueError(f"{self.spec.name}: expected (B, 3, T, H, W) frame stacks, got shape {tuple(clip.shape)}")
+        x = self.preprocess(clip).clone()  # (preprocess may hand back the caller's tensor: flip a copy)
+        x[:, :, ::2] = x[:, :, ::2].flip(-1)  # the seed's notebook flips every even-indexed frame
+        p = torch.sigmoid(self.net_fake_logit(x).float())  # (B, T)
+        return p.median(dim=1).values  # torch.median: the LOWER middle value for even T
+
     @torch.no_grad()
     def predict(self, clip: torch.Tensor) -> torch.Tensor:
         """p(fake) (B,) of raw RGB 0..255 clips (B,3,T,H,W), with the seed's test-time handling.
@@ -144,12 +159,9 @@ class MemberModel(nn.Module):
         if clip.dim() == 4:
             clip = clip.unsqueeze(0)
         self.eval()
-        x = self.preprocess(clip)
         if self.spec.kind == "2d":
-            x = x.clone()
-            x[:, :, ::2] = x[:, :, ::2].flip(-1)  # the seed's notebook flips every even-indexed frame
-            p = torch.sigmoid(self.net_fake_logit(x).float())  # (B, T)
-            return p.median(dim=1).values  # torch.median: the LOWER middle value for even T
+            return self.p_fake_2d(clip)
+        x = self.preprocess(clip)
         p = torch.sigmoid(self.net_fake_logit(x).float())
         if self.spec.flip_tta:
             p = (p + torch.sigmoid(self.net_fake_logit(x.flip(-1)).float())) / 2

@@ -267,3 +267,54 @@ def test_2d_self_blend_follows_the_face_in_the_2d_crops(tmp_path):
     # ... and far from where the face sits in the tube's own geometry (bottom-right).
     tube_centre = track.to_tube_coords(lm[None])[0].mean(axis=0)
     assert np.hypot(xs.mean() - tube_centre[0], ys.mean() - tube_centre[1]) > 50
+
+
+def test_2d_validation_item_is_the_first_frames_2d_frames(tmp_path):
+    """2D validation: the item is the stack of the first frames_2d frames after the validation crop
+    (the 2D crops when the tube has them), short tubes padded like the 3D clips; training items stay
+    single frames."""
+    from dfdc_cli import augment
+    from dfdc_cli.video import read_video, write_video
+
+    size, res, n_2d = 64, 48, 32
+    yy, xx = np.mgrid[0:size, 0:size]
+
+    def moving(n: int, phase: float) -> np.ndarray:
+        # Texture drifting with t plus a level that grows with t: every frame differs, and a crop
+        # taken in the wrong place or a frame taken out of order shows.
+        return np.stack([
+            np.stack([128 + 80 * np.sin((xx + 2 * t) / 6.0 + phase), 128 + 80 * np.cos((yy - t) / 9.0),
+                      np.full((size, size), 4.0 * t)], -1)
+            for t in range(n)
+        ]).clip(0, 255).astype(np.uint8)
+
+    write_video(tmp_path / "long.mp4", moving(40, 0.0), 25)
+    write_video(tmp_path / "short.mp4", moving(5, 1.0), 25)
+    write_video(tmp_path / "c.mp4", moving(40, 2.0), 25)
+    write_video(tmp_path / "c_2d.mp4", moving(36, 3.0)[:, ::-1].copy(), 25)  # the 2D crops differ from the tube
+    rows = [dict(name=f"v{k}.mp4", label="REAL", original="", part="p0", tube_path=str(tmp_path / f"{stem}.mp4"),
+                 track_path="", tube2d_path=p2, n_frames=n)
+            for k, (stem, p2, n) in enumerate((("long", "", 40), ("short", "", 5),
+                                                ("c", str(tmp_path / "c_2d.mp4"), 40)))]
+    df = data.prepare_tubes(pd.DataFrame(rows))
+    noaug = dict(brightness_contrast_p=0, blur_p=0, hflip_p=0, crop_scale=[1, 1], crop_ratio=[1, 1], val_crop=224)
+    val = data.ClipDataset(df, clip_frames=8, res=res, train=False, kind="2d", aug=noaug, frames_2d=n_2d)
+
+    def expected(path, order) -> torch.Tensor:
+        decoded = read_video(path)[order]
+        params = augment.val_clip_params(size, size, noaug)
+        assert params["crop"][2] == 56  # a real crop (224/256 of the side), then resized to res
+        return augment.apply_clip_params(decoded, params, res)
+
+    x, y = val[(0, False, 0)]
+    assert x.shape == (3, n_2d, res, res) and x.dtype == torch.uint8 and y.item() == 0.0
+    assert torch.equal(x, expected(tmp_path / "long.mp4", np.arange(n_2d)))
+    x, _ = val[(1, False, 0)]  # 5 frames, looped: 0..4, 0..4, ...
+    assert x.shape == (3, n_2d, res, res)
+    assert torch.equal(x, expected(tmp_path / "short.mp4", np.arange(n_2d) % 5))
+    x, _ = val[(2, False, 0)]
+    assert torch.equal(x, expected(tmp_path / "c_2d.mp4", np.arange(n_2d)))
+    assert not torch.equal(x, expected(tmp_path / "c.mp4", np.arange(n_2d)))
+
+    tr = data.ClipDataset(df, clip_frames=8, res=res, train=True, kind="2d", aug=noaug, frames_2d=n_2d)
+    assert tr[(0, False, 3)][0].shape == (3, res, res)

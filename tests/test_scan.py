@@ -185,8 +185,9 @@ def test_parse_weights():
 # The scanner with a stand-in extractor (tube files written here)
 
 
-def fake_extractor(tmp_path, spec: dict):
-    """spec: video name -> list of tube brightness values, or "no_face", or "error"."""
+def fake_extractor(tmp_path, spec: dict, keep_files: bool = False):
+    """spec: video name -> list of tube brightness values, or "no_face", or "error".
+    ``keep_files``: tube files already written are left alone (as the real tube store does)."""
     from dfdc_cli.video import write_video
 
     def run(paths, device, workers, on_video):
@@ -200,7 +201,8 @@ def fake_extractor(tmp_path, spec: dict):
                 rows = []
                 for k, v in enumerate(what):
                     f = tmp_path / f"{p.stem}_tube{k}.mp4"
-                    write_video(f, np.full((30 + 5 * k, 256, 256, 3), v, np.uint8), 30.0)
+                    if not (keep_files and f.exists()):
+                        write_video(f, np.full((30 + 5 * k, 256, 256, 3), v, np.uint8), 30.0)
                     rows.append(dict(tube_id=k, first_frame=0, last_frame=29 + 5 * k, n_frames=30 + 5 * k,
                                      x1=0, y1=0, x2=100, y2=100, mean_prob=0.99, tube_path=str(f),
                                      tube2d_path=""))

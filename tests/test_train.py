@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -315,3 +316,80 @@ def test_train_with_self_blended_fakes(tiny_index, tmp_path):
     assert res.registered is not None and res.registered.extra["fakes"] == "mixed"
     with pytest.raises(UserError, match="self-blend"):
         tiny_recipe(tiny_index, data__fakes="self-blended", selfblend__no_such_parameter=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The 2D member: validation scores a tube as scan does
+
+
+def test_2d_validation_scores_tubes_like_predict(tiny_index):
+    """evaluate() on the 2D member's validation items gives MemberModel.predict's p(fake) (scan's
+    rule: the first 32 frames, even-indexed ones flipped, lower median of per-frame p(fake))."""
+    from torch.utils.data import DataLoader
+
+    from dfdc_cli import data
+    from models.registry import MemberModel
+    from models.specs import get_spec
+    from models.tiny import Tiny2d
+
+    torch.manual_seed(0)
+    model = MemberModel(get_spec("seresnext50_2d"), Tiny2d())  # not mirror-symmetric: the flips matter
+    tubes = data.load_tubes(tiny_index)
+    aug = {"val_crop": 224}
+    val_ds = data.ClipDataset(tubes, clip_frames=8, res=32, train=False, kind="2d", aug=aug, frames_2d=FRAMES)
+    items = data.val_items(tubes["y"].to_numpy())
+    loader = DataLoader(val_ds, batch_size=5, sampler=items, num_workers=0)  # (a last, partial batch too)
+    ys, ps = trainer.evaluate(model, loader, trainer.Runtime(torch.device("cpu")))
+    assert ys.tolist() == tubes["y"].tolist() and ps.shape == (len(tubes),)
+
+    stacks = torch.stack([val_ds[it][0] for it in items])  # (B, 3, 32, 32, 32) uint8
+    assert stacks.shape == (len(tubes), 3, FRAMES, 32, 32)
+    np.testing.assert_allclose(ps, model.predict(stacks).numpy(), rtol=0, atol=1e-6)
+    # The rule spelled out frame by frame: flip frames 0, 2, ..., per-frame p(fake), the lower of the
+    # two middle values of the 32.
+    with torch.no_grad():
+        frames = stacks.clone()
+        frames[:, :, ::2] = frames[:, :, ::2].flip(-1)
+        per_frame = torch.stack([torch.sigmoid(model.fake_logit(frames[:, :, t])).reshape(-1)
+                                 for t in range(FRAMES)], 1)
+        plain = torch.stack([torch.sigmoid(model.fake_logit(stacks[:, :, t])).reshape(-1) for t in range(FRAMES)], 1)
+    lower_median = per_frame.sort(dim=1).values[:, (FRAMES - 1) // 2].numpy()
+    np.testing.assert_allclose(ps, lower_median, rtol=0, atol=1e-6)
+    # ... which is neither the unflipped median nor the single middle frame validation used to score.
+    assert np.abs(ps - plain.sort(dim=1).values[:, (FRAMES - 1) // 2].numpy()).max() > 1e-4
+    assert np.abs(ps - plain[:, FRAMES // 2].numpy()).max() > 1e-4
+
+
+@pytest.mark.slow
+def test_train_2d_member_end_to_end(tiny_index, tmp_path):
+    """seresnext50_2d trains on single frames and validates on whole tubes: the logged validation
+    loss is the balanced log loss of the registered model's predict (scan's rule) on the validation
+    tubes."""
+    from dfdc_cli import augment
+    from dfdc_cli.video import read_video
+    from models import store
+
+    sets = {
+        "data": {"index": str(tiny_index), "input_res": 32, "val_fraction": 0.25, "workers": 0},
+        "optim": {"epochs": 1, "batch_size": 6, "lr": 1e-3},
+        "model": {"init": "scratch"},
+        "train": {"seed": 0, "device": "cpu"},
+    }
+    r = trainer.resolve_recipe(member="seresnext50_2d", overrides=sets)
+    run = tmp_path / "run2d"
+    res = trainer.train(r, run_dir=run, echo=lambda s: None, show_progress=False)
+    assert res.epochs_done == 1 and res.registered is not None
+    log = pd.read_csv(run / "log.csv")
+    assert len(log) == 1 and not math.isnan(log["val_loss"][0])
+
+    val_tubes = json.loads((run / "split.json").read_text())["val_tubes"]
+    tubes = pd.read_csv(tiny_index / TUBES_CSV).set_index("tube_path")
+    y = np.array([1 if tubes.loc[p, "label"] == "FAKE" else 0 for p in val_tubes])
+    assert len(val_tubes) == 6 and y.sum() == 3
+    params = augment.val_clip_params(SIZE, SIZE, r["augment"])
+    x = torch.stack([augment.apply_clip_params(read_video(p)[:32], params, 32) for p in val_tubes])
+    m = store.load("seresnext50_2d")
+    p = m.predict(x).numpy()
+    expected = trainer._balanced_log_loss(y, p)
+    assert res.history[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert log["val_loss"][0] == pytest.approx(expected, rel=1e-5)

@@ -11,7 +11,11 @@ HELP = """Measure the members and the ensemble on labelled videos.
 
 Labels come from --val (a CSV with columns filename,label; label FAKE/REAL or 1/0) and/or one or
 more --metadata files (DFDC metadata.json); video paths are relative to the file's folder. The videos
-go through the same pipeline as `deepfake scan` (tubes are cached and reused).
+go through the same pipeline as `deepfake scan` (tubes and scores are cached and reused).
+
+With --index DIR the tubes of an existing `deepfake extract` index are scored instead (nothing is
+extracted) and, without --val/--metadata, the index's own labels are used (its self-blended
+copies count as FAKE videos).
 
 Reports log loss (p clipped to [0.001, 0.999]), ROC AUC, average precision, accuracy and balanced
 accuracy at 0.5, EER and counts, per member and for the ensemble, at video and at tube level.
@@ -46,22 +50,42 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Tubes per forward pass."),
         precision: str = typer.Option("auto", "--precision",
                                       help="fp16, bf16 or fp32 (auto: fp16 on GPU, fp32 on CPU)."),
+        index: Optional[Path] = typer.Option(
+            None, "--index", help="Score the tubes of this `deepfake extract` index instead of "
+            "extracting; labels from the index unless --val/--metadata are given.", show_default=False),
+        rescore: bool = typer.Option(False, "--rescore", help="Recompute member scores even when "
+                                     "the score cache has them."),
     ) -> None:
         from ..errors import UserError
-        from ..evaluate import default_out_dir, evaluate_results, gather_labels, write_report
+        from ..evaluate import default_out_dir, evaluate_results, gather_labels, match_index, read_labels, write_report
+        from ..scan import index_items, items_extractor
         from ..ui import console, err_console, fail_line, progress, warn
         from .scan import make_scanner
 
-        if precision not in ("auto", "fp16", "bf16", "fp32"):
-            raise UserError("--precision must be auto, fp16, bf16 or fp32")
-        items, missing = gather_labels(val, metadata or [])
-        if missing:
-            warn(f"{len(missing)} labelled videos are missing and left out (first: {missing[0].video})")
-        scanner = make_scanner(members, weights, 0.5, device, workers, batch_size, precision)
+        extractor = None
+        if index is not None:
+            labels = read_labels(val, metadata or []) if (val is not None or metadata) else None
+            found, items, missing, unlabelled = match_index(index_items(index), labels)
+            if unlabelled:
+                warn(f"{unlabelled} videos of the index have no label and are left out")
+            if missing:
+                warn(f"{len(missing)} labelled videos are not in the index and are left out "
+                     f"(first: {missing[0].video})")
+            if not items:
+                raise UserError(f"--index {index}: no labelled video to evaluate")
+            extractor = items_extractor(found)
+            videos = [Path(e.video) for e in found]
+        else:
+            items, missing = gather_labels(val, metadata or [])
+            if missing:
+                warn(f"{len(missing)} labelled videos are missing and left out (first: {missing[0].video})")
+            videos = [it.video for it in items]
+        scanner = make_scanner(members, weights, 0.5, device, workers, batch_size, precision,
+                               extractor=extractor, rescore=rescore)
         results = []
         with progress(transient=True) as bar:
             task = bar.add_task("eval", total=len(items), status="")
-            for r, it in zip(scanner.scan_iter([it.video for it in items]), items):
+            for r, it in zip(scanner.scan_iter(videos), items):
                 r.label = "FAKE" if it.label else "REAL"
                 results.append(r)
                 if r.status == "error":
@@ -73,7 +97,8 @@ def register(app: typer.Typer) -> None:
         meta = {
             **scanner.describe(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "sources": [str(val)] * (val is not None) + [str(m) for m in (metadata or [])],
+            "sources": [str(val)] * (val is not None) + [str(m) for m in (metadata or [])]
+            + [f"index {index}"] * (index is not None),
             "missing": len(missing),
             "bootstrap": bootstrap,
             "seed": seed,

@@ -15,6 +15,12 @@ Each registered member scores every tube; per member the mean over faces, per vi
 mean over members, clipped to [0.001, 0.999]. A video with no face gets the prior 0.5 and no
 verdict (status no_face); an unreadable one gets 0.5 and status error.
 
+With --index DIR the tubes come from an existing `deepfake extract` index instead (nothing is
+extracted; with no PATH, every video of the index is scored).
+
+Scores are cached per tube and member model, so an interrupted scan resumes where it stopped and
+adding a member re-runs only that member (--rescore recomputes them).
+
 Exit code: 0 when every video was scanned (a video with no face counts as scanned), 1 when any
 video could not be read, 2 on a usage problem (e.g. no model registered).
 """
@@ -30,10 +36,19 @@ def split_members(values: Optional[List[str]]) -> Optional[list[str]]:
     return out or None
 
 
-def make_scanner(members, weights, threshold, device, workers, batch_size, precision="auto"):
-    """Build a Scanner from CLI options (shared with `deepfake eval`)."""
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+
+
+def make_scanner(members, weights, threshold, device, workers, batch_size, precision="auto",
+                 extractor=None, rescore: bool = False):
+    """Build a Scanner from CLI options (shared with `deepfake eval`); scores are cached under
+    the cache dir."""
     from ..errors import UserError
+    from ..paths import scan_scores_dir
     from ..scan import NO_MODEL_HELP, Scanner, available_members, parse_weights
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
 
     names = split_members(members)
     if names is None:
@@ -50,14 +65,30 @@ def make_scanner(members, weights, threshold, device, workers, batch_size, preci
                 raise UserError(str(exc.args[0])) from None
     w = parse_weights(weights, names)
     return Scanner(members=names, weights=w, threshold=threshold, device=device, workers=workers,
-                   batch_size=batch_size, precision=precision)
+                   batch_size=batch_size, precision=precision, extractor=extractor,
+                   score_dir=scan_scores_dir(), reuse_scores=not rescore)
+
+
+def index_source(index: Path, paths) -> tuple[list, object]:
+    """(items, extractor) for scoring the tubes of an extract index: every item, or those of
+    ``paths`` (files or folders)."""
+    from ..scan import expand_paths, index_items, items_extractor, select_items
+
+    items = index_items(index)
+    if paths:
+        items = select_items(items, expand_paths(paths), index)
+    return items, items_extractor(items)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("scan", help=HELP)
     def scan_cmd(
-        paths: List[Path] = typer.Argument(..., help="Video files or folders (searched recursively).",
-                                           show_default=False),
+        paths: Optional[List[Path]] = typer.Argument(
+            None, help="Video files or folders (searched recursively); optional with --index.",
+            show_default=False),
+        index: Optional[Path] = typer.Option(
+            None, "--index", help="Score the tubes of this `deepfake extract` index instead of "
+            "extracting (no PATH: all its videos).", show_default=False),
         members: Optional[List[str]] = typer.Option(
             None, "--members", "-m", help="Members to use, comma-separated or repeated. "
             "Default: every member with a registered model.", show_default=False),
@@ -76,18 +107,28 @@ def register(app: typer.Typer) -> None:
                                                 "member and face) as JSON.", show_default=False),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write a DFDC submission "
                                                "(filename,label = p(fake)).", show_default=False),
+        rescore: bool = typer.Option(False, "--rescore", help="Recompute member scores even when "
+                                     "the score cache has them."),
     ) -> None:
         from ..atomic import write_json
         from ..errors import UserError
         from ..scan import expand_paths, to_json, write_submission
         from ..ui import console, err_console, fail_line, progress
 
-        if precision not in ("auto", "fp16", "bf16", "fp32"):
-            raise UserError("--precision must be auto, fp16, bf16 or fp32")
-        videos = expand_paths(paths)
-        if not videos:
-            raise UserError("no video files found in the given paths")
-        scanner = make_scanner(members, weights, threshold, device, workers, batch_size, precision)
+        extractor = None
+        if index is not None:
+            items, extractor = index_source(index, paths)
+            videos = [Path(e.video) for e in items]
+            if not videos:
+                raise UserError(f"--index {index}: the index holds no videos")
+        else:
+            if not paths:
+                raise UserError("give video files or folders to scan (or --index DIR)")
+            videos = expand_paths(paths)
+            if not videos:
+                raise UserError("no video files found in the given paths")
+        scanner = make_scanner(members, weights, threshold, device, workers, batch_size, precision,
+                               extractor=extractor, rescore=rescore)
         results = []
         with progress(transient=True) as bar:
             task = bar.add_task("scan", total=len(videos), status="")
@@ -104,6 +145,10 @@ def register(app: typer.Typer) -> None:
         err_console.print(
             f"{len(results)} videos: {n_fake} FAKE, {n_real} REAL, {n_nf} no face, {n_err} failed "
             f"(members: {', '.join(scanner.names)})", highlight=False)
+        n_cached = sum(bool(r.cached_members) for r in results)
+        if n_cached:
+            err_console.print(f"{n_cached} videos reused scores from the score cache (--rescore recomputes them)",
+                              highlight=False)
         if json_out is not None:
             write_json(json_out, to_json(results, scanner.describe()))
             err_console.print(f"wrote {json_out}", highlight=False)
