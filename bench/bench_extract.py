@@ -1,12 +1,16 @@
 """Extraction throughput beside decode-only throughput of the same videos, in the same run.
 
     python bench/bench_extract.py [FOLDER] [--workers N] [--device cpu|cuda] [--preset train|scan|default]
+                                  [--repeat K] [--json FILE]
 
 Decode-only = the extractor's own decoder (every frame into its I420 buffers, the same
 ``--first-frames`` limit as the preset), run over the same files with the same number of worker
 processes. Extraction = ``dfdc_cli.extract.extract`` into a fresh temporary folder (no cache),
 then again into the same folder (all cache hits). Also prints the per-stage time split of the
 extraction (decode / detect / crop+encode, summed over videos, from each entry's result.json).
+
+``--repeat K`` benchmarks K byte-distinct copies of every video (to fill a many-core machine
+without the content-keyed cache serving one copy's tubes to another).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--preset", default="default", help="train | scan | default (the CLI's default settings)")
     ap.add_argument("--repeat-decode", type=int, default=1, help="decode-only passes (best kept)")
+    ap.add_argument("--repeat", type=int, default=1, help="byte-distinct copies of each video")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
     from dfdc_cli import extract as X
@@ -53,6 +59,12 @@ def main() -> None:
     paths = [j.path for j in jobs]
     if not paths:
         raise SystemExit(f"no videos under {args.folder}")
+    copies = None
+    if args.repeat > 1:
+        from bench_scan import make_copies
+
+        copies = tempfile.TemporaryDirectory(prefix="bench-extract-copies-")
+        paths = [str(p) for p in make_copies([Path(p) for p in paths], args.repeat, Path(copies.name))]
     workers = args.workers or min(os.cpu_count() or 1, len(paths))
     print(f"{len(paths)} videos from {args.folder}; preset {args.preset}; device {args.device}; "
           f"workers {workers}; CPU cores {os.cpu_count()}", flush=True)
@@ -103,6 +115,25 @@ def main() -> None:
     tot = sum(split.values()) or 1.0
     print("extraction time split (summed over videos): " + ", ".join(f"{k} {v:.1f} s ({100 * v / tot:.0f}%)" for k, v in split.items()))
     print(f"results: {statuses}, {len(res.tubes)} tubes; second run cached {again.cached}/{n}")
+    if args.json is not None:
+        import platform
+
+        doc = {
+            "videos": n, "preset": args.preset, "device": args.device, "workers": workers,
+            "cpu_cores": os.cpu_count(), "host": platform.node(),
+            "decode_only": {"seconds": dec_s, "videos_per_s": n / dec_s, "frames_per_s": dec_frames / dec_s},
+            "extraction": {"seconds": ext_s, "videos_per_s": n / ext_s, "frames_per_s": ext_frames / ext_s},
+            "cache_hits_seconds": hit_s, "ratio": dec_s / ext_s, "split_seconds": split,
+            "statuses": statuses, "tubes": len(res.tubes),
+        }
+        if args.device.startswith("cuda"):
+            import torch
+
+            doc["gpu"] = torch.cuda.get_device_name(0)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    if copies is not None:
+        copies.cleanup()
 
 
 if __name__ == "__main__":
