@@ -176,6 +176,9 @@ def test_scan_and_eval_read_an_existing_index(labelled_index, tmp_path, monkeypa
     assert set(car["faces"][0]["members"]) == set(tiny_members)
     assert doc["bikes.mp4"]["status"] == "no_face" and doc["bikes.mp4"]["p_fake"] == 0.5
     assert doc["carphone_sbi0.mp4"]["p_fake"] != car["p_fake"]  # other pixels, other scores
+    # Self-blended copies have no 2D crops: the 2D member leaves them, and says so.
+    assert "seresnext50_2d" not in doc["carphone_sbi0.mp4"]["faces"][0]["members"]
+    assert "1 tubes of the index have no 2D crops" in err and "seresnext50_2d" in err
 
     # One file of the index.
     code, stdout, err = run_cli(monkeypatch, capsys, "scan", videos / "carphone.mp4", "--index", out, "--json", js)

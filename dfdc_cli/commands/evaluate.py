@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         from ..evaluate import default_out_dir, evaluate_results, gather_labels, match_index, read_labels, write_report
         from ..scan import index_items, items_extractor
         from ..ui import console, err_console, fail_line, progress, warn
-        from .scan import make_scanner
+        from .scan import make_scanner, warn_missing_2d
 
         extractor = None
         if index is not None:
@@ -82,6 +82,8 @@ def register(app: typer.Typer) -> None:
             videos = [it.video for it in items]
         scanner = make_scanner(members, weights, 0.5, device, workers, batch_size, precision,
                                extractor=extractor, rescore=rescore)
+        if index is not None:
+            warn_missing_2d(scanner, found)
         results = []
         with progress(transient=True) as bar:
             task = bar.add_task("eval", total=len(items), status="")

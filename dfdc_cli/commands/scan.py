@@ -69,6 +69,18 @@ def make_scanner(members, weights, threshold, device, workers, batch_size, preci
                    score_dir=scan_scores_dir(), reuse_scores=not rescore)
 
 
+def warn_missing_2d(scanner, items) -> None:
+    """An index extracted without --with-2d has no crops for the 2D member, which then scores
+    nothing there: say so rather than leave its column empty without a word."""
+    from ..ui import warn
+
+    lacking = sum(1 for e in items for r in e.tubes if not str(r.get("tube2d_path") or ""))
+    two_d = [m.name for m in scanner.members if m.kind == "2d"]
+    if lacking and two_d:
+        warn(f"{lacking} tubes of the index have no 2D crops (extract --with-2d makes them); "
+             f"{', '.join(two_d)} does not score those")
+
+
 def index_source(index: Path, paths) -> tuple[list, object]:
     """(items, extractor) for scoring the tubes of an extract index: every item, or those of
     ``paths`` (files or folders)."""
@@ -129,6 +141,8 @@ def register(app: typer.Typer) -> None:
                 raise UserError("no video files found in the given paths")
         scanner = make_scanner(members, weights, threshold, device, workers, batch_size, precision,
                                extractor=extractor, rescore=rescore)
+        if index is not None:
+            warn_missing_2d(scanner, items)
         results = []
         with progress(transient=True) as bar:
             task = bar.add_task("scan", total=len(videos), status="")
