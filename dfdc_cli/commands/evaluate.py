@@ -59,8 +59,8 @@ def register(app: typer.Typer) -> None:
         from ..errors import UserError
         from ..evaluate import default_out_dir, evaluate_results, gather_labels, match_index, read_labels, write_report
         from ..scan import index_items, items_extractor
-        from ..ui import console, err_console, fail_line, progress, warn
-        from .scan import make_scanner, warn_missing_2d
+        from ..ui import console, err_console, warn
+        from .scan import make_scanner, scan_with_progress, warn_missing_2d
 
         extractor = None
         if index is not None:
@@ -84,15 +84,9 @@ def register(app: typer.Typer) -> None:
                                extractor=extractor, rescore=rescore)
         if index is not None:
             warn_missing_2d(scanner, found)
-        results = []
-        with progress(transient=True) as bar:
-            task = bar.add_task("eval", total=len(items), status="")
-            for r, it in zip(scanner.scan_iter(videos), items):
-                r.label = "FAKE" if it.label else "REAL"
-                results.append(r)
-                if r.status == "error":
-                    fail_line(r.video, r.reason)
-                bar.update(task, advance=1, status=r.name)
+        results = scan_with_progress(scanner, videos, "eval")
+        for r, it in zip(results, items):
+            r.label = "FAKE" if it.label else "REAL"
         report = evaluate_results(results, items, scanner.names, bootstrap=bootstrap, seed=seed)
         import time
 

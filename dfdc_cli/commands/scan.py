@@ -69,6 +69,21 @@ def make_scanner(members, weights, threshold, device, workers, batch_size, preci
                    score_dir=scan_scores_dir(), reuse_scores=not rescore)
 
 
+def scan_with_progress(scanner, videos, desc: str) -> list:
+    """Scan ``videos`` under a progress bar, one line per video that failed (shared with eval)."""
+    from ..ui import fail_line, progress
+
+    results = []
+    with progress(transient=True) as bar:
+        task = bar.add_task(desc, total=len(videos), status="")
+        for r in scanner.scan_iter(videos):
+            results.append(r)
+            if r.status == "error":
+                fail_line(r.video, r.reason)
+            bar.update(task, advance=1, status=r.name)
+    return results
+
+
 def warn_missing_2d(scanner, items) -> None:
     """An index extracted without --with-2d has no crops for the 2D member, which then scores
     nothing there: say so rather than leave its column empty without a word."""
@@ -125,7 +140,7 @@ def register(app: typer.Typer) -> None:
         from ..atomic import write_json
         from ..errors import UserError
         from ..scan import expand_paths, to_json, write_submission
-        from ..ui import console, err_console, fail_line, progress
+        from ..ui import console, err_console
 
         extractor = None
         if index is not None:
@@ -143,14 +158,7 @@ def register(app: typer.Typer) -> None:
                                extractor=extractor, rescore=rescore)
         if index is not None:
             warn_missing_2d(scanner, items)
-        results = []
-        with progress(transient=True) as bar:
-            task = bar.add_task("scan", total=len(videos), status="")
-            for r in scanner.scan_iter(videos):
-                results.append(r)
-                if r.status == "error":
-                    fail_line(r.video, r.reason)
-                bar.update(task, advance=1, status=r.name)
+        results = scan_with_progress(scanner, videos, "scan")
         console.print(results_table(results, scanner.names, threshold))
         n_err = sum(r.status == "error" for r in results)
         n_nf = sum(r.status == "no_face" for r in results)
