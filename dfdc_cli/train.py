@@ -7,7 +7,7 @@ Recipes
 
 Run folder (``paths.runs_dir()/<member>-<UTC timestamp>``)
     ``recipe.toml``, ``split.json`` (which tubes sat on which side), ``log.csv`` (one row per epoch:
-    train loss, val loss/AUC, clips/s, ...), ``last.pt`` (everything needed to resume: model,
+    train loss, val loss/AUC, clips/s, data share, ...), ``last.pt`` (everything needed to resume: model,
     optimiser, scheduler, grad scaler, RNG states, epoch, sampler state, history) and ``best.pt``
     (the weights of the epoch with the lowest validation loss, registered in the model registry at
     the end).
@@ -396,8 +396,10 @@ def _gather_lists(rt: Runtime, obj: Any) -> list:
 # Model adapter (models.registry / models.store)
 
 
-# Where `init = "pretrained"` looks for the seed's starting weights (nothing is downloaded): the
-# data folder's ``pretrained/`` and torch hub's checkpoint cache, under these file names.
+# Where `init = "pretrained"` looks for the seed's starting weights: the data folder's ``pretrained/``
+# and torch hub's checkpoint cache, under these file names. torchvision's three (mc3, r2plus1d, r3d18;
+# the names its weights API gives) are downloaded into that cache when found in neither; the others
+# are never downloaded.
 PRETRAINED_FILES: dict[str, tuple[str, ...]] = {
     "mc3": ("mc3_18-a90a0ba3.pth",),
     "r2plus1d": ("r2plus1d_18-91a641e6.pth",),
@@ -409,31 +411,36 @@ PRETRAINED_FILES: dict[str, tuple[str, ...]] = {
 
 
 def pretrained_dirs() -> list[Path]:
+    from models.pretrained import hub_checkpoints_dir
+
     from .paths import data_dir
 
-    dirs = [data_dir() / "pretrained"]
-    try:
-        dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
-    except Exception:  # pragma: no cover
-        pass
-    return dirs
+    return [data_dir() / "pretrained", hub_checkpoints_dir()]
 
 
-def resolve_init(spec, init: Any) -> tuple[Optional[Path], str]:
+def resolve_init(spec, init: Any, echo: Optional[Callable[[str], None]] = None) -> tuple[Optional[Path], str]:
     """``model.init`` -> (weights file to start from, or None for random init; a description).
 
-    scratch | pretrained (the seed's Kinetics/Charades/ImageNet file, found locally) | a weights file |
-    a registry member (``mc3_112`` or ``mc3_112:<id>``: its active / given model).
+    scratch | pretrained (the seed's Kinetics/Charades/ImageNet file, found locally, or torchvision's
+    Kinetics-400 file downloaded into torch hub's cache) | a weights file | a registry member
+    (``mc3_112`` or ``mc3_112:<id>``: its active / given model). ``echo`` hears about a download.
     """
     s = str(init or "").strip()
     if s.lower() in ("", "scratch", "none", "random"):
         return None, "random init"
     if s.lower() == "pretrained":
+        from models.pretrained import fetch_torchvision_weights, torchvision_weights
+
         names = PRETRAINED_FILES.get(spec.arch, ())
         for d in pretrained_dirs():
             for n in names:
                 if (d / n).is_file():
                     return d / n, f"pretrained {d / n}"
+        if torchvision_weights(spec.arch) is not None:
+            from .ui import err_console
+
+            path = fetch_torchvision_weights(spec.arch, progress=err_console.is_terminal, echo=echo)
+            return path, f"pretrained {path}"
         where = " or ".join(str(d) for d in pretrained_dirs())
         raise UserError(
             f"{spec.name} starts from pretrained weights ({' / '.join(names)}), not found in {where}; "
@@ -554,9 +561,11 @@ class Stepper:
         return loss.detach()
 
 
+# data_share: the fraction of the training pass spent waiting for the next batch (the data
+# pipeline's share of the step time; near 0 when the model is the bottleneck).
 LOG_COLUMNS = [
     "epoch", "lr", "train_loss", "val_loss", "val_logloss", "val_auc", "val_acc",
-    "clips_per_s", "train_s", "val_s", "best",
+    "clips_per_s", "data_share", "train_s", "data_s", "val_s", "best",
 ]
 
 
@@ -672,7 +681,14 @@ def train(
     res = int(d["input_res"]) or int(spec.res)
 
     if resume is None:
-        resolve_init(spec, m["init"])  # fail fast (a missing pretrained file) before reading any data
+        # Fail fast (a missing pretrained file) before reading any data. Under torchrun the first
+        # process of each machine resolves (and downloads) first; the others then find the file.
+        first_here = rt.local_rank == 0
+        if rt.distributed and not first_here:
+            torch.distributed.barrier()
+        resolve_init(spec, m["init"], echo=echo if first_here else None)
+        if rt.distributed and first_here:
+            torch.distributed.barrier()
 
     # -- data ---------------------------------------------------------------------------------
     tubes = data.load_tubes(d["index"] or None)
@@ -775,35 +791,49 @@ def train(
         batch_rng = np.random.default_rng([seed & 0xFFFFFFFF, 12, epoch, rt.rank])
         model.train()
         t0 = time.perf_counter()
-        loss_sum, n_seen = 0.0, 0
+        loss_sum, n_seen, data_s = 0.0, 0, 0.0
         prog = _Progress(main and show_progress, f"epoch {epoch + 1}/{epochs}", steps_per_epoch)
         loss_acc = torch.zeros((), dtype=torch.float64, device=rt.device)
+        w0 = t0  # the wait for each batch: from the end of the previous step to the batch's arrival
         for i, (x, y) in enumerate(train_loader):
+            data_s += time.perf_counter() - w0
             loss = stepper(x, y, batch_rng)
             loss_acc += loss.double() * len(y)
             n_seen += len(y)
-            if prog.enabled and (i % 10 == 0 or i + 1 == steps_per_epoch):  # (a device sync: not every step)
-                loss_sum = float(loss_acc)
-                prog.advance(i + 1, f"loss {loss_sum / max(n_seen, 1):.4f}  "
-                                    f"{n_seen * rt.world_size / (time.perf_counter() - t0):.1f} clips/s")
+            if rt.device.type == "cuda":
+                # Let the queued GPU work finish: else the next wait would count compute time as
+                # data time (a step returns before the GPU has run it).
+                torch.cuda.synchronize(rt.device)
+            if prog.enabled:
+                elapsed = time.perf_counter() - t0
+                prog.advance(i + 1, f"loss {float(loss_acc) / n_seen:.4f}  "
+                                    f"{_rate(n_seen * rt.world_size / elapsed)} clips/s  data {data_s / elapsed:.0%}")
+            w0 = time.perf_counter()
         loss_sum = float(loss_acc)
         prog.close()
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         train_s = time.perf_counter() - t0
-        loss_sum, n_seen = _all_reduce_sum(rt, [loss_sum, float(n_seen)])
+        # (data time: the mean over the processes, each of which waits for its own loader)
+        loss_sum, n_seen, data_s = _all_reduce_sum(rt, [loss_sum, float(n_seen), data_s])
+        data_s /= rt.world_size
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": float(opt.param_groups[0]["lr"]),
             "train_loss": loss_sum / max(n_seen, 1.0),
             "clips_per_s": n_seen / max(train_s, 1e-9),
+            "data_share": data_s / max(train_s, 1e-9),
             "train_s": train_s,
+            "data_s": data_s,
             "val_loss": math.nan, "val_logloss": math.nan, "val_auc": math.nan, "val_acc": math.nan, "val_s": 0.0,
             "best": False,
         }
         if val_loader is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
             v0 = time.perf_counter()
-            ys, ps = evaluate(model, val_loader, rt)
+            vprog = _Progress(main and show_progress, f"epoch {epoch + 1}/{epochs} validation", len(val_loader))
+            ys, ps = evaluate(model, val_loader, rt, on_batch=lambda k, n: vprog.advance(
+                k, f"{_rate(n * rt.world_size / max(time.perf_counter() - v0, 1e-9))} clips/s"))
+            vprog.close()
             if len(ys):
                 from .metrics import log_loss
 
@@ -868,24 +898,26 @@ def _epoch_line(row: Mapping, epochs: int) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
     return (f"epoch {row['epoch']}/{epochs}: train loss {f(row['train_loss'])}  val loss {f(row['val_loss'])}  "
-            f"val AUC {f(row['val_auc'], '.3f')}  {f(row['clips_per_s'], '.1f')} clips/s"
+            f"val AUC {f(row['val_auc'], '.3f')}  {_rate(row['clips_per_s'])} clips/s  "
+            f"data {f(row.get('data_share', math.nan), '.0%')}"
             + ("  *best" if row.get("best") else ""))
 
 
 @torch.no_grad()
-def evaluate(model, loader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(model, loader, rt: Runtime,
+             on_batch: Optional[Callable[[int, int], None]] = None) -> tuple[np.ndarray, np.ndarray]:
     """p(fake) and labels over a (sharded) loader, gathered from all ranks.
 
     The 2D member's items are frame stacks, scored by its test-time rule
     (:meth:`models.registry.MemberModel.p_fake_2d`, the one scan's predict applies), so that its
-    validation loss measures what scan will do.
+    validation loss measures what scan will do. ``on_batch(batches, items)`` follows the progress.
 
     Runs the bare model (not the DDP wrapper, whose forward would broadcast buffers: a collective
     that ranks with different numbers of validation batches would not match)."""
     model = _unwrap(model)
     model.eval()
     two_d = model.kind == "2d"
-    ys, ps = [], []
+    ys, ps, n_items = [], [], 0
     for x, y in loader:
         x = _to_input(x, rt.device)
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
@@ -893,30 +925,74 @@ def evaluate(model, loader, rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
         p = out if two_d else torch.sigmoid(out.float().reshape(-1))
         ps.append(p.cpu().numpy())
         ys.append(y.numpy())
+        n_items += len(y)
+        if on_batch is not None:
+            on_batch(len(ys), n_items)
     y_all = np.concatenate(ys) if ys else np.zeros(0)
     p_all = np.concatenate(ps) if ps else np.zeros(0)
     parts = _gather_lists(rt, (y_all, p_all))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _rate(per_s: float) -> str:
+    """Clips per second to three significant digits (0.182 on a CPU, 143 on a GPU)."""
+    return "-" if per_s is None or math.isnan(per_s) else f"{per_s:.3g}"
+
+
+def _clock(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# Off a terminal (a log file, a pipe), how often a progress line is written.
+PLAIN_PROGRESS_EVERY_S = 60.0
+
+
 class _Progress:
-    """A per-epoch progress bar (rich, on stderr), or nothing."""
+    """Progress of one pass (an epoch's training or validation) on stderr, or nothing.
 
-    def __init__(self, enabled: bool, desc: str, total: int):
-        from .ui import err_console
+    On a terminal: a rich bar with the steps, elapsed time, ETA and a status (loss, clips/s, the
+    data pipeline's share). Elsewhere (a log file, a pipe, tests) a plain line every ``every_s``
+    seconds, without control characters, so that an hour-long CPU epoch can be followed with
+    ``tail -f``. The ETA is the mean step time so far times the steps left: rich's own estimate
+    needs several updates within 30 s, which a CPU step of tens of seconds never gives.
+    """
 
+    def __init__(self, enabled: bool, desc: str, total: int, every_s: float = PLAIN_PROGRESS_EVERY_S,
+                 clock: Callable[[], float] = time.perf_counter):
+        from . import ui
+
+        self.console = ui.err_console
+        self.enabled = bool(enabled) and total > 0
+        self.desc, self.total, self.every_s, self.clock = desc, int(total), float(every_s), clock
+        self.t0 = self.last_line = clock()
         self.bar = None
-        self.enabled = enabled and err_console.is_terminal  # (no bar in logs: the epoch lines say it all)
-        if self.enabled:
-            from .ui import progress
+        if self.enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = progress(transient=True)
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[status]}"),
+                console=self.console, transient=True,
+            )
             self.bar.start()
-            self.task = self.bar.add_task(desc, total=total, status="")
+            self.task = self.bar.add_task(desc, total=total, status="", eta=_clock(None))
 
     def advance(self, completed: int, status: str) -> None:
+        if not self.enabled:
+            return
+        now = self.clock()
+        elapsed = now - self.t0
+        eta = elapsed / completed * (self.total - completed) if completed else None
         if self.bar is not None:
-            self.bar.update(self.task, completed=completed, status=status)
+            self.bar.update(self.task, completed=completed, status=status, eta=_clock(eta))
+        elif now - self.last_line >= self.every_s and completed < self.total:
+            self.last_line = now
+            self.console.print(f"{self.desc}: {completed}/{self.total} ({completed / self.total:.0%}) "
+                               f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}  {status}",
+                               markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:

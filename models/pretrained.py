@@ -1,4 +1,5 @@
-"""Pretrained initialisation for training, from a local file the user names (nothing is downloaded).
+"""Pretrained initialisation for training: from a local file, or (for the three networks torchvision
+provides Kinetics-400 weights for) through torchvision's weights API into torch hub's cache.
 
 Accepted formats (detected from the keys):
 
@@ -16,6 +17,10 @@ any              a checkpoint of the same architecture from ``deepfake train`` o
                  fine-tune ``mc3_224`` from ``mc3_112``); its 2-class head is kept
 ===============  ==================================================================================
 
+torchvision's files (MC3-18, R(2+1)D-18, R3D-18) are fetched by :func:`fetch_torchvision_weights` into
+``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``) on first use, hash-checked as torch
+hub does; every other format is only ever read from a local file.
+
 The classification head of a pretrained file (400 / 157 / 1000 classes) is dropped and stays freshly
 initialised; everything else must match key for key and shape for shape. BatchNorm
 ``num_batches_tracked`` buffers may be absent (old PyTorch saves).
@@ -24,8 +29,10 @@ initialised; everything else must match key for key and shape for shape. BatchNo
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Union
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -130,3 +137,76 @@ def load_pretrained(net: nn.Module, arch: str, path: Union[str, os.PathLike]) ->
     result = net.load_state_dict(take, strict=False)
     assert not result.unexpected_keys
     return list(result.missing_keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's Kinetics-400 weights (its weights API names the file; torch hub's cache holds it)
+
+_TORCHVISION_WEIGHTS = {"mc3": "MC3_18_Weights", "r2plus1d": "R2Plus1D_18_Weights", "r3d18": "R3D_18_Weights"}
+
+# A blocked network can leave a connection hanging rather than refused: give up after this long
+# without a byte (per socket operation, not for the whole 50-130 MB download).
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def torchvision_weights(arch: str):
+    """torchvision's Kinetics-400 weights entry (a ``WeightsEnum`` member) for ``arch``, or None."""
+    name = _TORCHVISION_WEIGHTS.get(arch)
+    if name is None:
+        return None
+    from torchvision.models import video
+
+    return getattr(video, name).KINETICS400_V1
+
+
+def hub_checkpoints_dir() -> Path:
+    """Where torch hub (and torchvision's ``Weights.get_state_dict``) keeps downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def torchvision_file_name(arch: str) -> Optional[str]:
+    w = torchvision_weights(arch)
+    return None if w is None else os.path.basename(urlparse(w.url).path)
+
+
+def fetch_torchvision_weights(arch: str, progress: bool = False,
+                              echo: Optional[Callable[[str], None]] = None) -> Path:
+    """torchvision's Kinetics-400 file for ``arch`` in torch hub's cache, downloaded there first when
+    missing (the same URL, folder and hash check as ``Weights.get_state_dict``). A failed download
+    is a one-line :class:`UserError` naming the file and the folder to put it in."""
+    w = torchvision_weights(arch)
+    if w is None:
+        raise ValueError(f"torchvision has no Kinetics-400 weights for {arch!r}")
+    name = torchvision_file_name(arch)
+    folder = hub_checkpoints_dir()
+    dest = folder / name
+    if dest.is_file():
+        return dest
+    match = torch.hub.HASH_REGEX.search(name)
+    if echo is not None:
+        echo(f"downloading torchvision's Kinetics-400 {arch} weights {w.url} to {folder}")
+    old_timeout = socket.getdefaulttimeout()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        # (writes a .partial file beside dest and moves it into place only once the hash matched)
+        torch.hub.download_url_to_file(w.url, str(dest), match.group(1) if match else None, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - any failure (no network, HTTP error, bad hash) is reported
+        raise UserError(
+            f"{name} (torchvision's Kinetics-400 {arch} weights) could not be downloaded ({_reason(exc)}); "
+            f"fetch {w.url} and put it in {folder}, or pass --init FILE or --init scratch"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    return dest
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a failed download (URLError wraps the socket error that says it)."""
+    from urllib.error import HTTPError
+
+    if isinstance(exc, HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    reason = getattr(exc, "reason", None) or exc
+    text = getattr(reason, "strerror", None) or str(reason) or type(exc).__name__
+    return " ".join(str(text).split())

@@ -53,6 +53,15 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("deepfake-home")
     monkeypatch.setenv("DEEPFAKE_DATA_DIR", str(base / "data"))
     monkeypatch.setenv("DEEPFAKE_CACHE_DIR", str(base / "cache"))
+    # torch hub's cache (pretrained weights) is the test's own too, and nothing is ever downloaded:
+    # a test that needs a download replaces this with its own stand-in.
+    monkeypatch.setenv("TORCH_HOME", str(base / "torch"))
+    import torch.hub
+
+    def no_download(url, *_a, **_k):
+        raise OSError(f"tests never download ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     return base
 
 

@@ -186,8 +186,8 @@ def test_resolve_init(tmp_path):
 
     spec = get_spec("mc3_112")
     assert trainer.resolve_init(spec, "scratch")[0] is None
-    with pytest.raises(UserError, match="pretrained"):
-        trainer.resolve_init(spec, "pretrained")
+    with pytest.raises(UserError, match="mc3_18-a90a0ba3.pth .* could not be downloaded"):
+        trainer.resolve_init(spec, "pretrained")  # (conftest: tests never download)
     with pytest.raises(UserError):
         trainer.resolve_init(spec, str(tmp_path / "nope.pth"))
     with pytest.raises(UserError, match="no model is registered"):
@@ -278,23 +278,28 @@ def test_resume_gives_the_same_weights(tiny_index, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_ddp(tiny_index, tmp_path):
     """`torchrun --nproc-per-node 2` on CPU (gloo): DistributedDataParallel, one run folder, one
-    registration, rank 0 alone writes."""
+    registration, rank 0 alone writes, and alone shows a progress bar (both on a terminal here)."""
     import subprocess
     import sys
 
     launcher = tmp_path / "deepfake_launch.py"
     launcher.write_text("import sys\nfrom dfdc_cli.cli import main\nsys.argv[0] = 'deepfake'\nmain()\n")
     run = tmp_path / "ddp-run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(launcher),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--tee", "3", str(launcher),  # (--tee: each process's lines come prefixed with its rank)
            "train", "--member", "mc3_112", "--index", str(tiny_index), "--init", "scratch", "--epochs", "1",
            "--batch-size", "5", "--workers", "0", "--device", "cpu", "--run-dir", str(run),
            "--set", "data.clip_frames=8", "--set", "data.input_res=32", "--set", "data.val_fraction=0.25"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               TTY_COMPATIBLE="1")  # (rich: draw bars as on a terminal)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert out.count("split by groups") == 1 and out.count("registered as") == 1  # only rank 0 reports
     assert "batch 5 x 2 process(es)" in out
+    lines = out.splitlines()
+    assert any(line.startswith("[default0]:") and "ETA" in line and "clips/s" in line for line in lines)
+    assert not any(line.startswith("[default1]:") and ("ETA" in line or "epoch" in line) for line in lines)
     log = pd.read_csv(run / "log.csv")
     assert len(log) == 1 and not math.isnan(log["val_loss"][0])
     from models import store
