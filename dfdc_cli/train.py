@@ -975,7 +975,7 @@ class _Progress:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[status]}"),
-                console=self.console, transient=True,
+                console=self.console, transient=True, refresh_per_second=2,  # (the clock ticks in seconds)
             )
             self.bar.start()
             self.task = self.bar.add_task(desc, total=total, status="", eta=_clock(None))

@@ -292,7 +292,7 @@ def test_torchrun_two_processes_ddp(tiny_index, tmp_path):
            "--set", "data.clip_frames=8", "--set", "data.input_res=32", "--set", "data.val_fraction=0.25"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]),
                TTY_COMPATIBLE="1")  # (rich: draw bars as on a terminal)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert out.count("split by groups") == 1 and out.count("registered as") == 1  # only rank 0 reports
