@@ -37,3 +37,18 @@ def warn(msg: str) -> None:
 def fail_line(path: str, reason: str) -> None:
     """The one-line message for a video that could not be processed."""
     err_console.print(f"[red]failed[/red] {path}: {reason}", highlight=False, soft_wrap=True)
+
+
+def middle_ellipsis(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: a long one keeps its start and its end (the
+    extension, and about a third of the width) around an ellipsis, so names stay recognisable
+    (``a_very_long_video_n…_take_3.mp4``)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    _, dot, ext = text.rpartition(".")
+    keep_ext = len(ext) + 1 if dot and len(ext) + 1 < width // 2 else 0
+    tail = max(keep_ext, (width - 1) // 3)
+    head = width - 1 - tail
+    return text[:head] + "…" + (text[-tail:] if tail else "")

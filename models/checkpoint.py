@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import re
 import warnings
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +27,34 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with clear errors for missing,
-    truncated, corrupt or non-tensor (arbitrary pickle) files."""
-    path = Path(path).expanduser()
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise UserError(f"checkpoint file not found: {path}")
     if not path.is_file():
         raise UserError(f"not a file: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A checkpoint file's bytes (one read serves loading, hashing and storing it), with the same
+    one-line errors as :func:`read_checkpoint`."""
+    path = Path(path).expanduser()
+    _check_file(path)
+    return path.read_bytes()
+
+
+def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> Any:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with clear errors for missing,
+    truncated, corrupt or non-tensor (arbitrary pickle) files. ``data``: the file's bytes, when the
+    caller has already read them (:func:`read_bytes`)."""
+    path = Path(path).expanduser()
+    if data is None:
+        _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
@@ -102,36 +118,69 @@ def describe_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Te
     return "; ".join(parts)
 
 
+def _differences(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]):
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    return shapes, missing, unexpected
+
+
 def mismatch_report(net: nn.Module, sd: Mapping[str, torch.Tensor]) -> str | None:
     """None when ``sd`` matches ``net``'s state_dict key for key and shape for shape, otherwise one line
     naming the first differences."""
     own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    shapes, missing, unexpected = _differences(own, sd)
     if not (missing or unexpected or shapes):
         return None
     return describe_mismatch(own, sd, shapes, missing, unexpected)
 
 
-def guess_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """The architecture whose fresh state_dict matches ``sd`` exactly, if any (built on the meta device)."""
-    from .registry import build_net
+@lru_cache(maxsize=None)
+def _meta_state_dict(arch: str, build_net) -> dict[str, torch.Tensor]:
+    """An architecture's state_dict on the meta device (shapes only, no memory), built once per
+    builder (tests swap in tiny networks)."""
+    with torch.device("meta"):
+        return build_net(arch).state_dict()
+
+
+def match_layouts(sd: Mapping[str, torch.Tensor]) -> tuple[list[str], str, str]:
+    """Which architectures' layouts ``sd`` matches exactly (networks built on the meta device).
+
+    Returns (matching architectures, the closest architecture, its mismatch line); the last two are
+    what to tell a user whose file matches none ("" when one matches)."""
+    from . import registry
     from .specs import ARCHS
 
+    matches: list[str] = []
+    closest: tuple[int, str, str] = (1 << 30, "", "")
     for arch in ARCHS:
-        with torch.device("meta"):
-            net = build_net(arch)
-        if mismatch_report(net, sd) is None:
-            return arch
-    return None
+        own = _meta_state_dict(arch, registry.build_net)
+        shapes, missing, unexpected = _differences(own, sd)
+        n = len(shapes) + len(missing) + len(unexpected)
+        if n == 0:
+            matches.append(arch)
+        elif not matches and n < closest[0]:
+            closest = (n, arch, describe_mismatch(own, sd, shapes, missing, unexpected))
+    return (matches, "", "") if matches else ([], closest[1], closest[2])
 
 
-def load_strict(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
-    """``net.load_state_dict(sd, strict=True)`` with a one-line :class:`UserError` on any mismatch."""
+def guess_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """The architecture whose fresh state_dict matches ``sd`` exactly, if any."""
+    matches = match_layouts(sd)[0]
+    return matches[0] if matches else None
+
+
+def check_layout(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """A one-line :class:`UserError` unless ``sd`` loads strictly into ``net`` (which may live on the
+    meta device: only keys and shapes are compared)."""
     problem = mismatch_report(net, sd)
     if problem is not None:
         guess = guess_arch(sd)
         hint = f" (it is a {guess} checkpoint)" if guess else ""
         raise UserError(f"{source} does not match {what}{hint}: {problem}")
+
+
+def load_strict(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """``net.load_state_dict(sd, strict=True)`` with a one-line :class:`UserError` on any mismatch."""
+    check_layout(net, sd, source, what)
     net.load_state_dict(sd, strict=True)

@@ -7,6 +7,7 @@ flip, clip length) live here and are applied inside the model wrapper, so caller
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -30,6 +31,12 @@ class MemberSpec:
     kind: str  # "3d" | "2d"
     reference: str = ""  # name of ../shared/reference/checkpoints/<reference>.json layout
     description: str = ""
+    released_file: str = ""  # the seed's released checkpoint file name ("" for non-seed members)
+    label: str = ""  # short column label for tables (e.g. I3D-CM)
+
+    @property
+    def short(self) -> str:
+        return self.label or self.name
 
     @property
     def is_3d(self) -> bool:
@@ -46,26 +53,57 @@ _ARCH_DEFAULTS: dict[str, dict] = {
 }
 
 
-def _member(name: str, arch: str, res: int, reference: str, description: str) -> MemberSpec:
+def _member(name: str, arch: str, res: int, reference: str, description: str, released_file: str = "",
+            label: str = "") -> MemberSpec:
     return MemberSpec(name=name, arch=arch, res=res, reference=reference, description=description,
-                      **_ARCH_DEFAULTS[arch])
+                      released_file=released_file, label=label, **_ARCH_DEFAULTS[arch])
 
 
-# The seed's eight ensemble members (SEED.md section 2), in the order of the seed's notebook.
+# The seed's eight ensemble members (SEED.md section 2), in the order of the seed's notebook, with the
+# file names of the seed's release: three pairs share one layout (i3d, mc3, r2plus1d), so `deepfake
+# models import` tells those apart by these names.
 MEMBERS: dict[str, MemberSpec] = {
     m.name: m
     for m in (
-        _member("i3d_224", "i3d", 224, "i3d_224", "I3D (Inception-v1 inflated), 64x224x224"),
-        _member("i3d_cutmix_224", "i3d", 224, "i3d_cutmix_224", "I3D trained with 3D CutMix"),
-        _member("r3d34_224", "r3d34", 224, "r3d34_224", "3D ResNet-34, type-A shortcuts, raw 0..255 input"),
-        _member("mc3_112", "mc3", 112, "mc3_112", "MC3-18 (torchvision), 112x112"),
-        _member("mc3_224", "mc3", 224, "mc3_224", "MC3-18 fine-tuned from mc3_112 at 224x224"),
-        _member("r2plus1d_112", "r2plus1d", 112, "r2plus1d_112", "R(2+1)D-18 (torchvision), 112x112"),
-        _member("r2plus1d_cutmix_112", "r2plus1d", 112, "r2plus1d_cutmix_112", "R(2+1)D-18 with 3D CutMix"),
+        _member("i3d_224", "i3d", 224, "i3d_224", "I3D (Inception-v1 inflated), 64x224x224",
+                "j3d_e1_l0.1374.model", "I3D"),
+        _member("i3d_cutmix_224", "i3d", 224, "i3d_cutmix_224", "I3D trained with 3D CutMix",
+                "i3dcutmix_e11_l0.1612.model", "I3D-CM"),
+        _member("r3d34_224", "r3d34", 224, "r3d34_224", "3D ResNet-34, type-A shortcuts, raw 0..255 input",
+                "res34_1cy_minaug_nonorm_e4_l0.1794.model", "R3D34"),
+        _member("mc3_112", "mc3", 112, "mc3_112", "MC3-18 (torchvision), 112x112",
+                "mc3_18_112_1cy_lilaug_nonorm_e9_l0.1905.model", "MC3"),
+        _member("mc3_224", "mc3", 224, "mc3_224", "MC3-18 fine-tuned from mc3_112 at 224x224",
+                "mc3_18_112t224_1cy_lilaug_nonorm_e7_l0.1901.model", "MC3-224"),
+        _member("r2plus1d_112", "r2plus1d", 112, "r2plus1d_112", "R(2+1)D-18 (torchvision), 112x112",
+                "r2p1_18_8_112tr_112te_e12_l0.1741.model", "R21D"),
+        _member("r2plus1d_cutmix_112", "r2plus1d", 112, "r2plus1d_cutmix_112", "R(2+1)D-18 with 3D CutMix",
+                "r2plus1dcutmix_112_e10_l0.1608.model", "R21D-CM"),
         _member("seresnext50_2d", "seresnext50", 256, "seresnext50_2d",
-                "SE-ResNeXt50 32x4d per frame, median of 32 frames"),
+                "SE-ResNeXt50 32x4d per frame, median of 32 frames", "SRXT50_094_VM-0.2504.PTH", "SE2D"),
     )
 }
+
+# What follows a run's name in a released file name: the epoch and validation loss (``_e9_l0.1905.model``)
+# or the 2D member's ``_VM-0.2504.PTH``; other epochs of the same run keep the run's name.
+_RELEASE_SUFFIX = re.compile(r"(_e\d+_l\d+(\.\d+)?\.model|_VM-\d+(\.\d+)?\.pth)$", re.IGNORECASE)
+
+
+def release_run(spec: MemberSpec) -> str:
+    """The run part of a member's released file name (``mc3_18_112t224_1cy_lilaug_nonorm``)."""
+    return _RELEASE_SUFFIX.sub("", spec.released_file)
+
+
+def named_as_released(spec: MemberSpec, file_name: str) -> bool:
+    """Whether ``file_name`` is the member's released file, or another epoch of the same run
+    (its run name followed by ``_e<epoch>_l<loss>.model``)."""
+    if not spec.released_file:
+        return False
+    name = file_name.lower()
+    if name == spec.released_file.lower():
+        return True
+    run = release_run(spec).lower()
+    return bool(_RELEASE_SUFFIX.search(name)) and _RELEASE_SUFFIX.sub("", name) == run
 
 
 def get_spec(name: str) -> MemberSpec:

@@ -6,6 +6,8 @@ API (what ``train``, ``scan``, ``eval`` and ``deepfake models`` use):
 
 * :func:`register` - store a state_dict (or a checkpoint file) for a member, make it active;
 * :func:`import_checkpoint` - the same for a user's file, with the file's hash as provenance;
+* :func:`checkpoint_files`, :func:`import_files` - a whole release (files and folders), each file's
+  member recognised by :func:`identify`;
 * :func:`list_entries`, :func:`members`, :func:`active`, :func:`get_entry`;
 * :func:`load` - a ready :class:`~models.registry.MemberModel` (eval mode) of a member's active model;
 * :func:`activate`, :func:`remove`.
@@ -13,13 +15,14 @@ API (what ``train``, ``scan``, ``eval`` and ``deepfake models`` use):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 
@@ -27,7 +30,7 @@ from dfdc_cli import paths
 from dfdc_cli.atomic import atomic_dir, write_text
 from dfdc_cli.errors import UserError
 
-from .checkpoint import extract_state_dict, load_strict, read_checkpoint, sha256_file
+from .checkpoint import check_layout, extract_state_dict, load_strict, read_bytes, read_checkpoint, sha256_file
 from .specs import MEMBERS, MemberSpec, get_spec
 
 WEIGHTS = "weights.pt"
@@ -198,6 +201,7 @@ def register(
     extra: Optional[Mapping[str, Any]] = None,
     activate: bool = True,
     _loaded: Any = None,
+    _data: Optional[bytes] = None,
 ) -> Entry:
     """Verify that ``weights`` (a state_dict, a trainer checkpoint dict, or a checkpoint file) loads
     strictly into ``member``'s network, store it and (by default) make it the member's active model.
@@ -207,22 +211,26 @@ def register(
 
     spec = _spec(member)
     source_sha = ""
-    copy_from: Optional[Path] = None
+    keep: Optional[bytes] = None
     if isinstance(weights, (str, os.PathLike)):
         path = Path(weights).expanduser()
-        obj = read_checkpoint(path) if _loaded is None else _loaded
+        data = read_bytes(path) if _data is None else _data
+        obj = read_checkpoint(path, data) if _loaded is None else _loaded
         sd = normalize_keys(extract_state_dict(obj, source=str(path)))
-        source_sha = sha256_file(path)
+        source_sha = hashlib.sha256(data).hexdigest()
         source = source or f"file:{path.resolve()}"
         # The seed's files are already plain state_dicts: keep their bytes (and hash) as they are.
         if isinstance(obj, Mapping) and list(obj.keys()) == list(sd.keys()):
-            copy_from = path
+            keep = data
         what = str(path)
     else:
         sd = normalize_keys(extract_state_dict(weights, source="state_dict"))
         what = "state_dict"
-    net = build_net(spec.arch)
-    load_strict(net, sd, what, f"member {spec.name} ({spec.arch})")
+    # The check needs shapes only: a network on the meta device costs no memory and no random init
+    # (seconds for the 224 members).
+    with torch.device("meta"):
+        net = build_net(spec.arch)
+    check_layout(net, sd, what, f"member {spec.name} ({spec.arch})")
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
     root = _member_dir(spec.name)
@@ -233,11 +241,12 @@ def register(
     tmp.mkdir()
     try:
         staged = tmp / WEIGHTS
-        if copy_from is not None:
-            shutil.copyfile(copy_from, staged)
+        if keep is not None:
+            staged.write_bytes(keep)
+            sha = source_sha
         else:
             torch.save(sd, staged)
-        sha = sha256_file(staged)
+            sha = sha256_file(staged)
         model_id = sha[:12]
         entry = Entry(
             member=spec.name, model_id=model_id, arch=spec.arch, res=spec.res, source=source,
@@ -256,16 +265,111 @@ def register(
     return get_entry(spec.name, model_id)
 
 
-def import_checkpoint(path: Union[str, os.PathLike], member: str, *, val_loss: Optional[float] = None,
-                      activate: bool = True) -> Entry:
-    """Import a checkpoint file (the seed's ``.model``/``.PTH`` files, or one written by ``deepfake
-    train``) as a model of ``member``: safe load (weights_only), strict key/shape check, hash, store.
+# Files a folder import picks up (the seed's .model / .PTH, our .pt, common others); any file named on
+# the command line is tried whatever its name.
+WEIGHT_SUFFIXES = (".model", ".pth", ".pt", ".ckpt", ".bin", ".tar")
 
-    A validation loss found in the file name (``..._l0.1374.model``, ``...VM-0.2504.PTH``) or in a trainer
-    checkpoint (``val_loss``) is recorded unless ``val_loss`` is given."""
+
+class AmbiguousCheckpoint(UserError):
+    """A checkpoint whose layout fits more than one member and whose name does not tell which."""
+
+    def __init__(self, message: str, candidates: tuple[str, ...]):
+        super().__init__(message)
+        self.candidates = candidates
+
+
+@dataclass
+class ImportResult:
+    """What importing one file did: a new entry, an entry that was already there, or a failure."""
+
+    path: Path
+    entry: Optional[Entry] = None
+    new: bool = False
+    reason: str = ""  # why it failed (one line, naming the file)
+    candidates: tuple[str, ...] = ()  # the members an ambiguous file could be
+
+    @property
+    def ok(self) -> bool:
+        return self.entry is not None
+
+
+def checkpoint_files(paths: Iterable[Union[str, os.PathLike]]) -> tuple[list[Path], list[Path]]:
+    """(files to import, files skipped): files as given, and in folders (recursively, hidden ones left
+    out) the files named like weights (:data:`WEIGHT_SUFFIXES`); the others are returned as skipped."""
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.is_dir():
+            files.append(p)  # a missing file fails with its own reason
+            continue
+        for f in sorted(p.rglob("*")):
+            if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+                continue
+            (files if f.suffix.lower() in WEIGHT_SUFFIXES else skipped).append(f)
+    unique: dict[Path, Path] = {}  # a file named twice (or inside a folder also given) imports once
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values()), skipped
+
+
+def identify(path: Union[str, os.PathLike], obj: Any, sd: Mapping[str, torch.Tensor]) -> MemberSpec:
+    """The member a checkpoint belongs to: its layout (keys and shapes) names the architecture; of the
+    members that share one (i3d, mc3, r2plus1d pairs), the seed's released file name - or another epoch
+    of the same run - or the member a `deepfake train` checkpoint records tells which. Raises
+    :class:`AmbiguousCheckpoint` (with the candidates) when nothing does, :class:`UserError` when no
+    layout fits."""
+    from .checkpoint import match_layouts
+    from .specs import RESOLUTIONS, named_as_released
+
+    path = Path(path)
+    archs, closest, why = match_layouts(sd)
+    if not archs:
+        hint = f"; closest is {closest}: {why}" if closest else ""
+        raise UserError(f"{path} matches no member's layout{hint}")
+    recorded = obj.get("member") if isinstance(obj, Mapping) else None
+    if isinstance(recorded, str):
+        try:
+            spec = get_spec(recorded)
+        except KeyError:
+            spec = None
+        if spec is not None and spec.arch in archs:
+            return spec
+    candidates = [m for m in MEMBERS.values() if m.arch in archs]
+    if len(candidates) == 1:
+        return candidates[0]
+    by_name = [m for m in candidates if named_as_released(m, path.name)]
+    if len(by_name) == 1:
+        return by_name[0]
+    arch = "/".join(archs)
+    if not candidates:  # an architecture no seed member uses: the weights do not say the resolution
+        names = tuple(f"{archs[0]}_{r}" for r in RESOLUTIONS)
+        raise AmbiguousCheckpoint(
+            f"{path} has the {arch} layout, which no seed member uses, and its input size is not in the "
+            f"weights: import it with --as {' or --as '.join(names)}", names)
+    names = tuple(m.name for m in candidates)
+    which = " or ".join(f"{m.name} (released as {m.released_file})" for m in candidates)
+    raise AmbiguousCheckpoint(
+        f"{path} has the {arch} layout, which fits {which}, and its name does not say which: import it "
+        f"with --as {' or --as '.join(names)}", names)
+
+
+def _import(path: Union[str, os.PathLike], member: Optional[str], val_loss: Optional[float],
+            activate: bool) -> tuple[Entry, bool]:
+    from .registry import normalize_keys
+
     path = Path(path).expanduser()
-    spec = _spec(member)
-    obj = read_checkpoint(path)
+    data = read_bytes(path)
+    obj = read_checkpoint(path, data)
+    spec = _spec(member) if member else identify(path, obj, normalize_keys(extract_state_dict(obj, str(path))))
+    source_sha = hashlib.sha256(data).hexdigest()
+    # The same file again (by content, not name) registers nothing: the entry is already verified.
+    old = next((e for e in list_entries(spec.name) if source_sha in (e.source_sha256, e.sha256)), None)
+    if old is not None:
+        if activate and not old.active:
+            write_text(_member_dir(spec.name) / ACTIVE, old.model_id + "\n")
+            old = get_entry(spec.name, old.model_id)
+        return old, False
     if val_loss is None:
         val_loss = _val_loss_of(path, obj)
     extra: dict[str, Any] = {"file_name": path.name}
@@ -273,8 +377,39 @@ def import_checkpoint(path: Union[str, os.PathLike], member: str, *, val_loss: O
         for k in ("epoch", "arch", "member", "recipe", "run"):
             if k in obj and isinstance(obj[k], (str, int, float)):
                 extra[k] = obj[k]
-    return register(spec, path, source=f"import:{path.resolve()}", val_loss=val_loss, extra=extra,
-                    activate=activate, _loaded=obj)
+    entry = register(spec, path, source=f"import:{path.resolve()}", val_loss=val_loss, extra=extra,
+                     activate=activate, _loaded=obj, _data=data)
+    return entry, True
+
+
+def import_checkpoint(path: Union[str, os.PathLike], member: Optional[str] = None, *,
+                      val_loss: Optional[float] = None, activate: bool = True) -> Entry:
+    """Import a checkpoint file (the seed's ``.model``/``.PTH`` files, or one written by ``deepfake
+    train``) as a model of ``member`` (default: recognised by :func:`identify`): safe load
+    (weights_only), strict key/shape check, hash, store. A file already registered for the member
+    returns its entry unchanged (made active when ``activate``).
+
+    A validation loss found in the file name (``..._l0.1374.model``, ``...VM-0.2504.PTH``) or in a trainer
+    checkpoint (``val_loss``) is recorded unless ``val_loss`` is given."""
+    return _import(path, member, val_loss, activate)[0]
+
+
+def import_files(files: Iterable[Union[str, os.PathLike]], member: Optional[str] = None, *,
+                 val_loss: Optional[float] = None, activate: bool = True) -> Iterator[ImportResult]:
+    """Import each file (see :func:`import_checkpoint`), one :class:`ImportResult` per file; a file
+    that fails gets its reason and the others still register."""
+    for f in files:
+        path = Path(f)
+        try:
+            entry, new = _import(path, member, val_loss, activate)
+        except AmbiguousCheckpoint as exc:
+            yield ImportResult(path, reason=str(exc), candidates=exc.candidates)
+        except UserError as exc:
+            yield ImportResult(path, reason=str(exc))
+        except OSError as exc:  # e.g. disk full while storing: this file fails, the batch goes on
+            yield ImportResult(path, reason=f"{path}: {exc.strerror or exc}")
+        else:
+            yield ImportResult(path, entry, new)
 
 
 def _val_loss_of(path: Path, obj: Any) -> Optional[float]:

@@ -4,6 +4,7 @@ state_dicts built from them."""
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +33,28 @@ def random_state_dict(member: str, seed: int = 0) -> dict[str, torch.Tensor]:
         else:
             t = torch.randint(0, 1000, shape, generator=g, dtype=dt)
         sd[key] = t
+    return sd
+
+
+def shared_state_dict(member: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Like :func:`random_state_dict` (same keys, shapes, dtypes), but every float tensor is a view of
+    one random buffer, so ``torch.save`` writes that buffer once: a checkpoint in the released layout
+    at a fraction of the size (the 224 members are ~0.7 GB together otherwise)."""
+    return shared_random([(k, s, _DTYPES[d]) for k, s, d in layout(member)["state_dict"]], seed)
+
+
+def shared_random(entries, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state_dict for ``(key, shape, dtype)`` entries whose float tensors share one random buffer."""
+    g = torch.Generator().manual_seed(seed)
+    entries = [(k, list(s), d) for k, s, d in entries]
+    biggest = max(math.prod(shape) for _, shape, _ in entries)
+    buf = torch.rand(biggest, generator=g) * 0.1 + 0.5  # > 0: a valid running_var too
+    sd: dict[str, torch.Tensor] = {}
+    for key, shape, dt in entries:
+        if dt == torch.float32:
+            sd[key] = buf[: math.prod(shape)].view(shape)
+        else:
+            sd[key] = torch.randint(0, 1000, shape, generator=g, dtype=dt)
     return sd
 
 

@@ -302,7 +302,7 @@ def tiny_members(monkeypatch):
 def table_rows(out: str) -> dict[str, list[str]]:
     rows = {}
     for line in out.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line)]
+        cells = [c.strip() for c in re.split(r"[│┃|]| {2,}", line)]
         cells = [c for c in cells if c != ""]
         if cells and cells[0].endswith(".mp4"):
             rows[cells[0]] = cells

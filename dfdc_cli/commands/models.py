@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -20,9 +20,6 @@ def list_cmd(
 ) -> None:
     """Show the eight seed members (and any other registered architecture/resolution), what is
     registered for each and which model is active."""
-    from rich import box
-    from rich.table import Table
-
     from dfdc_cli import paths
     from dfdc_cli.ui import console
     from models import store
@@ -33,27 +30,30 @@ def list_cmd(
     for e in entries:
         by_member.setdefault(e.member, []).append(e)
     names = list(MEMBERS) + [m for m in by_member if m not in MEMBERS]
+    name_w = max(len(n) for n in names)
 
-    table = Table(box=box.SIMPLE_HEAD, title=f"Model registry: {paths.models_dir()}", title_justify="left",
-                  caption="* = active" if all_entries else None, caption_justify="left", pad_edge=False)
-    table.add_column("member", no_wrap=True, min_width=max(len(n) for n in names))
+    table = _compact_table(f"Model registry: {paths.models_dir()}", "* = active" if all_entries else None)
+    table.add_column("member", no_wrap=True, min_width=name_w)
     if all_entries:
         table.add_column("id", no_wrap=True, min_width=13)
     else:
-        table.add_column("network", overflow="ellipsis", no_wrap=True)
+        table.add_column("network", no_wrap=True)
         table.add_column("#", justify="right", no_wrap=True)
         table.add_column("active", no_wrap=True, min_width=12)
-    table.add_column("val loss" if all_entries else "loss", justify="right", no_wrap=True)
+    table.add_column("loss", justify="right", no_wrap=True)
     table.add_column("date", no_wrap=True, min_width=10)
     if all_entries:
-        table.add_column("source", overflow="fold")
+        table.add_column("source", no_wrap=True)
+        # the source's start (import: / train:) and its file name matter most
+        source_w = max(20, console.width - name_w - 13 - 6 - 10 - 2 * 4)
     for name in names:
         spec = get_spec(name)
         rows = by_member.get(name, [])
         if all_entries:
             for e in rows:
                 vl = "" if e.val_loss is None else f"{e.val_loss:.4f}"
-                table.add_row(name, e.model_id + ("*" if e.active else ""), vl, e.date[:10], e.source)
+                table.add_row(name, e.model_id + ("*" if e.active else ""), vl, e.date[:10],
+                              _short_source(e.source, source_w))
             if not rows:
                 table.add_row(name, "[dim]-[/dim]", "", "", "")
             continue
@@ -67,22 +67,115 @@ def list_cmd(
     console.print(table)
 
 
-@models_app.command("import")
+def _short_source(source: str, width: int) -> str:
+    """``import:/a/long/path/j3d_e1_l0.1374.model`` as ``import:j3d_e1_l0.1374.model`` when the whole
+    does not fit: the file (or run folder) name is what tells entries apart."""
+    from dfdc_cli.ui import middle_ellipsis
+
+    if len(source) <= width:
+        return source
+    kind, sep, rest = source.partition(":")
+    if sep and rest:
+        source = f"{kind}:{Path(rest).name}"
+    return middle_ellipsis(source, width)
+
+
+IMPORT_HELP = """Register checkpoint files: the seed's released .model/.PTH files, or ones from
+`deepfake train`. PATH may be a file or a folder (searched recursively for .model, .pth, .pt, .ckpt,
+.bin and .tar files), so `deepfake models import path/to/release/` registers all eight members.
+
+Each file is loaded safely (weights_only), checked key for key and shape for shape, hashed and
+stored. Its member is recognised from its layout; the pairs that share one (i3d_224 /
+i3d_cutmix_224, mc3_112 / mc3_224, r2plus1d_112 / r2plus1d_cutmix_112) are told apart by the
+released file name. A file that fits more than one member is reported with the candidates:
+import it again with --as MEMBER. A file already registered is not registered again.
+
+Exit code: 0 when every file was registered (or already was), 1 when any file failed.
+"""
+
+
+@models_app.command("import", help=IMPORT_HELP)
 def import_cmd(
-    file: Path = typer.Argument(..., help="A checkpoint: the seed's .model/.PTH file or one from `deepfake train`."),
-    member: str = typer.Option(..., "--as", help="Member to register it as (e.g. i3d_224, or <arch>_<res>)."),
-    val_loss: Optional[float] = typer.Option(None, "--val-loss", help="Validation loss to record "
-                                             "(default: from the file name or the checkpoint)."),
+    paths: List[Path] = typer.Argument(..., help="Checkpoint files or folders.", show_default=False),
+    member: Optional[str] = typer.Option(None, "--as", help="Register every file as this member (e.g. "
+                                         "i3d_224, or <arch>_<res>) instead of recognising it.",
+                                         show_default=False),
+    val_loss: Optional[float] = typer.Option(None, "--val-loss", help="Validation loss to record, for a "
+                                             "single file (default: from the file name or the checkpoint).",
+                                             show_default=False),
     no_activate: bool = typer.Option(False, "--no-activate", help="Register without making it active."),
 ) -> None:
-    """Verify that FILE loads strictly into MEMBER's network, hash it and register it."""
-    from dfdc_cli.ui import console
+    from dfdc_cli.errors import UserError
+    from dfdc_cli.ui import err_console, progress
     from models import store
 
-    e = store.import_checkpoint(file, member, val_loss=val_loss, activate=not no_activate)
-    state = "active" if e.active else "registered (not active)"
-    console.print(f"{e.member}: {e.model_id} {state} - {e.parameter_count:,} parameters, "
-                  f"sha256 {e.sha256[:16]}..., stored in {e.path}", highlight=False)
+    if member is not None:
+        from models.specs import get_spec
+
+        try:
+            get_spec(member)
+        except KeyError as exc:
+            raise UserError(str(exc.args[0])) from None
+    files, skipped = store.checkpoint_files(paths)
+    if not files:
+        raise UserError(f"no checkpoint files ({', '.join(store.WEIGHT_SUFFIXES)}) in "
+                        f"{', '.join(map(str, paths))}")
+    if val_loss is not None and len(files) > 1:
+        raise UserError(f"--val-loss is for one file; {len(files)} were given")
+    results = []
+    with progress(transient=True) as bar:
+        task = bar.add_task("import", total=len(files), status="")
+        for r in store.import_files(files, member, val_loss=val_loss, activate=not no_activate):
+            if not r.ok:
+                err_console.print(f"[red]failed[/red] {r.reason}", highlight=False, soft_wrap=True)
+            results.append(r)
+            bar.update(task, advance=1, status=r.path.name)
+    print_imported(results, skipped)
+    raise typer.Exit(0 if all(r.ok for r in results) else 1)
+
+
+def _compact_table(title: str, caption: Optional[str] = None):
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                 title=title, title_justify="left", title_style="bold", caption=caption, caption_justify="left")
+
+
+def print_imported(results, skipped) -> None:
+    """The table of registered files (stdout) and one summary line (stderr)."""
+    from dfdc_cli import paths
+    from dfdc_cli.ui import console, err_console, middle_ellipsis
+    from models.specs import MEMBERS
+
+    order = {m: i for i, m in enumerate(MEMBERS)}
+    done = sorted((r for r in results if r.ok), key=lambda r: (order.get(r.entry.member, len(order)), r.entry.member))
+    new = sum(r.new for r in done)
+    if done:
+        member_w = max(len(r.entry.member) for r in done)
+        # What the other columns take (loss, id, state and the gaps): the file name gets the rest.
+        file_w = max(16, console.width - member_w - 6 - 13 - 7 - 2 * 4)
+        t = _compact_table(f"Model registry: {paths.models_dir()}", "* = active")
+        t.add_column("member", no_wrap=True)
+        t.add_column("file", no_wrap=True)
+        t.add_column("loss", justify="right", no_wrap=True)
+        t.add_column("id (sha256)", no_wrap=True)
+        t.add_column("", no_wrap=True)
+        for r in done:
+            e = r.entry
+            t.add_row(e.member, middle_ellipsis(r.path.name, file_w), "" if e.val_loss is None else f"{e.val_loss:.4f}",
+                      e.model_id + ("*" if e.active else ""), "new" if r.new else "already")
+        console.print(t)
+    if skipped:
+        names = ", ".join(f.name for f in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        err_console.print(f"[dim]skipped {len(skipped)} files not named like weights: {names}[/dim]",
+                          highlight=False)
+    failed = len(results) - len(done)
+    if done and not new and not failed:
+        err_console.print(f"nothing new: all {len(done)} files were already registered", highlight=False)
+    else:
+        err_console.print(f"{len(results)} files: {new} registered, {len(done) - new} already registered, "
+                          f"{failed} failed", highlight=False)
 
 
 @models_app.command("activate")

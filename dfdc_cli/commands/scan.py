@@ -136,11 +136,14 @@ def register(app: typer.Typer) -> None:
                                                "(filename,label = p(fake)).", show_default=False),
         rescore: bool = typer.Option(False, "--rescore", help="Recompute member scores even when "
                                      "the score cache has them."),
+        members_table: bool = typer.Option(False, "--members-table", help="Print each member's p(fake) "
+                                           "per video as a second table (by default they are columns of "
+                                           "the main table when the terminal is wide enough)."),
     ) -> None:
         from ..atomic import write_json
         from ..errors import UserError
         from ..scan import expand_paths, to_json, write_submission
-        from ..ui import console, err_console
+        from ..ui import err_console
 
         extractor = None
         if index is not None:
@@ -159,7 +162,7 @@ def register(app: typer.Typer) -> None:
         if index is not None:
             warn_missing_2d(scanner, items)
         results = scan_with_progress(scanner, videos, "scan")
-        console.print(results_table(results, scanner.names, threshold))
+        print_results(results, scanner.names, threshold, members_table)
         n_err = sum(r.status == "error" for r in results)
         n_nf = sum(r.status == "no_face" for r in results)
         n_fake = sum(r.verdict == "FAKE" for r in results)
@@ -184,19 +187,72 @@ def fmt_p(p) -> str:
     return "-" if p is None else f"{p:.3f}"
 
 
-def results_table(results, members, threshold: float):
-    """The rich table of a scan: one row per video. Videos without a verdict show their prior in
-    brackets, NO FACE / ERROR as the verdict, and the reason."""
+# Widths of the scan table's columns, so that it fits the terminal instead of letting rich fold
+# every column down to a few letters: names stay whole up to NAME_MAX (longer ones lose their
+# middle), the figures never wrap, and the note takes what is left (wrapping when long).
+NAME_MAX = 40
+NAME_MIN = 12
+NOTE_MIN = 12
+GAP = 2  # between columns (SIMPLE_HEAD, collapsed padding)
+_FIXED = {"faces": 5, "p(fake)": 7, "verdict": 7}  # "(0.500)" and "NO FACE" are 7 wide
+
+
+def member_label(name: str) -> str:
+    """A member's short column label (I3D-CM for i3d_cutmix_224); other members keep their name."""
+    from models.specs import get_spec
+
+    try:
+        return get_spec(name).short
+    except KeyError:
+        return name
+
+
+def _member_widths(members) -> list[int]:
+    return [max(len(member_label(m)), len("0.000")) for m in members]
+
+
+def _note(r) -> str:
+    return (r.reason or "no face found") if r.status == "no_face" else r.reason
+
+
+def _plain_table(title: Optional[str] = None):
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=f"deepfake scan (verdict FAKE at p(fake) >= {threshold:g})", title_justify="left")
-    t.add_column("video", overflow="fold", ratio=3)
-    t.add_column("faces", justify="right")
-    for m in members:
-        t.add_column(m, justify="right", overflow="fold")
-    t.add_column("p(fake)", justify="right", style="bold")
-    t.add_column("verdict")
-    t.add_column("note", overflow="fold", ratio=2)
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                 title=title, title_justify="left", title_style="bold")
+
+
+def table_layout(results, members, width: int) -> tuple[int, bool]:
+    """(video column width, whether the member columns fit in the main table) at ``width``."""
+    longest = max([len(r.name) for r in results] + [len("video")])
+    notes = max([len(_note(r)) for r in results] + [len("note")])
+    fixed = sum(_FIXED.values()) + min(notes, NOTE_MIN) + GAP * (len(_FIXED) + 1)
+    name_w = min(longest, NAME_MAX)
+    with_members = fixed + name_w + sum(_member_widths(members)) + GAP * len(members)
+    if members and with_members <= width:
+        return name_w, True
+    return max(NAME_MIN, min(name_w, width - fixed)), False
+
+
+def results_table(results, members, threshold: float, width: int = 80, inline_members: Optional[bool] = None):
+    """The rich table of a scan, fitted to ``width``: one row per video with its whole name (or a
+    middle-shortened one), faces, p(fake), verdict and note, and the members' scores (short labels)
+    when they fit (``inline_members=None``) or when asked (True). Videos without a verdict show
+    their prior in brackets, NO FACE / ERROR as the verdict, and the reason."""
+    from ..ui import middle_ellipsis
+
+    name_w, fits = table_layout(results, members, width)
+    inline = fits if inline_members is None else inline_members
+    t = _plain_table(f"deepfake scan (verdict FAKE at p(fake) >= {threshold:g})")
+    t.add_column("video", no_wrap=True, min_width=name_w)
+    t.add_column("faces", justify="right", no_wrap=True)
+    shown = list(members) if inline else []
+    for m in shown:
+        t.add_column(member_label(m), justify="right", no_wrap=True)
+    t.add_column("p(fake)", justify="right", style="bold", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
+    t.add_column("note", overflow="fold", min_width=min(NOTE_MIN, width // 6))
     for r in results:
         if r.verdict == "FAKE":
             v = "[red]FAKE[/red]"
@@ -207,9 +263,55 @@ def results_table(results, members, threshold: float):
         else:
             v = "[magenta]ERROR[/magenta]"
         p = fmt_p(r.p_fake) if r.verdict else f"({r.p_fake:.3f})"
-        if r.status == "no_face":
-            note = r.reason or "no face found"
-        else:
-            note = r.reason
-        t.add_row(r.name, str(r.n_faces), *[fmt_p(r.members.get(m)) for m in members], p, v, note)
+        t.add_row(middle_ellipsis(r.name, name_w), str(r.n_faces), *[fmt_p(r.members.get(m)) for m in shown],
+                  p, v, _note(r))
     return t
+
+
+def member_scores_tables(results, members, width: int = 80) -> list:
+    """Compact tables of every member's p(fake) per video (short labels; the video name shortened
+    to what the member columns leave): one table, or several when the members do not fit side by
+    side at ``width``."""
+    from ..ui import middle_ellipsis
+
+    widths = dict(zip(members, _member_widths(members)))
+
+    def cols(group) -> int:
+        return sum(widths[m] for m in group) + GAP * len(group)
+
+    # As few tables as fit, with the members spread evenly over them.
+    n = 1
+    while True:
+        size = -(-len(members) // n)
+        groups = [list(members[i:i + size]) for i in range(0, len(members), size)] or [[]]
+        if n >= len(members) or all(NAME_MIN + cols(g) <= width for g in groups):
+            break
+        n += 1
+    longest = max([len(r.name) for r in results] + [len("video")])
+    name_w = max(NAME_MIN, min(longest, NAME_MAX, width - max(cols(g) for g in groups)))
+    tables = []
+    for group in groups:
+        t = _plain_table("p(fake) per member")
+        t.add_column("video", no_wrap=True, min_width=name_w)
+        for m in group:
+            t.add_column(member_label(m), justify="right", no_wrap=True)
+        for r in results:
+            t.add_row(middle_ellipsis(r.name, name_w), *[fmt_p(r.members.get(m)) for m in group])
+        tables.append(t)
+    return tables
+
+
+def print_results(results, members, threshold: float, members_table: bool = False) -> None:
+    """Print a scan's tables on stdout, fitted to the console: the member scores inline when they
+    fit, as a second table with ``members_table``, otherwise a hint (stderr) how to see them."""
+    from ..ui import console, err_console
+
+    width = console.width
+    console.print(results_table(results, members, threshold, width, inline_members=False if members_table else None))
+    if members_table:
+        for t in member_scores_tables(results, members, width):
+            console.print(t)
+    elif members and not table_layout(results, members, width)[1]:
+        labels = ", ".join(f"{member_label(m)} = {m}" for m in members)
+        err_console.print(f"[dim]per-member scores do not fit in {width} columns: --members-table shows them "
+                          f"({labels})[/dim]", highlight=False)
