@@ -10,7 +10,6 @@ import pytest
 import torch
 from cli_util import run_cli
 
-from dfdc_cli.errors import UserError
 from models import store
 from models.specs import MEMBERS, get_spec, named_as_released
 from models_util import layout, shared_random, shared_state_dict
