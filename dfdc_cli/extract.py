@@ -89,6 +89,7 @@ class ExtractParams:
     mask_downscale: int = 4  # the 3D mask is at 1/mask_downscale of the source resolution
     min_frames: int = 30  # shorter tubes are dropped
     max_frames: int = 100  # tubes are cut to their first max_frames frames (0: no cap)
+    windows: bool = False  # instead: a longer face gives consecutive max_frames windows, one tube each
     max_faces: int = 5  # tubes kept per video, by mean detection probability (0: all)
     first_frames: Optional[int] = None  # decode only the first N frames (None: all)
     fallbacks: bool = False  # no tube: retry at 2x resolution, then thresholds 0.5 keeping 1 face
@@ -136,7 +137,10 @@ class ExtractParams:
 
     def key(self) -> str:
         """Short hash of the output-affecting parameters (and the extractor version)."""
-        blob = json.dumps({"v": EXTRACTOR_VERSION, **self.to_dict()}, sort_keys=True)
+        d = self.to_dict()
+        if not d["windows"]:
+            del d["windows"]  # added later: the store keys of the seed's rule stay what they were
+        blob = json.dumps({"v": EXTRACTOR_VERSION, **d}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def detect_size(self, width: int, height: int, mult: float = 1.0) -> tuple[int, int]:
@@ -263,15 +267,11 @@ def local_detector(device: str = "cpu", batch_size: int = 16) -> DetectFn:
     return detect
 
 
-def _detect_sampled(frames, params: ExtractParams, detect: DetectFn, mult: float, thresholds) -> list:
-    """Faces of every n-th frame, in source pixels."""
+def _to_source(found, width: int, height: int, w: int, h: int) -> list:
+    """Detections on w x h detection frames -> :class:`~dfdc_cli.tubes.Faces` in source pixels."""
     from .tubes import Faces
 
-    w, h = params.detect_size(frames.width, frames.height, mult)
-    idx = list(range(0, len(frames), params.every))
-    images = [frames.rgb_resized(i, w, h) for i in idx]
-    found = detect(images, tuple(thresholds), params.factor, float(params.min_face_size))
-    sx, sy = frames.width / w, frames.height / h
+    sx, sy = width / w, height / h
     s = np.array([sx, sy, sx, sy], np.float32)
     out = []
     for ff in found:
@@ -281,48 +281,259 @@ def _detect_sampled(frames, params: ExtractParams, detect: DetectFn, mult: float
     return out
 
 
-def find_video_tubes(frames, params: ExtractParams, detect: DetectFn) -> tuple[list, str]:
-    """Tubes of decoded frames, with the seed's fallbacks; returns (tubes, stage) where stage is
-    "" (first try), "2x" or "low_thresholds"."""
+def _detect_sampled(frames, params: ExtractParams, detect: DetectFn, mult: float, thresholds) -> list:
+    """Faces of every n-th frame of held frames, in source pixels."""
+    w, h = params.detect_size(frames.width, frames.height, mult)
+    idx = list(range(0, len(frames), params.every))
+    images = [frames.rgb_resized(i, w, h) for i in idx]
+    found = detect(images, tuple(thresholds), params.factor, float(params.min_face_size))
+    return _to_source(found, frames.width, frames.height, w, h)
+
+
+def _find(faces: list, frames, params: ExtractParams, max_faces: int) -> list:
     from .tubes import find_tubes
 
-    def attempt(mult, thresholds, max_faces):
-        faces = _detect_sampled(frames, params, detect, mult, thresholds)
-        return find_tubes(
-            faces,
-            params.every,
-            len(frames),
-            frames.width,
-            frames.height,
-            mask_downscale=params.mask_downscale,
-            min_frames=params.min_frames,
-            max_frames=params.max_frames,
-            max_faces=max_faces,
-        )
+    return find_tubes(
+        faces,
+        params.every,
+        len(frames),
+        frames.width,
+        frames.height,
+        mask_downscale=params.mask_downscale,
+        min_frames=params.min_frames,
+        max_frames=params.max_frames,
+        max_faces=max_faces,
+        windows=params.windows,
+    )
 
-    tubes = attempt(1.0, params.thresholds, params.max_faces)
+
+def _fallback_attempts(params: ExtractParams):
+    """The seed's fallbacks, in order: (stage, detection size multiplier, thresholds, max_faces)."""
+    return (("2x", 2.0, params.thresholds, params.max_faces), ("low_thresholds", 1.0, FALLBACK_THRESHOLDS, 1))
+
+
+def find_video_tubes(frames, params: ExtractParams, detect: DetectFn) -> tuple[list, str]:
+    """Tubes of decoded (held) frames, with the seed's fallbacks; returns (tubes, stage) where
+    stage is "" (first try), "2x" or "low_thresholds"."""
+    tubes = _find(_detect_sampled(frames, params, detect, 1.0, params.thresholds), frames, params, params.max_faces)
     if tubes or not params.fallbacks:
         return tubes, ""
-    tubes = attempt(2.0, params.thresholds, params.max_faces)
-    if tubes:
-        return tubes, "2x"
-    tubes = attempt(1.0, FALLBACK_THRESHOLDS, 1)
-    return tubes, ("low_thresholds" if tubes else "")
+    for stage, mult, thresholds, max_faces in _fallback_attempts(params):
+        tubes = _find(_detect_sampled(frames, params, detect, mult, thresholds), frames, params, max_faces)
+        if tubes:
+            return tubes, stage
+    return [], ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory: what one video's extraction holds
+#
+# A video whose decoded frames fit in the hold budget is decoded once and its tubes are cropped
+# from memory (as ever). A longer one is decoded twice: the first decode detects while decoding,
+# holding only a chunk of detector-sized sampled frames; the second crops the tubes' spans as the
+# frames go by, stopping after the last tube. Either way the tubes are the same (tests prove it).
+
+# Decoded frames held per video (I420: 3.1 MB a 1080p frame; 1 GB holds a 10-second 1080p video).
+HOLD_MB_DEFAULT = 1024
+# Detector-sized frames per detection call while decoding: whole detector batches (16 frames on
+# CPU, 64 on a GPU), so the faces equal those of one call over all the sampled frames.
+DETECT_CHUNK = 64
+_DETECT_CHUNK_BYTES = 128 << 20
+# The worker process itself (torch, MTCNN, codecs), measured at ~0.5 GB; rounded up.
+_BASE_BYTES = 700 << 20
+# The detector's working memory per detection-frame pixel of one batch (P-Net on the pyramid's
+# first levels dominates), measured on CPU at 960x540; rounded up.
+_DETECT_BYTES_PER_PIXEL = 160
+_DETECT_BATCH = 16
+
+
+def hold_bytes() -> int:
+    """The per-video budget of held frames (``DEEPFAKE_EXTRACT_HOLD_MB``, default 1024)."""
+    try:
+        mb = int(os.environ.get("DEEPFAKE_EXTRACT_HOLD_MB", HOLD_MB_DEFAULT))
+    except ValueError:
+        mb = HOLD_MB_DEFAULT
+    return max(0, mb) << 20
+
+
+def available_memory() -> Optional[int]:
+    """Memory this process can still take (MemAvailable, or the cgroup's limit left if lower);
+    None when unknown."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def _frame_bytes(width: int, height: int) -> int:
+    return (width + (width & 1)) * (height + (height & 1)) * 3 // 2
+
+
+def _detect_chunk(w: int, h: int) -> int:
+    """Sampled frames per detection call: whole detector batches while they fit the chunk budget."""
+    img = w * h * 3
+    for k in (DETECT_CHUNK, _DETECT_BATCH):
+        if k * img <= _DETECT_CHUNK_BYTES:
+            return k
+    return max(1, _DETECT_CHUNK_BYTES // max(img, 1))
+
+
+def stream_bytes(width: int, height: int, params: ExtractParams) -> int:
+    """Memory one video of this size needs on top of the worker when no frame is held: a few
+    decoded frames (the decoder's threads hold some), a chunk of detection frames, the
+    detector's batch at its largest (the 2x fallback's size when fallbacks are on)."""
+    mult = 2.0 if params.fallbacks else 1.0
+    dw, dh = params.detect_size(width, height, mult)
+    chunk = _detect_chunk(dw, dh)
+    return (
+        _frame_bytes(width, height) * ((os.cpu_count() or 1) + 4)
+        + chunk * dw * dh * 3
+        + min(chunk, _DETECT_BATCH) * dw * dh * _DETECT_BYTES_PER_PIXEL
+    )
+
+
+def estimate_peak(width: int, height: int, params: ExtractParams, n_frames: int = 0) -> int:
+    """Estimated peak resident memory of a worker extracting a video of this size (``n_frames``:
+    its frame count if known; unknown counts as long): the process, the frames held (at most the
+    hold budget) and :func:`stream_bytes`."""
+    if params.first_frames:
+        n_frames = min(n_frames, params.first_frames) if n_frames else params.first_frames
+    held = _frame_bytes(width, height) * n_frames if n_frames else hold_bytes()
+    if held > hold_bytes():
+        held = 0  # streamed: decoded twice, never held
+    return _BASE_BYTES + held + stream_bytes(width, height, params)
+
+
+def _check_memory(frames, params: ExtractParams) -> int:
+    """Raise VideoError when even a streamed extraction of this video cannot fit in the memory
+    available now; otherwise return how many bytes of frames may be held."""
+    need = stream_bytes(frames.width, frames.height, params)
+    avail = available_memory()
+    if avail is None:
+        return hold_bytes()
+    if need > avail:
+        raise VideoError(
+            f"too large for the memory available: {frames.width}x{frames.height} frames need "
+            f"~{need / 2**30:.1f} GB to extract, {avail / 2**30:.1f} GB is available (detect at a "
+            f"smaller size with --long-side, or run fewer --workers)"
+        )
+    # Hold frames only while what is left stays clear of the streamed need.
+    return max(0, min(hold_bytes(), avail - 2 * need))
+
+
+def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thresholds, hold: bool):
+    """One sequential decode of ``path``, detecting while decoding: returns (frames, faces in
+    source pixels of every n-th frame, held). With ``hold``, the decoded frames are kept while they
+    fit the budget (``held`` says whether all of them were); otherwise only the current one."""
+    from . import video
+
+    thresholds = tuple(thresholds)
+    faces: list = []
+    batch: list = []
+    frames = None
+    size = (0, 0)
+    chunk = 1
+    budget = 0
+
+    def flush() -> None:
+        found = detect(batch, thresholds, params.factor, float(params.min_face_size))
+        faces.extend(_to_source(found, frames.width, frames.height, *size))
+        batch.clear()
+
+    for frames in video.decode_iter(path, max_frames=params.first_frames):
+        i = len(frames) - 1
+        if i == 0:
+            size = params.detect_size(frames.width, frames.height, mult)
+            chunk = _detect_chunk(*size)
+            budget = _check_memory(frames, params) if hold else 0
+            expected = frames.declared
+            if params.first_frames:
+                expected = min(expected, params.first_frames) if expected else params.first_frames
+            if hold and expected * frames.frame_bytes > budget:
+                hold = False  # known to be long: stream from the start
+            if not hold:
+                video.free_pool()
+        if i % params.every == 0:
+            batch.append(frames.rgb_resized(i, *size))
+            if len(batch) >= chunk:
+                flush()
+        if hold and frames.nbytes > budget:
+            hold = False  # longer than its container said
+            frames.drop_before(i + 1)
+            video.free_pool()
+        elif not hold:
+            frames.drop_before(i + 1)
+    if batch:
+        flush()
+    return frames, faces, hold
+
+
+def _redecode(path, n: int):
+    """The first ``n`` frames again, one at a time, as (index, frames) with only that frame held."""
+    from . import video
+
+    frames = None
+    for frames in video.decode_iter(path, max_frames=n):
+        i = len(frames) - 1
+        yield i, frames
+        frames.drop_before(i + 1)
+    if frames is None or len(frames) < n:
+        raise VideoError(f"the second decode ended after {0 if frames is None else len(frames)} of {n} frames")
+
+
+def _square_tube_frame(frames, i: int, box, size: int, sq: np.ndarray) -> np.ndarray:
+    """Frame ``i`` cropped to ``box``, zero-padded bottom/right to the square ``sq`` (reused
+    between the frames of one tube), resized to size x size (bilinear)."""
+    import cv2
+
+    x1, y1, x2, y2 = box
+    crop = frames.crop_rgb(i, x1, y1, x2, y2)
+    sq[: crop.shape[0], : crop.shape[1]] = crop
+    return cv2.resize(sq, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _tube_square(box) -> np.ndarray:
+    x1, y1, x2, y2 = (int(v) for v in box)
+    side = max(x2 - x1, y2 - y1)
+    return np.zeros((side, side, 3), np.uint8)
+
+
+def _frame_2d(frames, i: int, box2d, size: int) -> np.ndarray:
+    """The 2D pathway's crop of frame ``i``: the square ``box2d`` (zero outside the frame),
+    resized to size x size (bicubic)."""
+    import cv2
+
+    bx1, by1, bx2, by2 = box2d
+    side = max(2, int(round(bx2 - bx1)))
+    x1, y1 = int(round(bx1)), int(round(by1))
+    crop = frames.crop_rgb(i, x1, y1, x1 + side, y1 + side)
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def tube_frames(frames, box, first: int, last: int, size: int = TUBE_SIZE) -> np.ndarray:
     """Every frame first..last cropped to ``box``, zero-padded bottom/right to a square, resized
     to size x size (bilinear): uint8 (n, size, size, 3)."""
-    import cv2
-
-    x1, y1, x2, y2 = (int(v) for v in box)
-    side = max(x2 - x1, y2 - y1)
+    box = tuple(int(v) for v in box)
     out = np.empty((last - first + 1, size, size, 3), np.uint8)
-    sq = np.zeros((side, side, 3), np.uint8)
+    sq = _tube_square(box)
     for k, i in enumerate(range(first, last + 1)):
-        crop = frames.crop_rgb(i, x1, y1, x2, y2)
-        sq[: crop.shape[0], : crop.shape[1]] = crop
-        out[k] = cv2.resize(sq, (size, size), interpolation=cv2.INTER_LINEAR)
+        out[k] = _square_tube_frame(frames, i, box, size, sq)
     return out
 
 
@@ -330,20 +541,84 @@ def tube_2d_frames(frames, track, first: int, last: int, size: int = TUBE_SIZE, 
     """The 2D pathway's input: the first ``n`` frames of the span, square crops of side
     1.2 x the 90th percentile of the track's box size centred on the interpolated box centre
     (zero outside the frame), resized to size x size (bicubic)."""
-    import cv2
-
     from .tubes import box_2d_crops
 
     boxes = box_2d_crops(track, n=n)
     count = min(n, last - first + 1, len(boxes))
     out = np.empty((count, size, size, 3), np.uint8)
     for k in range(count):
-        bx1, by1, bx2, by2 = boxes[k]
-        side = max(2, int(round(bx2 - bx1)))
-        x1, y1 = int(round(bx1)), int(round(by1))
-        crop = frames.crop_rgb(first + k, x1, y1, x1 + side, y1 + side)
-        out[k] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
+        out[k] = _frame_2d(frames, first + k, boxes[k], size)
     return out
+
+
+class _TubeOut:
+    """One tube's files, written as its frames go by (encoders open only over the tube's span)."""
+
+    def __init__(self, t, folder: Path, params: ExtractParams, fps: float):
+        from .tubes import box_2d_crops
+
+        self.t = t
+        self.folder = folder
+        self.params = params
+        self.fps = fps
+        stem = f"tube{t.tube_id}"
+        self.files = {"tube_file": f"{stem}.mp4", "track_file": f"{stem}.npz", "tube2d_file": ""}
+        self.box = tuple(int(v) for v in t.box)
+        self.sq = _tube_square(self.box)
+        self.boxes_2d, self.n_2d = None, 0
+        if params.with_2d:
+            self.files["tube2d_file"] = f"{stem}_2d.mp4"
+            self.boxes_2d = box_2d_crops(t.track, n=N_2D)
+            self.n_2d = min(N_2D, t.n_frames, len(self.boxes_2d))
+        self.writer = self.writer_2d = None
+
+    def _open(self, name: str):
+        from .video import VideoWriter
+
+        size = self.params.size
+        return VideoWriter(self.folder / name, size, size, self.fps, crf=self.params.crf)
+
+    def feed(self, frames, i: int) -> None:
+        t, size = self.t, self.params.size
+        if not t.first_frame <= i <= t.last_frame:
+            return
+        k = i - t.first_frame
+        if self.writer is None:
+            self.writer = self._open(self.files["tube_file"])
+        self.writer.write(_square_tube_frame(frames, i, self.box, size, self.sq))
+        if k < self.n_2d:
+            if self.writer_2d is None:
+                self.writer_2d = self._open(self.files["tube2d_file"])
+            self.writer_2d.write(_frame_2d(frames, i, self.boxes_2d[k], size))
+            if k == self.n_2d - 1:
+                self.writer_2d.close()
+        if i == t.last_frame:
+            self.writer.close()
+            t.track.size = size
+            t.track.save(self.folder / self.files["track_file"])
+
+    def abort(self) -> None:
+        for w in (self.writer, self.writer_2d):
+            if w is not None:
+                w.abort()
+
+
+def _write_tubes(folder: Path, tubes: list, source, params: ExtractParams, fps: float) -> list[dict]:
+    """Write every tube (MP4, track, 2D crops) from ``source``: (frame index, frames) in order,
+    up to the last tube's last frame. Returns each tube's file names."""
+    outs = [_TubeOut(t, folder, params, fps) for t in tubes]
+    end = max((t.last_frame for t in tubes), default=-1)
+    try:
+        for i, frames in source:
+            for o in outs:
+                o.feed(frames, i)
+            if i >= end:
+                break
+    except BaseException:
+        for o in outs:
+            o.abort()
+        raise
+    return [o.files for o in outs]
 
 
 def _tube_json(t, files: dict) -> dict:
@@ -393,37 +668,93 @@ def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams) -> tupl
 
 def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, detect: Optional[DetectFn]) -> dict:
     """Extract one video into its store entry (or reuse the entry). Returns the entry's result
-    dict plus ``entry`` (absolute folder), ``cached`` and ``seconds``; raises VideoError."""
-    from . import video
+    dict plus ``entry`` (absolute folder), ``cached`` and ``seconds``; raises VideoError.
+
+    Memory stays bounded whatever the video's length: frames are held only while they fit the
+    hold budget (:func:`hold_bytes`, less when memory is short); a longer video is decoded a
+    second time to crop its tubes."""
+    from . import atomic
 
     t0 = time.time()
     path = Path(path)
     sha, entry, cached = lookup(path, out_dir, params)
     if cached is not None:
         return cached
-    frames = video.decode(path, max_frames=params.first_frames)
+    if detect is None:
+        detect = _LazyDetect()
+    clock = _DetectClock(detect)
+    frames, faces, held = _detect_pass(path, params, clock, 1.0, params.thresholds, hold=True)
     try:
-        return _process_frames(frames, path, entry, sha, params, detect, t0, time.time() - t0)
+        tubes = _find(faces, frames, params, params.max_faces)
+        stage = ""
+        if not tubes and params.fallbacks:
+            for stage, mult, thresholds, max_faces in _fallback_attempts(params):
+                if held:
+                    faces = _detect_sampled(frames, params, clock, mult, thresholds)
+                else:
+                    faces = _detect_pass(path, params, clock, mult, thresholds, hold=False)[1]
+                tubes = _find(faces, frames, params, max_faces)
+                if tubes:
+                    break
+            else:
+                stage = ""
+        t1 = time.time()
+        res = _result(frames, sha, params, tubes, stage)
+        res["passes"] = 1 if held or not tubes else 2
+        fps = frames.fps if frames.fps > 0 else 30.0
+        end = max((t.last_frame for t in tubes), default=-1) + 1
+        source = ((i, frames) for i in range(end)) if held else _redecode(path, end)
+        result_path = entry / RESULT_JSON
+        try:
+            with atomic.atomic_dir(entry) as tmp:
+                files = _write_tubes(tmp, tubes, source, params, fps) if tubes else []
+                res["tubes"] = [_tube_json(t, f) for t, f in zip(tubes, files)]
+                res["seconds"] = round(time.time() - t0, 3)
+                res["timings"] = {
+                    "decode": round(t1 - t0 - clock.seconds, 3),  # decoding and resizing, first pass
+                    "detect": round(clock.seconds, 3),
+                    "write": round(time.time() - t1, 3),  # crop + encode (+ the second decode)
+                }
+                atomic.write_json(tmp / RESULT_JSON, res)
+        except OSError:
+            if not result_path.is_file():  # another process finished the same entry first: fine
+                raise
+        res.update(entry=str(entry), cached=False, seconds=time.time() - t0)
+        return res
     finally:
         frames.release()
 
 
-def _process_frames(frames, path: Path, entry: Path, sha: str, params: ExtractParams, detect, t0: float, t_decode: float) -> dict:
-    from . import atomic, video
+class _DetectClock:
+    """A detect function that adds up the seconds spent in it."""
 
-    result_path = entry / RESULT_JSON
-    if detect is None:
-        detect = _LazyDetect()
-    t1 = time.time()
-    tubes, stage = find_video_tubes(frames, params, detect)
-    t_detect = time.time() - t1
+    def __init__(self, detect: DetectFn):
+        self.detect = detect
+        self.seconds = 0.0
+
+    def __call__(self, images, thresholds, factor, min_face_size):
+        t = time.time()
+        try:
+            return self.detect(images, thresholds, factor, min_face_size)
+        finally:
+            self.seconds += time.time() - t
+
+
+def _result(frames, sha: str, params: ExtractParams, tubes: list, stage: str) -> dict:
     info = frames.info
-    res = {
+    notes = []
+    if not tubes:
+        notes.append(f"no face tube of >= {params.min_frames} frames")
+    if stage:
+        notes.append(f"found by fallback ({stage})")
+    if getattr(frames, "decode_error", None):
+        notes.append(f"incomplete video: {frames.decode_error}")
+    return {
         "version": EXTRACTOR_VERSION,
         "sha256": sha,
         "params": params.to_dict(),
         "status": STATUS_OK if tubes else STATUS_NO_FACE,
-        "reason": "",
+        "reason": "; ".join(notes),
         "n_frames": len(frames),
         "width": frames.width,
         "height": frames.height,
@@ -432,44 +763,6 @@ def _process_frames(frames, path: Path, entry: Path, sha: str, params: ExtractPa
         "fallback": stage,
         "tubes": [],
     }
-    notes = []
-    if not tubes:
-        notes.append(f"no face tube of >= {params.min_frames} frames")
-    if stage:
-        notes.append(f"found by fallback ({stage})")
-    if getattr(frames, "decode_error", None):
-        notes.append(f"incomplete video: {frames.decode_error}")
-    res["reason"] = "; ".join(notes)
-    fps = frames.fps if frames.fps > 0 else 30.0
-    try:
-        with atomic.atomic_dir(entry) as tmp:
-            for t in tubes:
-                stem = f"tube{t.tube_id}"
-                files = {"tube_file": f"{stem}.mp4", "track_file": f"{stem}.npz", "tube2d_file": ""}
-                video.write_video(tmp / files["tube_file"], tube_frames(frames, t.box, t.first_frame, t.last_frame, params.size), fps, crf=params.crf)
-                t.track.size = params.size
-                t.track.save(tmp / files["track_file"])
-                if params.with_2d:
-                    files["tube2d_file"] = f"{stem}_2d.mp4"
-                    video.write_video(
-                        tmp / files["tube2d_file"],
-                        tube_2d_frames(frames, t.track, t.first_frame, t.last_frame, params.size),
-                        fps,
-                        crf=params.crf,
-                    )
-                res["tubes"].append(_tube_json(t, files))
-            res["seconds"] = round(time.time() - t0, 3)
-            res["timings"] = {
-                "decode": round(t_decode, 3),
-                "detect": round(t_detect, 3),
-                "write": round(time.time() - t1 - t_detect, 3),
-            }
-            atomic.write_json(tmp / RESULT_JSON, res)
-    except OSError:
-        if not result_path.is_file():  # another process finished the same entry first: fine
-            raise
-    res.update(entry=str(entry), cached=False, seconds=time.time() - t0)
-    return res
 
 
 def records_for(inp: VideoInput, res: Optional[dict], error: Optional[str], params: ExtractParams) -> tuple[VideoRecord, list[TubeRecord]]:

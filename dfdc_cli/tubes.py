@@ -111,9 +111,16 @@ def find_tubes(
     min_frames: int = 30,
     max_frames: int = 100,
     max_faces: int = 5,
+    windows: bool = False,
 ) -> list[Tube]:
     """Face tubes of one video. ``faces[s]`` are the detections (boxes, probs, landmarks in source
-    pixels) of source frame ``s * every``; ``n_frames`` is the number of decoded frames."""
+    pixels) of source frame ``s * every``; ``n_frames`` is the number of decoded frames.
+
+    ``windows``: a component longer than ``max_frames`` gives consecutive windows of
+    ``max_frames`` frames (the last one kept if at least ``min_frames`` long), each a tube with
+    its own union box and track, instead of its first window only. Faces are ranked (and
+    ``max_faces`` counts them) by their first window, so the first window of each face is the
+    tube the seed's rule gives; a face's windows follow each other in the tube ids."""
     every, d = int(every), int(mask_downscale)
     if every < 1 or d < 1:
         raise ValueError("every and mask_downscale must be >= 1")
@@ -141,50 +148,71 @@ def find_tubes(
             if cur is None or p > cur[0]:
                 best[lab][s] = (p, boxes[j], marks[j])
 
-    tubes: list[Tube] = []
+    faces_out: list[list[Tube]] = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
         s0, s1 = sl[0].start, sl[0].stop  # sampled frames [s0, s1)
         first = s0 * every
-        last = min(s1 * every - 1, n_frames - 1)
-        if last - first + 1 < min_frames:
+        end = min(s1 * every - 1, n_frames - 1)  # the component's whole span, inclusive
+        if end - first + 1 < min_frames:
             continue
-        if max_frames and max_frames > 0:
-            last = min(last, first + int(max_frames) - 1)
-        s_end = min(s1 - 1, last // every)  # last sampled frame inside the kept span
-        comp = labels[s0 : s_end + 1] == lab
-        ys = np.nonzero(comp.any(axis=(0, 2)))[0]
-        xs = np.nonzero(comp.any(axis=(0, 1)))[0]
-        box = (
-            int(min(xs[0] * d, width)),
-            int(min(ys[0] * d, height)),
-            int(min((xs[-1] + 1) * d, width)),
-            int(min((ys[-1] + 1) * d, height)),
-        )
-        dets = {s: v for s, v in best.get(lab, {}).items() if s0 <= s <= s_end}
-        if not dets:
-            continue
-        track = _track(dets, every, first, last, box)
-        probs = np.array([v[0] for v in dets.values()], np.float64)
-        tubes.append(
-            Tube(
-                tube_id=-1,
-                first_frame=first,
-                last_frame=last,
-                box=box,
-                mean_prob=float(np.nanmean(probs)) if np.isfinite(probs).any() else 0.0,
-                max_prob=float(np.nanmax(probs)) if np.isfinite(probs).any() else 0.0,
-                n_detections=len(dets),
-                track=track,
-            )
-        )
-    tubes.sort(key=lambda t: (-t.mean_prob, t.first_frame, t.box))
+        cap = int(max_frames) if max_frames and max_frames > 0 else 0
+        starts = range(first, end + 1, cap) if (windows and cap) else [first]
+        wins = []
+        for k, w0 in enumerate(starts):
+            w1 = min(end, w0 + cap - 1) if cap else end
+            if k and w1 - w0 + 1 < min_frames:
+                break
+            t = _window_tube(labels, lab, best.get(lab, {}), every, w0, w1, s1, width, height, d)
+            if t is None:
+                if not k:
+                    break  # the seed's rule: a face without detections in its span is no tube
+                continue
+            wins.append(t)
+        if wins:
+            faces_out.append(wins)
+    faces_out.sort(key=lambda ws: (-ws[0].mean_prob, ws[0].first_frame, ws[0].box))
     if max_faces and max_faces > 0:
-        tubes = tubes[: int(max_faces)]
+        faces_out = faces_out[: int(max_faces)]
+    tubes = [t for ws in faces_out for t in ws]
     for i, t in enumerate(tubes):
         t.tube_id = i
     return tubes
+
+
+def _window_tube(labels, lab: int, best: dict, every: int, first: int, last: int, s1: int, width: int, height: int, d: int) -> Optional[Tube]:
+    """The tube of component ``lab`` over frames first..last: union box of its cells on the
+    sampled frames inside the window, track and probabilities of its detections there."""
+    s_first = -(-first // every)  # first sampled frame inside the window
+    s_end = min(s1 - 1, last // every)  # last sampled frame inside the window
+    if s_end < s_first:
+        return None
+    comp = labels[s_first : s_end + 1] == lab
+    ys = np.nonzero(comp.any(axis=(0, 2)))[0]
+    xs = np.nonzero(comp.any(axis=(0, 1)))[0]
+    if not len(ys):
+        return None
+    box = (
+        int(min(xs[0] * d, width)),
+        int(min(ys[0] * d, height)),
+        int(min((xs[-1] + 1) * d, width)),
+        int(min((ys[-1] + 1) * d, height)),
+    )
+    dets = {s: v for s, v in best.items() if s_first <= s <= s_end}
+    if not dets:
+        return None
+    probs = np.array([v[0] for v in dets.values()], np.float64)
+    return Tube(
+        tube_id=-1,
+        first_frame=first,
+        last_frame=last,
+        box=box,
+        mean_prob=float(np.nanmean(probs)) if np.isfinite(probs).any() else 0.0,
+        max_prob=float(np.nanmax(probs)) if np.isfinite(probs).any() else 0.0,
+        n_detections=len(dets),
+        track=_track(dets, every, first, last, box),
+    )
 
 
 def _track(dets: dict, every: int, first: int, last: int, box) -> Track:

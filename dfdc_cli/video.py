@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import av
 import numpy as np
@@ -31,21 +31,63 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = TUB
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 (T, H, W, 3) frames, got {frames.dtype} {frames.shape}")
-    from fractions import Fraction
-
-    rate = Fraction(fps).limit_denominator(100000) if fps and fps > 0 else Fraction(30)
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width = frames.shape[2]
-        stream.height = frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # One thread: tubes are small and the extractor already runs one process per core.
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+    with VideoWriter(path, frames.shape[2], frames.shape[1], fps, crf=crf) as writer:
         for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(img)
+
+
+class VideoWriter:
+    """H.264 MP4 written one RGB frame at a time (what :func:`write_video` does for a whole
+    array, byte for byte): the extractor feeds each tube as the frames go by, so no tube is ever
+    held whole."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, crf: int = TUBE_CRF):
+        from fractions import Fraction
+
+        rate = Fraction(fps).limit_denominator(100000) if fps and fps > 0 else Fraction(30)
+        self.container = av.open(str(path), mode="w", format="mp4")
+        try:
+            stream = self.container.add_stream("libx264", rate=rate)
+            stream.width = int(width)
+            stream.height = int(height)
+            stream.pix_fmt = "yuv420p"
+            # One thread: tubes are small and the extractor already runs one process per core.
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        except BaseException:
+            self.container.close()
+            raise
+        self.stream = stream
+        self.n = 0
+
+    def write(self, img: np.ndarray) -> None:
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            self.container.mux(packet)
+        self.n += 1
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+            self.container = None
+
+    def abort(self) -> None:
+        """Close without flushing (the file is discarded by the caller)."""
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def read_video(path: str | Path, start: int = 0, count: Optional[int] = None) -> np.ndarray:
@@ -194,12 +236,21 @@ def _give_buffers(bufs: list[np.ndarray]) -> None:
     free.extend(bufs[:room])
 
 
+def free_pool() -> None:
+    """Hand the recycled frame buffers back to the OS (before a long video is streamed: its
+    frames are not held, so the pool would only add to the peak)."""
+    _POOL.clear()
+
+
 class Frames:
     """Decoded frames of one video, held as I420 (yuv420p) buffers in displayed orientation.
 
     Half the memory of RGB and no full-frame colour conversion: only the frames the detector sees
     and the tube crops are converted to RGB (BT.601 limited range, as PyAV/FFmpeg's default
     ``rgb24`` conversion of untagged and BT.601 sources; within ~3 levels of it).
+
+    The frames are numbered from 0 in decoding order; :meth:`drop_before` lets a sequential
+    consumer hold only the frames it still needs (``len()`` stays the number decoded so far).
 
     Each frame is a flat buffer of ``H2 * W2 * 3 / 2`` bytes where ``H2, W2`` are the displayed
     height and width rounded up to even (the extra row/column repeats the edge), so that any
@@ -214,6 +265,8 @@ class Frames:
         self.W2 = self.width + (self.width & 1)
         self.H2 = self.height + (self.height & 1)
         self._bufs: list[np.ndarray] = []
+        self._base = 0  # number of the first frame still held
+        self.declared = 0  # frame count the container declares (0: unknown)
         self.decode_error: Optional[str] = None  # set when the stream broke off early
 
     # -- filling -------------------------------------------------------------------------------
@@ -234,20 +287,38 @@ class Frames:
         self._bufs.append(buf)
 
     def __len__(self) -> int:
-        return len(self._bufs)
+        return self._base + len(self._bufs)
 
     def release(self) -> None:
         """Drop the frames, recycling their memory for the next video decoded in this process."""
-        bufs, self._bufs = self._bufs, []
-        _give_buffers(bufs)
+        self.drop_before(len(self))
+
+    def drop_before(self, i: int) -> None:
+        """Drop (recycle) the frames before frame ``i``; they can no longer be read."""
+        n = min(max(0, int(i) - self._base), len(self._bufs))
+        if n:
+            bufs, self._bufs = self._bufs[:n], self._bufs[n:]
+            self._base += n
+            _give_buffers(bufs)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the frames held."""
         return sum(b.nbytes for b in self._bufs)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.H2 * self.W2 * 3 // 2
+
+    def _buf(self, i: int) -> np.ndarray:
+        j = i - self._base
+        if j < 0:
+            raise IndexError(f"frame {i} was dropped (frames from {self._base} are held)")
+        return self._bufs[j]
 
     # -- plane views ---------------------------------------------------------------------------
     def planes(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        buf = self._bufs[i]
+        buf = self._buf(i)
         H2, W2 = self.H2, self.W2
         q = H2 * W2 // 4
         return (
@@ -259,7 +330,7 @@ class Frames:
     # -- RGB -------------------------------------------------------------------------------------
     def rgb(self, i: int) -> np.ndarray:
         """Full frame ``i`` as RGB uint8 (H, W, 3)."""
-        img = cv2.cvtColor(self._bufs[i].reshape(self.H2 * 3 // 2, self.W2), cv2.COLOR_YUV2RGB_I420)
+        img = cv2.cvtColor(self._buf(i).reshape(self.H2 * 3 // 2, self.W2), cv2.COLOR_YUV2RGB_I420)
         return img[: self.height, : self.width]
 
     def rgb_resized(self, i: int, width: int, height: int) -> np.ndarray:
@@ -333,6 +404,19 @@ def decode(path: str | Path, max_frames: Optional[int] = None, threads: int = 0)
     says what happened), otherwise raises :class:`VideoError`; so does a file that is not a
     decodable video.
     """
+    frames = None
+    for frames in decode_iter(path, max_frames=max_frames, threads=threads):
+        pass
+    assert frames is not None  # decode_iter raises rather than yield nothing
+    return frames
+
+
+def decode_iter(path: str | Path, max_frames: Optional[int] = None, threads: int = 0) -> Iterator[Frames]:
+    """:func:`decode`, one frame at a time: yields the same :class:`Frames` after each frame is
+    appended (frame ``len(frames) - 1`` is the new one), so the consumer decides what to hold
+    (:meth:`Frames.drop_before`). ``frames.info`` and ``frames.decode_error`` are set, and the
+    checks of :func:`decode` made, when the iteration ends; ``frames.declared`` is known from the
+    first frame on."""
     container = _open(path)
     frames: Optional[Frames] = None
     error: Optional[str] = None
@@ -343,6 +427,7 @@ def decode(path: str | Path, max_frames: Optional[int] = None, threads: int = 0)
             if threads > 1:
                 stream.thread_count = threads
         fps = _stream_fps(stream)
+        declared = int(stream.frames or 0)
         k = 0
         try:
             for frame in container.decode(stream):
@@ -352,6 +437,7 @@ def decode(path: str | Path, max_frames: Optional[int] = None, threads: int = 0)
                     if w < 2 or h < 2:
                         raise VideoError(f"frame size {w}x{h} is too small")
                     frames = Frames(w, h, fps)
+                    frames.declared = declared
                 y, u, v = _frame_planes(frame)
                 if k:
                     y, u, v = np.rot90(y, k), np.rot90(u, k), np.rot90(v, k)
@@ -361,13 +447,14 @@ def decode(path: str | Path, max_frames: Optional[int] = None, threads: int = 0)
                         f"{y.shape[1]}x{y.shape[0]})"
                     )
                 frames.append_planes(y, u, v)
+                del frame, y, u, v  # the decoder may reuse the frame's memory
+                yield frames
                 if max_frames is not None and len(frames) >= max_frames:
                     break
         except (av.error.FFmpegError, OSError) as exc:
             error = _ffmpeg_msg(exc)
         if frames is None or len(frames) == 0:
             raise VideoError("undecodable video stream" + (f": {error}" if error else " (no frames)"))
-        declared = int(stream.frames or 0)
         wanted = declared if max_frames is None else min(declared, max_frames)
         if not error and declared and len(frames) < wanted - 2:
             error = f"only {len(frames)} of {declared} frames (truncated file?)"
@@ -378,14 +465,13 @@ def decode(path: str | Path, max_frames: Optional[int] = None, threads: int = 0)
             width=frames.width,
             height=frames.height,
             fps=fps,
-            n_frames=int(stream.frames or 0),
+            n_frames=declared,
             rotation=k * 90,
             codec=stream.codec_context.name,
             pix_fmt=stream.codec_context.pix_fmt or "",
             has_audio=bool(container.streams.audio),
         )
         frames.decode_error = error
-        return frames
     finally:
         container.close()
 
