@@ -333,22 +333,23 @@ def find_video_tubes(frames, params: ExtractParams, detect: DetectFn) -> tuple[l
 # holding only a chunk of detector-sized sampled frames; the second crops the tubes' spans as the
 # frames go by, stopping after the last tube. Either way the tubes are the same (tests prove it).
 
-# Decoded frames held per video (I420: 3.1 MB a 1080p frame; 1 GB holds a 10-second 1080p video).
-HOLD_MB_DEFAULT = 1024
+# Decoded frames held per video (I420: 3.1 MB a 1080p frame, so 512 MB hold 5.5 s of 1080p at
+# 30 fps, 12 s of 720p): what keeps a 1080p worker under 2 GB with the detector's batch beside it.
+HOLD_MB_DEFAULT = 512
 # Detector-sized frames per detection call while decoding: whole detector batches (16 frames on
 # CPU, 64 on a GPU), so the faces equal those of one call over all the sampled frames.
 DETECT_CHUNK = 64
 _DETECT_CHUNK_BYTES = 128 << 20
-# The worker process itself (torch, MTCNN, codecs), measured at ~0.5 GB; rounded up.
-_BASE_BYTES = 700 << 20
+# The worker process itself (torch, MTCNN, codecs), measured at ~0.75 GB; rounded up.
+_BASE_BYTES = 800 << 20
 # The detector's working memory per detection-frame pixel of one batch (P-Net on the pyramid's
-# first levels dominates), measured on CPU at 960x540; rounded up.
-_DETECT_BYTES_PER_PIXEL = 160
+# first levels dominates), measured on CPU at 960x540 (~0.4 GB for 16 frames); rounded up.
+_DETECT_BYTES_PER_PIXEL = 64
 _DETECT_BATCH = 16
 
 
 def hold_bytes() -> int:
-    """The per-video budget of held frames (``DEEPFAKE_EXTRACT_HOLD_MB``, default 1024)."""
+    """The per-video budget of held frames (``DEEPFAKE_EXTRACT_HOLD_MB``, default 512)."""
     try:
         mb = int(os.environ.get("DEEPFAKE_EXTRACT_HOLD_MB", HOLD_MB_DEFAULT))
     except ValueError:
@@ -435,6 +436,35 @@ def _check_memory(frames, params: ExtractParams) -> int:
         )
     # Hold frames only while what is left stays clear of the streamed need.
     return max(0, min(hold_bytes(), avail - 2 * need))
+
+
+def plan_workers(paths: Sequence[str], params: ExtractParams, cap: int, sample: int = 16) -> tuple[int, str]:
+    """The default number of workers: at most ``cap``, and no more than the memory available
+    allows (available memory / :func:`estimate_peak` of the largest of the first ``sample``
+    videos). Returns (workers, a note saying why when memory limits them, else "")."""
+    from . import video
+
+    avail = available_memory()
+    if avail is None or cap <= 1:
+        return cap, ""
+    peak, size = 0, ""
+    for p in paths[:sample]:
+        try:
+            info = video.probe(p)
+        except VideoError:
+            continue  # its own worker reports it
+        est = estimate_peak(info.width, info.height, params, info.n_frames)
+        if est > peak:
+            peak, size = est, f"{info.width}x{info.height}"
+    if not peak:
+        return cap, ""
+    n = int(max(1, min(cap, avail // peak)))
+    if n >= cap:
+        return cap, ""
+    return n, (
+        f"workers: {n} instead of {cap}, as memory allows ({avail / 2**30:.1f} GB available, "
+        f"~{peak / 2**30:.1f} GB per worker for {size} videos; --workers overrides)"
+    )
 
 
 def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thresholds, hold: bool):
@@ -1029,7 +1059,8 @@ def _run_pool(
                 if crashes[j] < 2:
                     pending.append(j)  # one retry in a fresh worker
                 else:
-                    finished.append((j, None, f"worker process crashed (exit code {code})"))
+                    why = " -9: killed, out of memory?" if code == -9 else f" {code}"
+                    finished.append((j, None, f"worker process crashed (exit code{why})"))
             fill()
             yield from finished
     finally:
@@ -1057,6 +1088,7 @@ class ExtractResult:
     cached: int = 0
     seconds: float = 0.0
     frames_decoded: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. why fewer workers ran
 
     @property
     def n_errors(self) -> int:
@@ -1104,6 +1136,7 @@ def iter_extract(
     write: bool = True,
     detect_in_main: Optional[bool] = None,
     default_label: str = "",
+    notes: Optional[list] = None,
 ) -> Iterator[VideoDone]:
     """Extract face tubes from ``paths`` into ``out_dir``, handing over each video as it is done.
 
@@ -1117,22 +1150,28 @@ def iter_extract(
     The bad folder or device is reported (UserError) by this call, before any iteration.
     ``workers``, ``device``, ``detect_in_main``, ``fresh``: as :func:`extract`. ``progress``:
     a progress bar; one line per failed video unless ``quiet`` (which also hides the bar).
+    ``notes``: a list the run appends remarks to (why fewer workers ran than asked by default).
     """
     out_dir = _out_dir(out_dir)
     device = _check_device(device)
     jobs = collect_inputs(paths, exclude=out_dir, default_label=default_label)
+    auto = workers is None
     if workers is None:
         cores = os.cpu_count() or 1
         # GPU: the main process detects, the workers decode/crop/encode.
         workers = min(cores if device == "cpu" else max(1, cores - 1), max(1, len(jobs)))
     workers = max(1, int(workers))
     remote = (device != "cpu") if detect_in_main is None else bool(detect_in_main)
-    return _iter_jobs(jobs, out_dir, params, device, workers, remote, fresh, progress and not quiet, quiet, write)
+    return _iter_jobs(
+        jobs, out_dir, params, device, workers, remote, fresh, progress and not quiet, quiet, write,
+        auto_workers=auto, notes=notes,
+    )
 
 
 def _iter_jobs(
     jobs: list[VideoInput], out_dir: Path, params: ExtractParams, device: str, workers: int, remote: bool,
-    fresh: bool, progress: bool, quiet: bool, write: bool,
+    fresh: bool, progress: bool, quiet: bool, write: bool, auto_workers: bool = False,
+    notes: Optional[list] = None,
 ) -> Iterator[VideoDone]:
     from . import ui
 
@@ -1170,6 +1209,10 @@ def _iter_jobs(
                 yield settle(j, res, None)
             else:
                 todo.append(j)
+        if auto_workers and workers > 1 and len(todo) > 1:
+            workers, note = plan_workers([jobs[j].path for j in todo], params, min(workers, len(todo)))
+            if note and notes is not None:
+                notes.append(note)
         if workers <= 1 or len(todo) <= 1:
             detect = _LazyDetect(device)
             for j in todo:
@@ -1219,9 +1262,10 @@ def extract(
     t0 = time.time()
     out_dir = _out_dir(out_dir)
     done: list[VideoDone] = []
+    notes: list[str] = []
     run = iter_extract(
         paths, out_dir, params, device=device, workers=workers, fresh=fresh, progress=progress, quiet=quiet,
-        write=write, detect_in_main=detect_in_main, default_label=default_label,
+        write=write, detect_in_main=detect_in_main, default_label=default_label, notes=notes,
     )
     with contextlib.closing(run):
         done.extend(run)
@@ -1233,6 +1277,7 @@ def extract(
         cached=sum(d.cached for d in done),
         seconds=time.time() - t0,
         frames_decoded=sum(d.video.n_frames for d in done if not d.cached),
+        notes=notes,
     )
     if summary and not quiet:
         _summary(out)
@@ -1285,6 +1330,8 @@ def _summary(res: ExtractResult) -> None:
     table.add_row("total", str(len(res.videos)), str(len(res.tubes)), end_section=True)
     rate = len(res.videos) / res.seconds if res.seconds > 0 else 0.0
     console.print(table)
+    for note in res.notes:
+        console.print(note, highlight=False, soft_wrap=True)
     console.print(
         f"{res.cached} cached, {len(res.videos) - res.cached} processed in {res.seconds:.1f} s "
         f"({rate:.2f} videos/s)\nindex: {res.out_dir / VIDEOS_CSV}\n       {res.out_dir / TUBES_CSV}",

@@ -476,6 +476,30 @@ def decode_iter(path: str | Path, max_frames: Optional[int] = None, threads: int
         container.close()
 
 
+def loop_video(src: str | Path, dst: str | Path, times: int) -> None:
+    """Write ``src``'s video stream ``times`` times in a row to ``dst`` (MP4) without re-encoding:
+    its packets again with shifted timestamps. A cheap long video for benchmarks and tests (the
+    source should start with a key frame, as encoded files do)."""
+    if times < 1:
+        raise ValueError("times must be >= 1")
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        packets = [p for p in inp.demux(stream) if p.dts is not None]
+        if not packets:
+            raise ValueError(f"{src}: no video packets")
+        start = min(p.pts for p in packets if p.pts is not None)
+        span = max(p.pts + (p.duration or 0) for p in packets if p.pts is not None) - start
+        with av.open(str(dst), mode="w", format="mp4") as out:
+            ostream = out.add_stream_from_template(stream)
+            for k in range(times):
+                for p in packets:
+                    p.stream = ostream
+                    if p.pts is not None:
+                        p.pts += span if k else 0
+                    p.dts += span if k else 0
+                    out.mux(p)
+
+
 def decode_count(path: str | Path, max_frames: Optional[int] = None, threads: int = 0) -> int:
     """Decode-only throughput helper: decode (and convert to yuv420p planes) without keeping frames."""
     container = _open(path)

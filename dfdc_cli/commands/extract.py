@@ -33,7 +33,7 @@ def extract_cmd(
         show_default=False,
     ),
     workers: Optional[int] = typer.Option(
-        None, "--workers", "-j", help="Parallel worker processes \\[default: CPU cores, at most one per video].",
+        None, "--workers", "-j", help="Parallel worker processes \\[default: CPU cores, at most one per video, no more than memory allows].",
         show_default=False,
     ),
     device: str = typer.Option("cpu", "--device", help="Where the face detector runs: cpu, cuda, cuda:N."),
@@ -61,6 +61,12 @@ def extract_cmd(
     min_frames: Optional[int] = typer.Option(None, "--min-frames", help="Drop tubes shorter than this \\[default: 30].", show_default=False),
     max_frames: Optional[int] = typer.Option(
         None, "--max-frames", help="Cut tubes to their first N frames, 0 = no cap \\[default: 100; train preset 300].", show_default=False
+    ),
+    windows: Optional[bool] = typer.Option(
+        None, "--windows/--no-windows",
+        help="A face longer than --max-frames gives consecutive --max-frames windows, each its own tube (for training "
+        "sets from long videos) \\[default: off: one tube of its first --max-frames frames, the seed's rule].",
+        show_default=False,
     ),
     max_faces: Optional[int] = typer.Option(
         None, "--max-faces", help="Keep the N most confident tubes per video, 0 = all \\[default: 5].", show_default=False
@@ -122,6 +128,7 @@ def extract_cmd(
         "mask_downscale": mask_downscale,
         "min_frames": min_frames,
         "max_frames": max_frames,
+        "windows": windows,
         "max_faces": max_faces,
         "first_frames": first_frames,
         "fallbacks": fallbacks,
