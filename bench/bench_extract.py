@@ -1,7 +1,7 @@
 """Extraction throughput beside decode-only throughput of the same videos, in the same run.
 
     python bench/bench_extract.py [FOLDER] [--workers N] [--device cpu|cuda] [--preset train|scan|default]
-                                  [--repeat K] [--json FILE]
+                                  [--repeat K] [--json FILE] [--hold-mb MB]
 
 Decode-only = the extractor's own decoder (every frame into its I420 buffers, the same
 ``--first-frames`` limit as the preset), run over the same files with the same number of worker
@@ -11,6 +11,11 @@ extraction (decode / detect / crop+encode, summed over videos, from each entry's
 
 ``--repeat K`` benchmarks K byte-distinct copies of every video (to fill a many-core machine
 without the content-keyed cache serving one copy's tubes to another).
+
+``--hold-mb MB`` sets the extractor's budget of decoded frames held per video
+(``DEEPFAKE_EXTRACT_HOLD_MB``): a video over it is decoded twice (detect, then crop). Run once
+with ``--hold-mb 0`` (every video decoded twice) and once with a large budget (``--hold-mb
+4096``: decoded once) to measure what the second decode costs; the split shows it under "write".
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ def main() -> None:
     ap.add_argument("--repeat-decode", type=int, default=1, help="decode-only passes (best kept)")
     ap.add_argument("--repeat", type=int, default=1, help="byte-distinct copies of each video")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--hold-mb", type=int, default=None, help="decoded frames held per video (default: the extractor's)")
     args = ap.parse_args()
+    if args.hold_mb is not None:  # before any worker starts: they read it
+        os.environ["DEEPFAKE_EXTRACT_HOLD_MB"] = str(args.hold_mb)
 
     from dfdc_cli import extract as X
 
@@ -97,11 +105,13 @@ def main() -> None:
         again = X.extract(paths, out, params, device=args.device, workers=workers, progress=False, quiet=True)
         hit_s = time.time() - t
         split = {"decode": 0.0, "detect": 0.0, "write": 0.0}
+        passes = {1: 0, 2: 0}
         for v in res.videos:
             if v.key:
-                rj = Path(out) / "store" / v.key[:2] / v.key / "result.json"
-                for k, val in json.loads(rj.read_text()).get("timings", {}).items():
+                rj = json.loads((Path(out) / "store" / v.key[:2] / v.key / "result.json").read_text())
+                for k, val in rj.get("timings", {}).items():
                     split[k] = split.get(k, 0.0) + val
+                passes[rj.get("passes", 1)] = passes.get(rj.get("passes", 1), 0) + 1
     ext_frames = sum(v.n_frames for v in res.videos)
     n = len(paths)
     statuses = {s: sum(v.status == s for v in res.videos) for s in ("ok", "no_face", "error")}
@@ -115,6 +125,7 @@ def main() -> None:
     tot = sum(split.values()) or 1.0
     print("extraction time split (summed over videos): " + ", ".join(f"{k} {v:.1f} s ({100 * v / tot:.0f}%)" for k, v in split.items()))
     print(f"results: {statuses}, {len(res.tubes)} tubes; second run cached {again.cached}/{n}")
+    print(f"decoded once: {passes[1]} videos, twice (longer than the hold budget): {passes[2]}")
     if args.json is not None:
         import platform
 
@@ -124,7 +135,7 @@ def main() -> None:
             "decode_only": {"seconds": dec_s, "videos_per_s": n / dec_s, "frames_per_s": dec_frames / dec_s},
             "extraction": {"seconds": ext_s, "videos_per_s": n / ext_s, "frames_per_s": ext_frames / ext_s},
             "cache_hits_seconds": hit_s, "ratio": dec_s / ext_s, "split_seconds": split,
-            "statuses": statuses, "tubes": len(res.tubes),
+            "statuses": statuses, "tubes": len(res.tubes), "passes": passes, "hold_mb": args.hold_mb,
         }
         if args.device.startswith("cuda"):
             import torch
