@@ -301,7 +301,7 @@ def _cascade(frames: torch.Tensor, nets, thresholds, factor: float, min_face_siz
         keep = batched_nms(b[:, :4], b[:, 4], where[:, 0], 0.5)
         cand.append(b[keep])
         cand_img.append(where[keep, 0])
-    del x, im  # the float frames are done with: their memory goes to the crops' tables
+    del x  # the float frames are done with: their memory goes to the crops' tables
     if not cand:
         return nothing()
     b = torch.cat(cand)
