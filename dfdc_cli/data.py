@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 
 from . import augment
 from .errors import UserError
-from .index import read_tubes, resolve_index
+from .index import has_index, read_tubes, resolve_index
 
 FAKE, REAL = "FAKE", "REAL"
 FAKES_MODES = ("real", "self-blended", "mixed")
@@ -88,7 +88,7 @@ def prepare_tubes(df: pd.DataFrame) -> pd.DataFrame:
 def load_tubes(index: Optional[str | Path]) -> pd.DataFrame:
     """Read the tube index (folder or tubes.csv) for training; raises UserError when unusable."""
     folder = resolve_index(index)
-    if not (folder / "tubes.csv").exists():
+    if not has_index(folder):
         raise UserError(
             f"no tube index at {folder} (tubes.csv missing): run `deepfake extract` first or pass --index"
         )

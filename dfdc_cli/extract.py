@@ -49,13 +49,10 @@ from .index import (
     STATUS_NO_FACE,
     STATUS_OK,
     TUBE_COLUMNS,
-    TUBES_CSV,
     VIDEO_COLUMNS,
-    VIDEOS_CSV,
     TubeRecord,
     VideoRecord,
-    read_tubes,
-    read_videos,
+    table_paths,
     write_table,
 )
 
@@ -982,28 +979,38 @@ class _Pool:
                 p.join(timeout=1)
 
 
-def _serve_detections(pool: _Pool, requests: list, detector) -> None:
-    """Answer the workers' pending detection requests, batched across videos by frame size."""
+def detect_batched(detector, requests: Sequence[tuple[list, tuple]]) -> list:
+    """Detections for several videos' frames at once. ``requests``: (images, (thresholds, factor,
+    min_face_size)); those of equal frame size and settings go through the detector as one batch.
+    Per request: its FrameFaces, or the error message when its batch failed. (The local GPU path's
+    main process and the Ray detector actors.)"""
+    answers: list = [None] * len(requests)
     groups: dict = {}
-    for req in requests:
-        _, wid, req_id, images, kw = req
+    for i, (images, kw) in enumerate(requests):
         size = images[0].shape if images else None
-        groups.setdefault((size, kw), []).append(req)
-    for (size, kw), reqs in groups.items():
+        groups.setdefault((size, kw), []).append(i)
+    for (size, kw), idx in groups.items():
         thresholds, factor, min_face = kw
-        allimgs = [im for r in reqs for im in r[3]]
+        allimgs = [im for i in idx for im in requests[i][0]]
         try:
             faces = detector.detect(allimgs, thresholds=thresholds, factor=factor, min_face_size=min_face) if allimgs else []
             err = None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 -- reported to each video of the batch
             faces, err = None, f"{type(exc).__name__}: {exc}"
         pos = 0
-        for r in reqs:
-            n = len(r[3])
-            answer = err if err is not None else faces[pos : pos + n]
+        for i in idx:
+            n = len(requests[i][0])
+            answers[i] = err if err is not None else faces[pos : pos + n]
             pos += n
-            if r[1] in pool.tasks:
-                pool.tasks[r[1]].put(("dets", r[2], answer))
+    return answers
+
+
+def _serve_detections(pool: _Pool, requests: list, detector) -> None:
+    """Answer the workers' pending detection requests, batched across videos by frame size."""
+    answers = detect_batched(detector, [(r[3], r[4]) for r in requests])
+    for r, answer in zip(requests, answers):
+        if r[1] in pool.tasks:
+            pool.tasks[r[1]].put(("dets", r[2], answer))
 
 
 def _run_pool(
@@ -1089,29 +1096,37 @@ class ExtractResult:
     seconds: float = 0.0
     frames_decoded: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. why fewer workers ran
+    shard: Optional[tuple[int, int]] = None  # (K, N): the rows went to the index's part K of N
 
     @property
     def n_errors(self) -> int:
         return sum(v.status == STATUS_ERROR for v in self.videos)
 
 
-def write_index(out_dir: Path, videos: list[VideoRecord], tubes: list[TubeRecord], fresh: bool = False) -> None:
-    """Merge this run's rows into out_dir's tables (rows of the same videos replaced)."""
+def write_index(out_dir: Path, videos: list[VideoRecord], tubes: list[TubeRecord], fresh: bool = False,
+                shard: Optional[tuple[int, int]] = None) -> None:
+    """Merge this run's rows into out_dir's tables (rows of the same videos replaced); a shard's
+    rows go to its own part of the tables (:func:`dfdc_cli.index.table_paths`). Holds the
+    folder's lock: runs and shards writing into one folder at once never lose each other's rows."""
     import pandas as pd
 
+    from .index import index_lock, read_table
+
+    videos_csv, tubes_csv = table_paths(out_dir, shard)
     new_v = pd.DataFrame([asdict(v) for v in videos], columns=VIDEO_COLUMNS)
     new_t = pd.DataFrame([asdict(t) for t in tubes], columns=TUBE_COLUMNS)
     done = set(new_v["video"].astype(str))
-    if not fresh:
-        old_v, old_t = read_videos(out_dir), read_tubes(out_dir)
-        if len(old_v):
-            old_v = old_v[~old_v["video"].astype(str).isin(done)]
-            new_v = pd.concat([old_v.reindex(columns=VIDEO_COLUMNS), new_v], ignore_index=True)
-        if len(old_t):
-            old_t = old_t[~old_t["video"].astype(str).isin(done)]
-            new_t = pd.concat([old_t.reindex(columns=TUBE_COLUMNS), new_t], ignore_index=True)
-    write_table(out_dir / VIDEOS_CSV, new_v.to_dict("records"), VIDEO_COLUMNS)
-    write_table(out_dir / TUBES_CSV, new_t.to_dict("records"), TUBE_COLUMNS)
+    with index_lock(out_dir):
+        if not fresh:
+            old_v, old_t = read_table(videos_csv, VIDEO_COLUMNS), read_table(tubes_csv, TUBE_COLUMNS)
+            if len(old_v):
+                old_v = old_v[~old_v["video"].astype(str).isin(done)]
+                new_v = pd.concat([old_v.reindex(columns=VIDEO_COLUMNS), new_v], ignore_index=True)
+            if len(old_t):
+                old_t = old_t[~old_t["video"].astype(str).isin(done)]
+                new_t = pd.concat([old_t.reindex(columns=TUBE_COLUMNS), new_t], ignore_index=True)
+        write_table(videos_csv, new_v.to_dict("records"), VIDEO_COLUMNS)
+        write_table(tubes_csv, new_t.to_dict("records"), TUBE_COLUMNS)
 
 
 def _out_dir(out_dir: str | Path) -> Path:
@@ -1137,6 +1152,8 @@ def iter_extract(
     detect_in_main: Optional[bool] = None,
     default_label: str = "",
     notes: Optional[list] = None,
+    shard: Optional[tuple[int, int]] = None,
+    executor: Optional[Callable] = None,
 ) -> Iterator[VideoDone]:
     """Extract face tubes from ``paths`` into ``out_dir``, handing over each video as it is done.
 
@@ -1151,10 +1168,17 @@ def iter_extract(
     ``workers``, ``device``, ``detect_in_main``, ``fresh``: as :func:`extract`. ``progress``:
     a progress bar; one line per failed video unless ``quiet`` (which also hides the bar).
     ``notes``: a list the run appends remarks to (why fewer workers ran than asked by default).
+    ``shard`` (K, N): only the inputs of job-array task K of N (:mod:`dfdc_cli.shard`), whose rows
+    go to the index's part K of N. ``executor``: runs the jobs elsewhere instead of the local
+    cache lookup and workers (:mod:`dfdc_cli.cluster`): called with the jobs, it yields
+    (job index, result, error) as each finishes; ``device`` is then the executor's business.
     """
+    from .shard import select
+
     out_dir = _out_dir(out_dir)
-    device = _check_device(device)
-    jobs = collect_inputs(paths, exclude=out_dir, default_label=default_label)
+    if executor is None:
+        device = _check_device(device)
+    jobs = select(collect_inputs(paths, exclude=out_dir, default_label=default_label), shard, lambda j: j.name)
     auto = workers is None
     if workers is None:
         cores = os.cpu_count() or 1
@@ -1164,14 +1188,14 @@ def iter_extract(
     remote = (device != "cpu") if detect_in_main is None else bool(detect_in_main)
     return _iter_jobs(
         jobs, out_dir, params, device, workers, remote, fresh, progress and not quiet, quiet, write,
-        auto_workers=auto, notes=notes,
+        auto_workers=auto, notes=notes, shard=shard, executor=executor,
     )
 
 
 def _iter_jobs(
     jobs: list[VideoInput], out_dir: Path, params: ExtractParams, device: str, workers: int, remote: bool,
     fresh: bool, progress: bool, quiet: bool, write: bool, auto_workers: bool = False,
-    notes: Optional[list] = None,
+    notes: Optional[list] = None, shard: Optional[tuple[int, int]] = None, executor: Optional[Callable] = None,
 ) -> Iterator[VideoDone]:
     from . import ui
 
@@ -1199,7 +1223,11 @@ def _iter_jobs(
             bar.start()
             task = bar.add_task("extract", total=len(jobs), status="")
         todo = []
-        for j, inp in enumerate(jobs):
+        if executor is not None:
+            with contextlib.closing(executor(jobs)) as run:
+                for j, res, err in run:
+                    yield settle(j, res, err)
+        for j, inp in enumerate(jobs if executor is None else []):
             try:
                 _, _, res = lookup(inp.path, out_dir, params)
             except VideoError as exc:
@@ -1229,7 +1257,7 @@ def _iter_jobs(
             bar.stop()
         if write and rows:
             done = [rows[j] for j in sorted(rows)]
-            write_index(out_dir, [v for v, _ in done], [t for _, ts in done for t in ts], fresh=fresh)
+            write_index(out_dir, [v for v, _ in done], [t for _, ts in done for t in ts], fresh=fresh, shard=shard)
 
 
 def extract(
@@ -1246,6 +1274,8 @@ def extract(
     write: bool = True,
     detect_in_main: Optional[bool] = None,
     default_label: str = "",
+    shard: Optional[tuple[int, int]] = None,
+    executor: Optional[Callable] = None,
 ) -> ExtractResult:
     """Extract face tubes from ``paths`` (files and folders) into ``out_dir``.
 
@@ -1257,7 +1287,7 @@ def extract(
     (``detect_in_main`` forces that split on or off). Never raises for a bad video:
     its row has status error and the reason. Terminal output: ``progress`` bar, one line per failed
     video, ``summary`` table; ``quiet`` silences all three. :func:`iter_extract` is the same run,
-    handing over each video as it is done.
+    handing over each video as it is done; ``shard`` and ``executor`` are explained there.
     """
     t0 = time.time()
     out_dir = _out_dir(out_dir)
@@ -1265,7 +1295,8 @@ def extract(
     notes: list[str] = []
     run = iter_extract(
         paths, out_dir, params, device=device, workers=workers, fresh=fresh, progress=progress, quiet=quiet,
-        write=write, detect_in_main=detect_in_main, default_label=default_label, notes=notes,
+        write=write, detect_in_main=detect_in_main, default_label=default_label, notes=notes, shard=shard,
+        executor=executor,
     )
     with contextlib.closing(run):
         done.extend(run)
@@ -1278,6 +1309,7 @@ def extract(
         seconds=time.time() - t0,
         frames_decoded=sum(d.video.n_frames for d in done if not d.cached),
         notes=notes,
+        shard=shard,
     )
     if summary and not quiet:
         _summary(out)
@@ -1329,12 +1361,13 @@ def _summary(res: ExtractResult) -> None:
     table.add_row("[red]error[/red]" if by[STATUS_ERROR] else "error", str(len(by[STATUS_ERROR])), "0")
     table.add_row("total", str(len(res.videos)), str(len(res.tubes)), end_section=True)
     rate = len(res.videos) / res.seconds if res.seconds > 0 else 0.0
+    videos_csv, tubes_csv = table_paths(res.out_dir, res.shard)
     console.print(table)
     for note in res.notes:
         console.print(note, highlight=False, soft_wrap=True)
     console.print(
         f"{res.cached} cached, {len(res.videos) - res.cached} processed in {res.seconds:.1f} s "
-        f"({rate:.2f} videos/s)\nindex: {res.out_dir / VIDEOS_CSV}\n       {res.out_dir / TUBES_CSV}",
+        f"({rate:.2f} videos/s)\nindex: {videos_csv}\n       {tubes_csv}",
         highlight=False,
         soft_wrap=True,
     )

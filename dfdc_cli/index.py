@@ -17,13 +17,21 @@ Each tube is stored as two files:
                 interpolated box centre, resized to 256x256 (cubic).
 
 Tables are written atomically; paths in ``tube_path``/``track_path`` are absolute.
+
+Job arrays (``--shard K/N``) write their own part of the tables, ``videos.part-K-of-N.csv`` and
+``tubes.part-K-of-N.csv``, so that shards sharing a folder never write the same file. Readers
+(:func:`read_videos`, :func:`read_tubes`) merge the main tables and every part; :func:`merge_parts`
+folds the parts into the main tables. Every write of a folder's tables holds the folder's lock
+(:func:`index_lock`), so a merge never loses the rows of a shard that is still writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -32,6 +40,8 @@ from .atomic import atomic_path
 
 VIDEOS_CSV = "videos.csv"
 TUBES_CSV = "tubes.csv"
+LOCK_FILE = ".index.lock"
+_PART = re.compile(r"^videos\.part-(\d+)-of-(\d+)\.csv$")
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
@@ -125,19 +135,118 @@ def write_table(path: str | Path, rows: list, columns: list[str]) -> None:
         df.to_csv(tmp, index=False)
 
 
-def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """One CSV table as written (an empty frame with ``columns`` when it does not exist)."""
     if not path.exists():
         return pd.DataFrame(columns=columns)
     df = pd.read_csv(path, keep_default_na=False, dtype={"label": str, "original": str, "part": str})
     return df
 
 
+def table_paths(index_dir: str | Path, shard: Optional[tuple[int, int]] = None) -> tuple[Path, Path]:
+    """(videos, tubes) tables a run writes: the main ones, or shard K of N's part."""
+    d = Path(index_dir)
+    if shard is None:
+        return d / VIDEOS_CSV, d / TUBES_CSV
+    k, n = shard
+    return d / f"videos.part-{k}-of-{n}.csv", d / f"tubes.part-{k}-of-{n}.csv"
+
+
+def part_tables(index_dir: str | Path) -> list[tuple[Path, Path]]:
+    """The (videos, tubes) parts that shards left in ``index_dir``, by N then K."""
+    return [table_paths(index_dir, (k, n)) for k, n in parts_of(index_dir)]
+
+
+def parts_of(index_dir: str | Path) -> list[tuple[int, int]]:
+    """The shards (K, N) whose parts are in ``index_dir``, by N then K."""
+    d = Path(index_dir)
+    found = []
+    for p in d.glob("videos.part-*-of-*.csv") if d.is_dir() else []:
+        m = _PART.match(p.name)
+        if m:
+            found.append((int(m.group(2)), int(m.group(1))))
+    return [(k, n) for n, k in sorted(found)]
+
+
+def has_index(index_dir: str | Path) -> bool:
+    v, t = table_paths(index_dir)
+    return v.exists() or t.exists() or bool(part_tables(index_dir))
+
+
+@contextlib.contextmanager
+def index_lock(index_dir: str | Path) -> Iterator[None]:
+    """Exclusive lock on a folder's tables (``.index.lock``; flock works across the nodes of NFS v4
+    and of most cluster filesystems, Lustre only when mounted with ``-o flock``)."""
+    import fcntl
+
+    d = Path(index_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _by_path(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by their video's path, as a folder's files are (stable: tubes keep their order)."""
+    keys = [Path(str(x)).parts for x in df["video"]]
+    return df.iloc[sorted(range(len(keys)), key=keys.__getitem__)]
+
+
+def read_index(index_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(videos, tubes) of a folder: the main tables merged with every shard's part.
+
+    A video's rows come from the last table that has it (parts after the main tables), so a
+    video extracted again by a shard replaces its older rows. With parts present the rows are
+    sorted by video path (tube rows keep their order within a video), which is the order of one
+    run over the same folder, whatever shards wrote them."""
+    sources = [table_paths(index_dir)] + part_tables(index_dir)
+    if len(sources) == 1:
+        return read_table(sources[0][0], VIDEO_COLUMNS), read_table(sources[0][1], TUBE_COLUMNS)
+    vids, tubes = [], []
+    for src, (vp, tp) in enumerate(sources):
+        v, t = read_table(vp, VIDEO_COLUMNS), read_table(tp, TUBE_COLUMNS)
+        vids.append(v.assign(_src=src))
+        tubes.append(t.assign(_src=src))
+    v = pd.concat(vids, ignore_index=True)
+    t = pd.concat(tubes, ignore_index=True)
+    winner = v.groupby(v["video"].astype(str))["_src"].max().to_dict()
+    # boolean masks as arrays: an empty list would select no columns instead of no rows
+    v = v[np.array([winner[str(x)] == s for x, s in zip(v["video"], v["_src"])], dtype=bool)]
+    v = v.drop_duplicates(subset=["video"], keep="last")
+    keep = np.array([winner.get(str(x), s) == s for x, s in zip(t["video"], t["_src"])], dtype=bool)
+    t = t[keep].drop_duplicates(subset=["tube_path"], keep="last")
+    v, t = _by_path(v), _by_path(t)
+    return (v.drop(columns="_src").reset_index(drop=True).reindex(columns=VIDEO_COLUMNS),
+            t.drop(columns="_src").reset_index(drop=True).reindex(columns=TUBE_COLUMNS))
+
+
 def read_videos(index_dir: str | Path) -> pd.DataFrame:
-    return _read(Path(index_dir) / VIDEOS_CSV, VIDEO_COLUMNS)
+    return read_index(index_dir)[0]
 
 
 def read_tubes(index_dir: str | Path) -> pd.DataFrame:
-    return _read(Path(index_dir) / TUBES_CSV, TUBE_COLUMNS)
+    return read_index(index_dir)[1]
+
+
+def merge_parts(index_dir: str | Path) -> tuple[list[tuple[int, int]], int, int]:
+    """Fold the shards' parts into the main tables and remove them, under the folder's lock.
+    Returns (the shards (K, N) merged, videos, tubes). Safe to interrupt: the parts are removed
+    only after the merged tables are written, and merging again gives the same tables."""
+    d = Path(index_dir)
+    with index_lock(d):
+        shards = parts_of(d)
+        videos, tubes = read_index(d)
+        if shards:
+            main_v, main_t = table_paths(d)
+            write_table(main_v, videos.to_dict("records"), VIDEO_COLUMNS)
+            write_table(main_t, tubes.to_dict("records"), TUBE_COLUMNS)
+            for vp, tp in part_tables(d):
+                vp.unlink(missing_ok=True)
+                tp.unlink(missing_ok=True)
+    return shards, len(videos), len(tubes)
 
 
 def resolve_index(path: Optional[str | Path]) -> Path:

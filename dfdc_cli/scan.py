@@ -415,10 +415,10 @@ def index_items(index_dir: str | Path) -> list[Extracted]:
     """The scorable units of a `deepfake extract` index, without extracting anything: one per
     source video (with its status, tubes and label), then one per self-blended copy (tubes named
     ``<stem>_sbi<seed>.mp4``: they share the real video's path but are FAKE items of their own)."""
-    from .index import TUBES_CSV, VIDEOS_CSV, read_tubes, read_videos, resolve_index
+    from .index import has_index, read_tubes, read_videos, resolve_index
 
     root = resolve_index(index_dir)
-    if not (root / VIDEOS_CSV).exists() and not (root / TUBES_CSV).exists():
+    if not has_index(root):
         raise UserError(f"--index {root}: no tube index there (videos.csv / tubes.csv); run `deepfake extract` first")
     try:
         videos = read_videos(root).to_dict("records")

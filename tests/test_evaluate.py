@@ -14,7 +14,6 @@ from dfdc_cli.errors import UserError
 from dfdc_cli.scan import FaceScore, VideoScan, aggregate_video
 
 from cli_util import run_cli
-from test_scan import tiny_members  # noqa: F401 - fixture
 
 
 def test_labels_from_csv(tmp_path):

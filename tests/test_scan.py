@@ -275,30 +275,6 @@ def test_submission_and_json(tmp_path):
 # End to end: real extraction of real clips, small registered members, the CLI
 
 
-@pytest.fixture
-def tiny_members(monkeypatch):
-    """mc3_112, r2plus1d_112 and seresnext50_2d registered with tiny networks standing in for the
-    real architectures (the store, loading and MemberModel conventions are the real ones)."""
-    import models.registry as R
-    from models import store
-
-    from models.tiny import tiny_net
-
-    real = R.build_net
-
-    def build_net(arch):
-        return tiny_net(arch) if arch in ("mc3", "r2plus1d", "seresnext50") else real(arch)
-
-    monkeypatch.setattr(R, "build_net", build_net)
-    torch.manual_seed(1)
-    names = ["mc3_112", "r2plus1d_112", "seresnext50_2d"]
-    for n in names:
-        store.register(n, build_net(get_spec(n).arch).state_dict(), source="test")
-    return names
-
-
-
-
 def table_rows(out: str) -> dict[str, list[str]]:
     rows = {}
     for line in out.splitlines():

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_util import run_cli
-from test_scan import Brightness3d, fake_extractor, member, tiny_members  # noqa: F401 - fixture
+from test_scan import Brightness3d, fake_extractor, member
 
 from dfdc_cli import scan as S
 from dfdc_cli.index import STATUS_NO_FACE, STATUS_OK

@@ -97,6 +97,16 @@ def extract_cmd(
         False, "--self-blend", help="Also write a self-blended fake of every REAL tube to OUT/self-blended/ and index it "
         "(label FAKE, original = the real video), to look at or to train on.",
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run the videos as tasks of a Ray cluster: 'local' (a cluster on this machine, "
+        "--workers CPUs), 'auto' (the one `ray start` runs here) or its address. --out must be on a filesystem "
+        "every node mounts at the same path. Needs pip install \"deepfake[ray]\".", show_default=False,
+    ),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="Job arrays: only this task's share K/N of the videos (K = 1..N, split by file name); "
+        "its rows go to OUT/videos.part-K-of-N.csv and tubes.part-K-of-N.csv, which readers merge.",
+        show_default=False,
+    ),
     self_blend_seed: int = typer.Option(0, "--self-blend-seed", help="Seed of the self-blended fakes (same seed, same fakes)."),
     self_blend_params: Optional[Path] = typer.Option(
         None, "--self-blend-params", help="Generator parameters: TOML ([selfblend] table) or JSON \\[default: built-in].",
@@ -111,6 +121,7 @@ def extract_cmd(
     """
     from .. import extract as X
     from ..paths import default_tubes_dir
+    from ..shard import parse_shard
 
     if preset is None:
         params = X.DEFAULT_PARAMS
@@ -153,10 +164,23 @@ def extract_cmd(
 
         # Read before extracting: a bad parameter file should fail in a second, not after an hour.
         blend_params = params_from_file(self_blend_params) if self_blend_params else SelfBlendParams()
-    result = X.extract(
-        paths, out if out is not None else default_tubes_dir(), params, device=device, workers=workers,
-        fresh=fresh, progress=not quiet, summary=not quiet, default_label=default_label,
-    )
+    part = parse_shard(shard)
+    out_dir = out if out is not None else default_tubes_dir()
+
+    def run():
+        executor = None
+        if ray is not None:
+            from ..cluster import ExtractExecutor
+
+            executor = ExtractExecutor(out_dir, params, device=device)
+        return X.extract(
+            paths, out_dir, params, device=device, workers=workers, fresh=fresh, progress=not quiet,
+            summary=not quiet, default_label=default_label, shard=part, executor=executor,
+        )
+
+    from ..cluster import run_with
+
+    result = run_with(ray, workers, run)
     if blend_params is not None:
         _self_blend(result, blend_params, self_blend_seed, quiet)
     if result.n_errors:
@@ -169,7 +193,7 @@ def _self_blend(result, params, seed: int, quiet: bool) -> None:
 
     import pandas as pd
 
-    from ..index import TUBE_COLUMNS, TUBES_CSV, read_tubes, write_table
+    from ..index import TUBE_COLUMNS, index_lock, read_table, table_paths, write_table
     from ..selfblend import self_blend_records
     from ..ui import console, progress, warn
 
@@ -183,11 +207,13 @@ def _self_blend(result, params, seed: int, quiet: bool) -> None:
         rows = self_blend_records(reals, out_dir, params, seed=seed,
                                   on_done=lambda rec, stats: bar.advance(task))
     new = pd.DataFrame([asdict(r) for r in rows], columns=TUBE_COLUMNS)
-    old = read_tubes(result.out_dir)
-    if len(old):
-        old = old[~old["tube_path"].astype(str).isin(set(new["tube_path"]))]
-        new = pd.concat([old.reindex(columns=TUBE_COLUMNS), new], ignore_index=True)
-    write_table(result.out_dir / TUBES_CSV, new.to_dict("records"), TUBE_COLUMNS)
+    tubes_csv = table_paths(result.out_dir, result.shard)[1]  # a shard's copies go to its own part
+    with index_lock(result.out_dir):
+        old = read_table(tubes_csv, TUBE_COLUMNS)
+        if len(old):
+            old = old[~old["tube_path"].astype(str).isin(set(new["tube_path"]))]
+            new = pd.concat([old.reindex(columns=TUBE_COLUMNS), new], ignore_index=True)
+        write_table(tubes_csv, new.to_dict("records"), TUBE_COLUMNS)
     if not quiet:
         console.print(f"self-blended: {len(rows)} fake tubes in {out_dir}")
 

@@ -40,9 +40,10 @@ PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
 
 def make_scanner(members, weights, threshold, device, workers, batch_size, precision="auto",
-                 extractor=None, rescore: bool = False):
+                 extractor=None, rescore: bool = False, ray: bool = False, items=None):
     """Build a Scanner from CLI options (shared with `deepfake eval`); scores are cached under
-    the cache dir."""
+    the cache dir. ``ray``: a :class:`~dfdc_cli.cluster.RayScanner` whose actors scan (``items``:
+    the index items to score instead of extracting); the members are loaded here, on the CPU."""
     from ..errors import UserError
     from ..paths import scan_scores_dir
     from ..scan import NO_MODEL_HELP, Scanner, available_members, parse_weights
@@ -64,9 +65,14 @@ def make_scanner(members, weights, threshold, device, workers, batch_size, preci
             except KeyError as exc:
                 raise UserError(str(exc.args[0])) from None
     w = parse_weights(weights, names)
-    return Scanner(members=names, weights=w, threshold=threshold, device=device, workers=workers,
-                   batch_size=batch_size, precision=precision, extractor=extractor,
-                   score_dir=scan_scores_dir(), reuse_scores=not rescore)
+    options = dict(weights=w, threshold=threshold, device=device, workers=workers, batch_size=batch_size,
+                   precision=precision, score_dir=scan_scores_dir().resolve(), reuse_scores=not rescore)
+    if ray:
+        from ..cluster import RayScanner
+
+        base = Scanner(members=names, **{**options, "device": "cpu", "score_dir": None})
+        return RayScanner(base, options, items=items)
+    return Scanner(members=names, extractor=extractor, **options)
 
 
 def scan_with_progress(scanner, videos, desc: str) -> list:
@@ -96,15 +102,15 @@ def warn_missing_2d(scanner, items) -> None:
              f"{', '.join(two_d)} does not score those")
 
 
-def index_source(index: Path, paths) -> tuple[list, object]:
-    """(items, extractor) for scoring the tubes of an extract index: every item, or those of
-    ``paths`` (files or folders)."""
-    from ..scan import expand_paths, index_items, items_extractor, select_items
+def index_source(index: Path, paths) -> list:
+    """The items of an extract index to score: every item, or those of ``paths`` (files or
+    folders)."""
+    from ..scan import expand_paths, index_items, select_items
 
     items = index_items(index)
     if paths:
         items = select_items(items, expand_paths(paths), index)
-    return items, items_extractor(items)
+    return items
 
 
 def register(app: typer.Typer) -> None:
@@ -139,48 +145,73 @@ def register(app: typer.Typer) -> None:
         members_table: bool = typer.Option(False, "--members-table", help="Print each member's p(fake) "
                                            "per video as a second table (by default they are columns of "
                                            "the main table when the terminal is wide enough)."),
+        ray: Optional[str] = typer.Option(
+            None, "--ray", help="Scan on a Ray cluster: 'local', 'auto' or its address; scan actors (one "
+            "per GPU) score chunks of the videos. The cache folder must be on a filesystem every node "
+            "mounts. Needs pip install \"deepfake[ray]\".", show_default=False),
+        shard: Optional[str] = typer.Option(
+            None, "--shard", help="Job arrays: only this task's share K/N of the videos (K = 1..N, split by "
+            "file name); --json/--csv go to NAME.part-K-of-N.EXT (`deepfake index merge` joins them).",
+            show_default=False),
     ) -> None:
-        from ..atomic import write_json
-        from ..errors import UserError
-        from ..scan import expand_paths, to_json, write_submission
-        from ..ui import err_console
+        from ..cluster import run_with
 
-        extractor = None
-        if index is not None:
-            items, extractor = index_source(index, paths)
-            videos = [Path(e.video) for e in items]
-            if not videos:
-                raise UserError(f"--index {index}: the index holds no videos")
-        else:
-            if not paths:
-                raise UserError("give video files or folders to scan (or --index DIR)")
-            videos = expand_paths(paths)
-            if not videos:
-                raise UserError("no video files found in the given paths")
-        scanner = make_scanner(members, weights, threshold, device, workers, batch_size, precision,
-                               extractor=extractor, rescore=rescore)
-        if index is not None:
-            warn_missing_2d(scanner, items)
-        results = scan_with_progress(scanner, videos, "scan")
-        print_results(results, scanner.names, threshold, members_table)
-        n_err = sum(r.status == "error" for r in results)
-        n_nf = sum(r.status == "no_face" for r in results)
-        n_fake = sum(r.verdict == "FAKE" for r in results)
-        n_real = sum(r.verdict == "REAL" for r in results)
-        err_console.print(
-            f"{len(results)} videos: {n_fake} FAKE, {n_real} REAL, {n_nf} no face, {n_err} failed "
-            f"(members: {', '.join(scanner.names)})", highlight=False)
-        n_cached = sum(bool(r.cached_members) for r in results)
-        if n_cached:
-            err_console.print(f"{n_cached} videos reused scores from the score cache (--rescore recomputes them)",
-                              highlight=False)
-        if json_out is not None:
-            write_json(json_out, to_json(results, scanner.describe()))
-            err_console.print(f"wrote {json_out}", highlight=False)
-        if csv_out is not None:
-            write_submission(csv_out, results)
-            err_console.print(f"wrote {csv_out}", highlight=False)
-        raise typer.Exit(1 if n_err else 0)
+        run_with(ray, None, lambda: _scan(paths, index, members, weights, threshold, device, workers, batch_size,
+                                          precision, json_out, csv_out, rescore, ray, shard, members_table))
+
+
+def _scan(paths, index, members, weights, threshold, device, workers, batch_size, precision, json_out, csv_out,
+          rescore, ray, shard, members_table) -> None:
+    from ..atomic import write_json
+    from ..errors import UserError
+    from ..scan import expand_paths, items_extractor, to_json, write_submission
+    from ..shard import parse_shard, part_path, select
+    from ..ui import err_console
+
+    part = parse_shard(shard)
+    extractor, items = None, None
+    if index is not None:
+        items = select(index_source(index, paths), part, lambda e: e.name)
+        extractor = items_extractor(items)
+        videos = [Path(e.video) for e in items]
+        if not videos and part is None:
+            raise UserError(f"--index {index}: the index holds no videos")
+    else:
+        if not paths:
+            raise UserError("give video files or folders to scan (or --index DIR)")
+        videos = expand_paths(paths)
+        if not videos:
+            raise UserError("no video files found in the given paths")
+        videos = select(videos, part, lambda p: p.name)
+    if not videos:
+        err_console.print(f"shard {shard}: none of the videos falls to this shard; nothing to do", highlight=False)
+        raise typer.Exit(0)
+    json_out = part_path(json_out, part) if json_out is not None else None
+    csv_out = part_path(csv_out, part) if csv_out is not None else None
+    scanner = make_scanner(members, weights, threshold, device, workers, batch_size, precision,
+                           extractor=extractor, rescore=rescore, ray=ray is not None, items=items)
+    if index is not None:
+        warn_missing_2d(scanner, items)
+    results = scan_with_progress(scanner, videos, "scan")
+    print_results(results, scanner.names, threshold, members_table)
+    n_err = sum(r.status == "error" for r in results)
+    n_nf = sum(r.status == "no_face" for r in results)
+    n_fake = sum(r.verdict == "FAKE" for r in results)
+    n_real = sum(r.verdict == "REAL" for r in results)
+    err_console.print(
+        f"{len(results)} videos: {n_fake} FAKE, {n_real} REAL, {n_nf} no face, {n_err} failed "
+        f"(members: {', '.join(scanner.names)})", highlight=False)
+    n_cached = sum(bool(r.cached_members) for r in results)
+    if n_cached:
+        err_console.print(f"{n_cached} videos reused scores from the score cache (--rescore recomputes them)",
+                          highlight=False)
+    if json_out is not None:
+        write_json(json_out, to_json(results, scanner.describe()))
+        err_console.print(f"wrote {json_out}", highlight=False)
+    if csv_out is not None:
+        write_submission(csv_out, results)
+        err_console.print(f"wrote {csv_out}", highlight=False)
+    raise typer.Exit(1 if n_err else 0)
 
 
 def fmt_p(p) -> str:

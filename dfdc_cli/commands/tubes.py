@@ -233,11 +233,11 @@ def list_tubes(
     limit: int = typer.Option(0, "--limit", help="Show at most N tubes (0: all)."),
 ) -> None:
     """List the tubes of an index: video, tube id, frames, detector confidence, label, path."""
-    from ..index import TUBES_CSV, read_tubes, resolve_index
+    from ..index import TUBES_CSV, has_index, read_tubes, resolve_index
     from ..ui import console
 
     folder = resolve_index(index)
-    if not (folder / TUBES_CSV).exists():
+    if not has_index(folder):
         raise UserError(f"{folder}: no {TUBES_CSV} here (run `deepfake extract` first)")
     try:
         df = read_tubes(folder)
