@@ -59,7 +59,10 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: a message may hold brackets (a path, `pip install "deepfake[ray]"`)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]: finished work is saved; run the same command to resume.")

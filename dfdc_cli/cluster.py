@@ -63,7 +63,7 @@ def connect(address: str, num_cpus: Optional[int] = None) -> Iterator[object]:
             ray.init(num_cpus=num_cpus, **kw)
         else:
             ray.init(address=address, **kw)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- Ray raises bare Exceptions (e.g. a node start timeout)
         hint = " (start one with `ray start --head`)" if address == "auto" else ""
         raise UserError(f"--ray {address}: cannot join the Ray cluster{hint}: {_first_line(exc)}") from None
     try:
@@ -400,9 +400,7 @@ class RayScanner:
                     yield results[emitted]
                     emitted += 1
         finally:
-            for ref in running:
-                ray.cancel(ref, force=True)
-            for a in actors:
+            for a in actors:  # stops the chunks they were scanning (finished scores are cached)
                 ray.kill(a)
 
 

@@ -211,3 +211,27 @@ def tiny_members(monkeypatch):
     for n in names:
         store.register(n, build_net(get_spec(n).arch).state_dict(), source="test")
     return names
+
+
+@pytest.fixture(scope="session")
+def small_batch(tmp_path_factory, gen_videos):
+    """Four small inputs (two faces, a face too brief for a tube, no face, not a video) that
+    `--shard 1/2` and `2/2` split 2 + 2: the batch that shards and Ray runs are compared on."""
+    from dfdc_cli.shard import select
+
+    d = tmp_path_factory.mktemp("small-batch")
+    for name in ("two_faces.mp4", "brief_face.mp4", "no_face.mp4"):
+        (d / name).write_bytes((gen_videos / name).read_bytes())
+    (d / "bad.mp4").write_text("not a video\n")
+    assert sorted(len(select(sorted(d.iterdir()), (k, 2), lambda p: p.name)) for k in (1, 2)) == [2, 2]
+    return d
+
+
+@pytest.fixture(scope="session")
+def small_batch_index(tmp_path_factory, small_batch):
+    """The index of one local run over ``small_batch`` (train preset, in this process)."""
+    from dfdc_cli import extract as X
+
+    out = tmp_path_factory.mktemp("small-batch-index")
+    X.extract([small_batch], out, X.PRESETS["train"], workers=1, progress=False, quiet=True)
+    return out

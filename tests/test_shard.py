@@ -50,32 +50,14 @@ def test_split_is_a_partition_stable_under_reordering_and_folders():
     assert part_path("out/scan.json", (2, 5)) == Path("out/scan.part-2-of-5.json")
 
 
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory, gen_videos):
-    """Four small videos (a face, two faces, none, not a video) that 2 shards split 2 + 2."""
-    d = tmp_path_factory.mktemp("shard-videos")
-    for name in ("two_faces.mp4", "brief_face.mp4", "no_face.mp4"):
-        shutil.copy(gen_videos / name, d / name)
-    (d / "bad.mp4").write_text("not a video\n")
-    assert sorted(len(select(sorted(d.iterdir()), (k, 2), lambda p: p.name)) for k in (1, 2)) == [2, 2]
-    return d
-
-
-@pytest.fixture(scope="module")
-def one_run(tmp_path_factory, videos):
-    out = tmp_path_factory.mktemp("one-run")
-    X.extract([videos], out, TRAIN, workers=1, progress=False, quiet=True)
-    return out
-
-
-def test_two_concurrent_shards_give_the_index_of_one_run(tmp_path, videos, one_run, monkeypatch, capsys):
+def test_two_concurrent_shards_give_the_index_of_one_run(tmp_path, small_batch, small_batch_index, monkeypatch, capsys):
     out = tmp_path / "sharded"
     errors = []
 
     def shard(k):
         try:
             # reversed path order in one shard: the split must not depend on it
-            paths = sorted(videos.iterdir(), reverse=(k == 2))
+            paths = sorted(small_batch.iterdir(), reverse=(k == 2))
             X.extract(paths, out, TRAIN, workers=1, progress=False, quiet=True, shard=(k, 2))
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
@@ -91,8 +73,8 @@ def test_two_concurrent_shards_give_the_index_of_one_run(tmp_path, videos, one_r
     for k in (1, 2):
         part = read_videos_file(table_paths(out, (k, 2))[0])
         assert len(part) == 2 and all(shard_of(n, 2) == k for n in part["name"])
-    assert_same_index(out, one_run)  # reading the folder merges the parts
-    assert list(read_videos(out)["name"]) == list(read_videos(one_run)["name"])  # in one run's order
+    assert_same_index(out, small_batch_index)  # reading the folder merges the parts
+    assert list(read_videos(out)["name"]) == list(read_videos(small_batch_index)["name"])  # in one run's order
 
     # `deepfake index merge` folds the parts into the main tables: same rows, no parts left
     before = index_rows(out)
@@ -105,19 +87,19 @@ def test_two_concurrent_shards_give_the_index_of_one_run(tmp_path, videos, one_r
     assert code == 0 and "no parts to merge" in stdout  # merging twice is harmless
 
 
-def test_a_shard_rerun_replaces_its_rows_and_the_cli_writes_its_part(tmp_path, videos, one_run, monkeypatch, capsys):
+def test_a_shard_rerun_replaces_its_rows_and_the_cli_writes_its_part(tmp_path, small_batch, small_batch_index, monkeypatch, capsys):
     out = tmp_path / "out"
-    shutil.copytree(one_run / "store", out / "store")  # the tube store is shared: cache hits
-    code, stdout, err = run_cli(monkeypatch, capsys, "extract", videos, "--out", out, "--preset", "train",
+    shutil.copytree(small_batch_index / "store", out / "store")  # the tube store is shared: cache hits
+    code, stdout, err = run_cli(monkeypatch, capsys, "extract", small_batch, "--out", out, "--preset", "train",
                                 "-j", "1", "--shard", "1/2", "--quiet")
     assert code in (0, 1), err
     part = table_paths(out, (1, 2))[0]
     assert part.exists() and not table_paths(out)[0].exists()
     first = read_videos_file(part)
-    code, *_ = run_cli(monkeypatch, capsys, "extract", videos, "--out", out, "--preset", "train",
+    code, *_ = run_cli(monkeypatch, capsys, "extract", small_batch, "--out", out, "--preset", "train",
                        "-j", "1", "--shard", "1/2", "--quiet")
     assert read_videos_file(part)["video"].tolist() == first["video"].tolist()  # replaced, not appended
-    code, _, err = run_cli(monkeypatch, capsys, "extract", videos, "--shard", "3/2")
+    code, _, err = run_cli(monkeypatch, capsys, "extract", small_batch, "--shard", "3/2")
     assert code == 2 and "--shard" in err
 
 
