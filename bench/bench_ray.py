@@ -32,7 +32,7 @@ def main() -> None:
     import ray
 
     from dfdc_cli import extract as X
-    from dfdc_cli.cluster import ExtractExecutor
+    from dfdc_cli.cluster import ExtractExecutor, local_priority
     from dfdc_cli.index import read_tubes, read_videos
 
     params = X.DEFAULT_PARAMS if args.preset == "default" else X.PRESETS[args.preset]
@@ -44,6 +44,7 @@ def main() -> None:
         return v, t.sort_values(["video", "tube_id"]).to_dict("records")
 
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        local_priority()  # as --ray local does: the workers at the priority of the local ones
         t0 = time.perf_counter()
         for attempt in range(3):  # Ray gives its processes 30 s to start: too few on a loaded machine
             try:

@@ -60,6 +60,7 @@ def connect(address: str, num_cpus: Optional[int] = None) -> Iterator[object]:
     kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         if address == "local":
+            local_priority()
             ray.init(num_cpus=num_cpus, **kw)
         else:
             ray.init(address=address, **kw)
@@ -70,6 +71,14 @@ def connect(address: str, num_cpus: Optional[int] = None) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def local_priority() -> None:
+    """Ray starts its workers at niceness 15 (to keep its own daemons responsive): on a machine
+    shared with other work they then get a fraction of the CPU that this command's local workers
+    would. A local cluster is this command's own, so its workers run at the driver's priority
+    (``RAY_worker_niceness`` set by the user wins)."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def _first_line(exc: BaseException) -> str:

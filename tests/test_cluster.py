@@ -26,6 +26,7 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     # Test-module functions (the dying job below) travel to the workers by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    C.local_priority()
     for attempt in range(2):  # Ray gives its processes 30 s to start, which a busy CI box can miss
         try:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
