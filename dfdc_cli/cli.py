@@ -56,14 +56,18 @@ for _module in (extract, train, evaluate, scan, models, tubes, index):
 
 
 def main() -> None:
+    from .lifecycle import Interrupted, graceful_signals, signal_name
+
     try:
-        app()
+        with graceful_signals():
+            app()
     except UserError as exc:
         from rich.markup import escape
 
         # escaped: a message may hold brackets (a path, `pip install "deepfake[ray]"`)
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
-    except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/red]: finished work is saved; run the same command to resume.")
-        raise SystemExit(130)
+    except Interrupted as exc:
+        what = str(exc) or "finished work is saved; run the same command to resume."
+        err_console.print(f"[red]interrupted[/red] ({signal_name(exc.signum)}): {what}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code)

@@ -329,11 +329,16 @@ def pad_indices(n: int, t: int, mode: str = "loop") -> np.ndarray:
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader workers: one torch thread each (the workers are the parallelism).
+    """DataLoader workers: one torch thread each (the workers are the parallelism), and they end
+    when the training process dies, however it dies (:func:`dfdc_cli.lifecycle.watch_parent`;
+    torch's own check notices only a fork-context parent, and only between batches).
 
     (OpenCV's thread count is left alone: calling ``cv2.setNumThreads`` in a forked worker hangs
     when the parent process had already used OpenCV's thread pool.)
     """
+    from .lifecycle import watch_parent
+
+    watch_parent()
     torch.set_num_threads(1)
 
 

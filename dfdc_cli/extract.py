@@ -10,7 +10,8 @@ with ``with_2d``, the 2D pathway's crops (``_2d.mp4``).
 
 Store layout (``out_dir``)::
 
-    videos.csv, tubes.csv              the index (dfdc_cli.index), merged over runs
+    videos.csv, tubes.csv              the index (dfdc_cli.index), merged over runs, kept up to
+                                       date while a run goes (IndexWriter)
     store/<sha[:2]>/<sha256>-<pkey>/   one entry per (video content, output-affecting parameters)
         result.json                    status, reason, video size/fps/frames, tube geometry
         tube0.mp4 tube0.npz [tube0_2d.mp4] ...
@@ -44,6 +45,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import UserError, VideoError
+from .inputs import missing_reason
+from .lifecycle import Interrupted
 from .index import (
     STATUS_ERROR,
     STATUS_NO_FACE,
@@ -59,15 +62,12 @@ from .index import (
 # Bump when the extractor's output changes for the same parameters (invalidates cache entries).
 EXTRACTOR_VERSION = 1
 
-VIDEO_EXTS = {
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
-    ".mts", ".m2ts", ".ogv",
-}
 STORE = "store"
 RESULT_JSON = "result.json"
 TUBE_SIZE = 256
 FALLBACK_THRESHOLDS = (0.5, 0.5, 0.5)
 N_2D = 32
+INDEX_EVERY_S = 2.0  # the index is brought up to date at most this often during a run
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,7 @@ class VideoInput:
     label: str = ""
     original: str = ""
     part: str = ""
+    error: str = ""  # known before reading it (a folder that cannot be read)
 
     @property
     def name(self) -> str:
@@ -197,39 +198,22 @@ def _load_metadata(folder: Path, cache: dict) -> dict:
 
 
 def collect_inputs(paths: Iterable[str | Path], exclude: Optional[Path] = None,
-                   default_label: str = "") -> list[VideoInput]:
-    """Video files from files and folders (recursive, common video extensions, hidden files
-    skipped), in the given order, folders sorted, duplicates dropped. A DFDC ``metadata.json``
-    beside a video gives its label and original; ``part`` is the video's folder name. Paths that
-    do not exist are kept (they get an error status). ``default_label`` labels the videos that no
-    metadata.json labels (e.g. a folder of real videos for self-blended training)."""
-    found: list[Path] = []
-    exclude = exclude.resolve() if exclude is not None else None
-    for p in paths:
-        p = Path(p).expanduser()
-        if p.is_dir():
-            for q in sorted(p.rglob("*")):
-                if not q.is_file() or q.suffix.lower() not in VIDEO_EXTS:
-                    continue
-                rel = q.relative_to(p).parts
-                if any(part.startswith(".") for part in rel):
-                    continue
-                if exclude is not None and exclude in q.resolve().parents:
-                    continue
-                found.append(q)
-        else:
-            found.append(p)
+                   default_label: str = "", on_note: Optional[Callable[[str], None]] = None) -> list[VideoInput]:
+    """Video files from files and folders (:func:`dfdc_cli.inputs.walk`: recursive, the shared
+    video extensions, hidden files skipped, duplicates dropped), in the given order. A DFDC
+    ``metadata.json`` beside a video gives its label and original; ``part`` is the video's folder
+    name. Paths that do not exist and folders that cannot be read are kept (they get an error
+    status). ``default_label`` labels the videos that no metadata.json labels (e.g. a folder of
+    real videos for self-blended training)."""
+    from .inputs import walk
+
     metas: dict = {}
-    out, seen = [], set()
-    for q in found:
-        key = str(q.resolve()) if q.exists() else str(q.absolute())
-        if key in seen:
-            continue
-        seen.add(key)
-        qp = Path(key)
-        meta = _load_metadata(qp.parent, metas).get(qp.name, {}) if qp.parent.is_dir() else {}
+    out = []
+    for f in walk(paths, exclude=exclude, on_note=on_note):
+        qp = f.path
+        meta = _load_metadata(qp.parent, metas).get(qp.name, {}) if not f.error and qp.parent.is_dir() else {}
         label = str(meta.get("label") or default_label).upper()
-        out.append(VideoInput(key, label, str(meta.get("original") or ""), qp.parent.name))
+        out.append(VideoInput(str(qp), label, str(meta.get("original") or ""), qp.parent.name, f.error))
     return out
 
 
@@ -670,7 +654,7 @@ def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams) -> tupl
     VideoError for a missing, empty or unreadable file. Reads the file, never decodes it."""
     path = Path(path)
     if not path.exists():
-        raise VideoError("file not found")
+        raise VideoError(missing_reason(path))
     if path.is_dir():
         raise VideoError("is a folder, not a video file")
     try:
@@ -877,6 +861,9 @@ def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, 
 
     import torch
 
+    from .lifecycle import watch_parent
+
+    watch_parent()  # never outlive the main process, however it dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
     torch.set_num_threads(1)
     try:
@@ -919,8 +906,10 @@ def _mp_context():
 
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
+    from .lifecycle import forkserver_preload
+
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "cv2", "av", "scipy.ndimage", "dfdc_cli.extract", "dfdc_cli.detect"])
+    ctx.set_forkserver_preload(forkserver_preload(["torch", "cv2", "av", "scipy.ndimage", "dfdc_cli.extract", "dfdc_cli.detect"]))
     return ctx
 
 
@@ -964,18 +953,31 @@ class _Pool:
                 self.spawn()
         return out
 
-    def close(self) -> None:
-        for wid, q in self.tasks.items():
-            try:
-                q.put(None)
-            except Exception:  # noqa: BLE001
-                pass
-        deadline = time.time() + 5
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers: after their current job, or (``abort``: the run was interrupted or
+        given up) at once, SIGTERM letting them remove half-written entries; SIGKILL for any
+        worker still there after that."""
+        from .lifecycle import GRACE_S
+
+        if abort:
+            for p in self.procs.values():
+                if p.is_alive():
+                    p.terminate()
+        else:
+            for wid, q in self.tasks.items():
+                try:
+                    q.put(None)
+                except (OSError, ValueError):
+                    pass  # that worker's queue is gone with it; the join below settles it
+        deadline = time.time() + (GRACE_S + 1 if abort else 5)
         for p in self.procs.values():
             p.join(timeout=max(0.1, deadline - time.time()))
         for p in self.procs.values():
-            if p.is_alive():
+            if p.is_alive() and not abort:
                 p.terminate()
+                p.join(timeout=GRACE_S)
+            if p.is_alive():
+                p.kill()
                 p.join(timeout=1)
 
 
@@ -1036,6 +1038,7 @@ def _run_pool(
             pool.submit(wid, j, jobs[j].path)
             running += 1
 
+    completed = False
     try:
         while pending or running:
             fill()
@@ -1070,8 +1073,9 @@ def _run_pool(
                     finished.append((j, None, f"worker process crashed (exit code{why})"))
             fill()
             yield from finished
+        completed = True
     finally:
-        pool.close()
+        pool.close(abort=not completed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1125,8 +1129,74 @@ def write_index(out_dir: Path, videos: list[VideoRecord], tubes: list[TubeRecord
             if len(old_t):
                 old_t = old_t[~old_t["video"].astype(str).isin(done)]
                 new_t = pd.concat([old_t.reindex(columns=TUBE_COLUMNS), new_t], ignore_index=True)
-        write_table(videos_csv, new_v.to_dict("records"), VIDEO_COLUMNS)
+        # Tubes first: a video's row is never in the index before its tubes' rows.
         write_table(tubes_csv, new_t.to_dict("records"), TUBE_COLUMNS)
+        write_table(videos_csv, new_v.to_dict("records"), VIDEO_COLUMNS)
+
+
+class IndexWriter:
+    """Brings ``out_dir``'s index up to date as a run's videos finish, so that the finished videos
+    of a killed run are in the index without a rerun.
+
+    Each :meth:`add` merges the run's rows into the tables (:func:`write_index`, atomic) unless
+    the last merge was less than ``every`` seconds ago (longer for big tables: at most a tenth of
+    the time goes to merging; 0: at every video); then a timer thread merges them when that time
+    is up. :meth:`close`
+    merges what is left and raises what a timed merge could not write."""
+
+    def __init__(self, out_dir: Path, fresh: bool = False, every: Optional[float] = None,
+                 shard: Optional[tuple[int, int]] = None):
+        import threading
+
+        self.out_dir, self.fresh, self.shard = out_dir, fresh, shard
+        self.every = INDEX_EVERY_S if every is None else float(every)
+        self.rows: dict[int, tuple[VideoRecord, list[TubeRecord]]] = {}
+        self.lock = threading.Lock()
+        self.timer: Optional[object] = None
+        self.dirty = False
+        self.last = 0.0  # when the last merge ended
+        self.cost = 0.0  # how long it took
+        self.error: Optional[OSError] = None
+
+    def add(self, key: int, video: VideoRecord, tubes: list[TubeRecord]) -> None:
+        import threading
+
+        with self.lock:
+            self.rows[key] = (video, tubes)
+            self.dirty = True
+            wait = self.last + max(self.every, 10 * self.cost) - time.time() if self.every > 0 else 0.0
+            if wait <= 0:
+                self._merge()
+            elif self.timer is None:
+                self.timer = threading.Timer(wait, self._timed)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _timed(self) -> None:
+        with self.lock:
+            self.timer = None
+            if self.dirty:
+                try:
+                    self._merge()
+                except OSError as exc:
+                    self.error = exc  # reported by close(), which tries again
+
+    def _merge(self) -> None:
+        t0 = time.time()
+        done = [self.rows[k] for k in sorted(self.rows)]
+        write_index(self.out_dir, [v for v, _ in done], [t for _, ts in done for t in ts], fresh=self.fresh,
+                    shard=self.shard)
+        self.dirty = False
+        self.last = time.time()
+        self.cost = self.last - t0
+
+    def close(self) -> None:
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.dirty or self.error is not None:
+                self._merge()
 
 
 def _out_dir(out_dir: str | Path) -> Path:
@@ -1160,9 +1230,12 @@ def iter_extract(
     Yields one :class:`VideoDone` per input video in completion order: cache hits and unreadable
     files first (settled without starting a worker), then the others as the workers finish them.
     Failed videos are yielded too (status error, with the reason); a bad video never raises.
-    When the iteration ends, or stops early (``close()``, Ctrl-C, an exception in the consumer),
-    the rows handed over so far are merged into ``out_dir``'s index (unless ``write=False``);
-    close the iterator (``contextlib.closing``) to have that happen at once when stopping early.
+    The rows handed over are merged into ``out_dir``'s index as the videos finish (at most every
+    ``INDEX_EVERY_S`` seconds, :class:`IndexWriter`) and when the iteration ends or stops early
+    (``close()``, Ctrl-C, an exception in the consumer), unless ``write=False``; close the iterator
+    (``contextlib.closing``) to have that happen at once when stopping early. Stopped by
+    :class:`~dfdc_cli.lifecycle.Interrupted` (the CLI's Ctrl-C / SIGTERM), it stops the workers at
+    once and raises it again with a line saying what was done and how to resume.
 
     The bad folder or device is reported (UserError) by this call, before any iteration.
     ``workers``, ``device``, ``detect_in_main``, ``fresh``: as :func:`extract`. ``progress``:
@@ -1178,7 +1251,8 @@ def iter_extract(
     out_dir = _out_dir(out_dir)
     if executor is None:
         device = _check_device(device)
-    jobs = select(collect_inputs(paths, exclude=out_dir, default_label=default_label), shard, lambda j: j.name)
+    jobs = select(collect_inputs(paths, exclude=out_dir, default_label=default_label,
+                                 on_note=(lambda _line: None) if quiet else None), shard, lambda j: j.name)
     auto = workers is None
     if workers is None:
         cores = os.cpu_count() or 1
@@ -1199,7 +1273,7 @@ def _iter_jobs(
 ) -> Iterator[VideoDone]:
     from . import ui
 
-    rows: dict[int, tuple[VideoRecord, list[TubeRecord]]] = {}
+    index = IndexWriter(out_dir, fresh=fresh, shard=shard) if write else None
     counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0}
     n_cached = 0
     bar = ui.progress() if (progress and jobs) else None
@@ -1208,7 +1282,8 @@ def _iter_jobs(
     def settle(j: int, res: Optional[dict], err: Optional[str]) -> VideoDone:
         nonlocal n_cached
         vrec, trecs = records_for(jobs[j], res, err, params)
-        rows[j] = (vrec, trecs)
+        if index is not None:
+            index.add(j, vrec, trecs)
         cached = bool(res is not None and res.get("cached"))
         counts[vrec.status] = counts.get(vrec.status, 0) + 1
         n_cached += cached
@@ -1218,6 +1293,7 @@ def _iter_jobs(
             bar.update(task, advance=1, status=_status_text(counts, n_cached))
         return VideoDone(j, vrec, trecs, cached)
 
+    stop: Optional[Interrupted] = None
     try:
         if bar is not None:
             bar.start()
@@ -1228,6 +1304,9 @@ def _iter_jobs(
                 for j, res, err in run:
                     yield settle(j, res, err)
         for j, inp in enumerate(jobs if executor is None else []):
+            if inp.error:
+                yield settle(j, None, inp.error)
+                continue
             try:
                 _, _, res = lookup(inp.path, out_dir, params)
             except VideoError as exc:
@@ -1252,12 +1331,24 @@ def _iter_jobs(
             with contextlib.closing(_run_pool(sub, str(out_dir), params, device, min(workers, len(todo)), remote)) as pool:
                 for k, res, err in pool:
                     yield settle(todo[k], res, err)
+    except Interrupted as exc:
+        stop = exc
+        raise
     finally:
         if bar is not None:
             bar.stop()
-        if write and rows:
-            done = [rows[j] for j in sorted(rows)]
-            write_index(out_dir, [v for v, _ in done], [t for _, ts in done for t in ts], fresh=fresh, shard=shard)
+        if index is not None:
+            index.close()
+        if stop is not None:
+            # What was done and how to go on, for the one line the CLI prints.
+            done = sum(counts.values())
+            saved = f"their rows are in {out_dir / VIDEOS_CSV}" if write else "their tubes are in the store"
+            raise Interrupted(
+                f"{done} of {len(jobs)} videos done (ok {counts[STATUS_OK]}, no_face {counts[STATUS_NO_FACE]}, "
+                f"error {counts[STATUS_ERROR]}, cached {n_cached}); {saved}. "
+                "Run the same command to resume: finished videos are not processed again.",
+                stop.signum,
+            ) from None
 
 
 def extract(

@@ -41,7 +41,6 @@ CLIP_LO, CLIP_HI = 0.001, 0.999
 PRIOR = 0.5  # p(fake) of a video with no face or that failed (the seed's rule)
 CROP_3D = 224  # 3D members see the centre 224x224 of the 256x256 tube (resized for the 112 members)
 FRAMES_2D = 32  # the 2D member sees the first 32 frames of its crops
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 
 NO_MODEL_HELP = (
     "no trained model is registered. Get one with `deepfake train ...` (see `deepfake train --help`) "
@@ -362,24 +361,12 @@ def pick_device(device: Optional[str] = None) -> str:
 
 
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for video files (sorted). Missing paths are
-    kept (they become per-video errors)."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in VIDEO_EXTS
-                           and not q.name.startswith("."))
-            out.extend(found)
-        else:
-            out.append(p)
-    seen, uniq = set(), []
-    for p in out:
-        key = str(p.resolve()) if p.exists() else str(p.absolute())
-        if key not in seen:
-            seen.add(key)
-            uniq.append(Path(key))
-    return uniq
+    """The inputs of ``paths`` (:func:`dfdc_cli.inputs.walk`, extract's walker): files as given,
+    folders searched recursively for video files (sorted). Missing paths and unreadable folders
+    are kept (they become per-video errors: the extractor, given them again, says why)."""
+    from .inputs import walk
+
+    return [f.path for f in walk(paths)]
 
 
 @dataclass
