@@ -1342,13 +1342,12 @@ def _iter_jobs(
         if stop is not None:
             # What was done and how to go on, for the one line the CLI prints.
             done = sum(counts.values())
-            saved = f"their rows are in {out_dir / VIDEOS_CSV}" if write else "their tubes are in the store"
-            raise Interrupted(
-                f"{done} of {len(jobs)} videos done (ok {counts[STATUS_OK]}, no_face {counts[STATUS_NO_FACE]}, "
-                f"error {counts[STATUS_ERROR]}, cached {n_cached}); {saved}. "
-                "Run the same command to resume: finished videos are not processed again.",
-                stop.signum,
-            ) from None
+            line = f"{done} of {len(jobs)} videos done"
+            if done:
+                line += (f" (ok {counts[STATUS_OK]}, no_face {counts[STATUS_NO_FACE]}, error {counts[STATUS_ERROR]}, "
+                         f"cached {n_cached})" + (f", in {out_dir / VIDEOS_CSV}" if write else ""))
+            line += ". Run the same command to resume" + (": finished videos are not processed again." if done else ".")
+            raise Interrupted(line, stop.signum) from None
 
 
 def extract(
