@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import queue
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,8 +46,6 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import UserError, VideoError
-from .inputs import missing_reason
-from .lifecycle import Interrupted
 from .index import (
     STATUS_ERROR,
     STATUS_NO_FACE,
@@ -58,6 +57,8 @@ from .index import (
     table_paths,
     write_table,
 )
+from .inputs import missing_reason
+from .lifecycle import Interrupted
 
 # Bump when the extractor's output changes for the same parameters (invalidates cache entries).
 EXTRACTOR_VERSION = 1
@@ -950,7 +951,8 @@ class _Pool:
             if not p.is_alive():
                 out.append((wid, self.busy.get(wid), p.exitcode))
                 del self.procs[wid], self.tasks[wid], self.busy[wid]
-                self.spawn()
+                if threading.main_thread().is_alive():  # (at exit, multiprocessing ends them: let it)
+                    self.spawn()
         return out
 
     def close(self, abort: bool = False) -> None:
@@ -1041,6 +1043,10 @@ def _run_pool(
     completed = False
     try:
         while pending or running:
+            if not threading.main_thread().is_alive():
+                # The program is exiting (Ctrl-C while this runs in a side thread, as in scan);
+                # a worker started now would keep multiprocessing's exit waiting for it forever.
+                return
             fill()
             det_reqs, finished = [], []
             try:
@@ -1141,13 +1147,10 @@ class IndexWriter:
     Each :meth:`add` merges the run's rows into the tables (:func:`write_index`, atomic) unless
     the last merge was less than ``every`` seconds ago (longer for big tables: at most a tenth of
     the time goes to merging; 0: at every video); then a timer thread merges them when that time
-    is up. :meth:`close`
-    merges what is left and raises what a timed merge could not write."""
+    is up. :meth:`close` merges what is left and raises what a timed merge could not write."""
 
     def __init__(self, out_dir: Path, fresh: bool = False, every: Optional[float] = None,
                  shard: Optional[tuple[int, int]] = None):
-        import threading
-
         self.out_dir, self.fresh, self.shard = out_dir, fresh, shard
         self.every = INDEX_EVERY_S if every is None else float(every)
         self.rows: dict[int, tuple[VideoRecord, list[TubeRecord]]] = {}
@@ -1159,8 +1162,6 @@ class IndexWriter:
         self.error: Optional[OSError] = None
 
     def add(self, key: int, video: VideoRecord, tubes: list[TubeRecord]) -> None:
-        import threading
-
         with self.lock:
             self.rows[key] = (video, tubes)
             self.dirty = True
