@@ -104,6 +104,34 @@ def load_tubes(index: Optional[str | Path]) -> pd.DataFrame:
     return df
 
 
+def apply_groups(df: pd.DataFrame, csv_path: str | Path, column: str = "identity") -> pd.DataFrame:
+    """Regroup tubes by a column of a CSV (e.g. a corpus manifest's ``identity``: split by person).
+
+    The CSV has a ``file`` column (a video path; matched to the tubes' videos by file name) and
+    ``column``; a tube's ``group`` becomes that value. Every tube's video must be listed: a person
+    missing from the table could otherwise sit on both sides of the split unnoticed."""
+    p = Path(csv_path).expanduser()
+    if not p.is_file():
+        raise UserError(f"data.groups_csv: {p} not found")
+    try:
+        table = pd.read_csv(p, dtype=str).fillna("")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise UserError(f"data.groups_csv: {p} is not a readable CSV ({exc})") from None
+    for col in ("file", column):
+        if col not in table.columns:
+            raise UserError(f"data.groups_csv: {p} has no {col!r} column (columns: {', '.join(table.columns)})")
+    by_name = {Path(f).name: g for f, g in zip(table["file"], table[column]) if f and g}
+    names = df["video"].map(lambda v: Path(v).name) if "video" in df.columns else df["name"]
+    names = names.where(names != "", df["name"])
+    missing = sorted({n for n in names if n not in by_name})
+    if missing:
+        raise UserError(f"data.groups_csv: {len(missing)} video(s) of the index are not in {p} "
+                        f"(column {column!r}), e.g. {missing[0]}")
+    out = df.copy()
+    out["group"] = names.map(by_name).to_numpy()
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Split
 
@@ -142,14 +170,15 @@ class Split:
 
 
 def split_tubes(
-    df: pd.DataFrame, val_parts: Optional[str] = None, val_fraction: float = 0.1, seed: int = 0
+    df: pd.DataFrame, val_parts: Optional[str] = None, val_fraction: float = 0.1, seed: int = 0,
+    val_groups: Sequence[str] = (),
 ) -> Split:
     """Train/validation split without leakage between a fake and its original.
 
     ``val_parts``: tubes whose DFDC part number is listed go to validation; a group found on both
     sides (a fake whose original sits in another part) is moved wholly to validation. Otherwise:
-    groups (one real video and all its fakes) are shuffled with ``seed`` and ``val_fraction`` of
-    them go to validation.
+    the groups named in ``val_groups`` go to validation, and of the others (one real video and all
+    its fakes, or a person, see :func:`apply_groups`), shuffled with ``seed``, ``val_fraction``.
     """
     if val_parts:
         parts = parse_parts(val_parts)
@@ -164,16 +193,19 @@ def split_tubes(
                      f"parts {val_parts}", moved_groups=len(straddle))
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    groups = np.array(sorted(df["group"].unique()))
+    forced = {str(g) for g in val_groups}
+    groups = np.array(sorted(g for g in df["group"].unique() if g not in forced))
     rng = np.random.default_rng([int(seed), 0x5EED5])
     rng.shuffle(groups)
     n_val = int(round(val_fraction * len(groups)))
     if val_fraction > 0 and n_val == 0 and len(groups) >= 2:
         n_val = 1
-    val_groups = set(groups[:n_val])
-    mask = df["group"].isin(val_groups)
-    return Split(df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True),
-                 f"groups ({val_fraction:.0%} of {len(groups)} groups, seed {seed})")
+    chosen = set(groups[:n_val]) | forced
+    mask = df["group"].isin(chosen)
+    how = f"groups ({val_fraction:.0%} of {len(groups)} groups, seed {seed})"
+    if forced:
+        how = f"groups ({len(forced)} named + {val_fraction:.0%} of the other {len(groups)}, seed {seed})"
+    return Split(df[~mask].reset_index(drop=True), df[mask].reset_index(drop=True), how)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +248,7 @@ class BalancedSampler(Sampler):
         selfblend_fraction: float = 0.5,
         rank: int = 0,
         world_size: int = 1,
+        repeat: int = 1,
     ):
         if fakes not in FAKES_MODES:
             raise UserError(f"--fakes must be one of {', '.join(FAKES_MODES)}, got {fakes!r}")
@@ -226,6 +259,7 @@ class BalancedSampler(Sampler):
         self.mode = fakes
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.repeat = max(1, int(repeat))  # passes over the reals per epoch (few tubes, many frames)
         self.epoch = 0
         n_real = len(self.reals)
         if n_real == 0:
@@ -242,14 +276,20 @@ class BalancedSampler(Sampler):
 
     @property
     def epoch_size(self) -> int:
-        return 2 * len(self.reals)
+        return 2 * len(self.reals) * self.repeat
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def epoch_items(self, epoch: Optional[int] = None) -> list[tuple[int, bool, int]]:
-        """The whole epoch's items, in order, before sharding."""
+        """The whole epoch's items, in order, before sharding (``repeat`` passes, each drawn as an
+        epoch of its own: with repeat 1 exactly the plain epoch)."""
         e = self.epoch if epoch is None else int(epoch)
+        if self.repeat == 1:
+            return self._pass_items(e)
+        return [it for r in range(self.repeat) for it in self._pass_items(e * self.repeat + r)]
+
+    def _pass_items(self, e: int) -> list[tuple[int, bool, int]]:
         n_real = len(self.reals)
         rows = [self.reals]
         sbi = [np.zeros(n_real, bool)]
@@ -470,3 +510,102 @@ class ClipDataset(Dataset):
         if self.kind == "2d" and self.train:
             x = x[:, 0]
         return x, torch.tensor(y, dtype=torch.float32)
+
+
+class FrameBank(Dataset):
+    """The 2D member's training frames held in memory: for a frame model, decoding a tube MP4 per
+    sample would cost more than the network's step on a few CPU cores.
+
+    At construction, every ``every``-th frame of each tube's 2D crops (``tube2d_path``; the tube
+    itself where there are none) is decoded once, resized to ``store_res`` and kept with its face
+    landmarks and box in those pixels (from the track). Items are the trainer's ``(row, self_blend,
+    sample_seed)``: one random kept frame of the tube, self-blended when asked (a one-frame clip of
+    :func:`dfdc_cli.selfblend.blend_clip`), augmented and resized to ``res``: uint8 (3, res, res).
+    Memory: about ``frames x store_res^2 x 3`` bytes, shared copy-on-write with forked workers.
+    """
+
+    def __init__(
+        self,
+        tubes: pd.DataFrame,
+        *,
+        res: int,
+        every: int = 1,
+        store_res: int = 0,
+        aug: Optional[Mapping[str, Any]] = None,
+        selfblend: Optional[Mapping[str, Any]] = None,
+        progress=None,
+    ):
+        from .index import Track
+        from .selfblend import SelfBlendParams, track_2d_geometry, track_tube_geometry
+        from .video import read_video
+
+        self.res = int(res)
+        self.aug = augment.clip_config(aug)
+        self.params = SelfBlendParams.from_dict(dict(selfblend or {}))
+        self.labels = tubes["y"].astype(np.float32).tolist()
+        every = max(1, int(every))
+        self.frames: list[np.ndarray] = []
+        self.landmarks: list[np.ndarray] = []
+        self.boxes: list[np.ndarray] = []
+        paths_2d = tubes["tube2d_path"].fillna("").astype(str) if "tube2d_path" in tubes.columns else None
+        tracks = tubes["track_path"].fillna("").astype(str) if "track_path" in tubes.columns else None
+        for k, path in enumerate(tubes["tube_path"].astype(str)):
+            p2 = paths_2d.iloc[k] if paths_2d is not None else ""
+            from_2d = bool(p2) and Path(p2).exists()
+            frames = read_video(p2 if from_2d else path)
+            keep = np.arange(0, len(frames), every)
+            h = frames.shape[1]
+            side = int(store_res) or h
+            tp = tracks.iloc[k] if tracks is not None else ""
+            if tp and Path(tp).exists():
+                track = Track.load(tp)
+                lm, bx = track_2d_geometry(track, n=len(frames), size=h) if from_2d else track_tube_geometry(track)
+                keep = keep[keep < len(bx)]
+                f = side / float(h if from_2d else track.size)
+                lm, bx = lm[keep] * f, bx[keep] * f
+            else:  # no track: the frame can be a real sample but not self-blended
+                lm = np.full((len(keep), 5, 2), np.nan, np.float32)
+                bx = np.full((len(keep), 4), np.nan, np.float32)
+            frames = frames[keep]
+            if side != h:
+                import cv2
+
+                frames = np.stack([cv2.resize(fr, (side, side), interpolation=cv2.INTER_AREA) for fr in frames])
+            self.frames.append(np.ascontiguousarray(frames))
+            self.landmarks.append(lm.astype(np.float32))
+            self.boxes.append(bx.astype(np.float32))
+            if progress is not None:
+                progress(k + 1, len(tubes))
+
+    @property
+    def n_frames(self) -> int:
+        return int(sum(len(f) for f in self.frames))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(f.nbytes for f in self.frames))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, item):
+        from .selfblend import blend_clip
+
+        if isinstance(item, (tuple, list)):
+            row, sbi, seed = int(item[0]), bool(item[1]), int(item[2])
+        else:
+            row, sbi, seed = int(item), False, int(item)
+        rng = np.random.default_rng(seed)
+        i = int(rng.integers(0, len(self.frames[row])))
+        frame = self.frames[row][i : i + 1]
+        y = self.labels[row]
+        if sbi:
+            if not np.isfinite(self.boxes[row][i]).all():
+                raise UserError(f"self-blending needs the tube's track file (track_path) for tube row {row}")
+            frame, _mask = blend_clip(frame, self.landmarks[row][i : i + 1], self.boxes[row][i : i + 1],
+                                      self.params, rng)
+            y = 1.0
+        h, w = frame.shape[1:3]
+        params = augment.sample_clip_params(rng, h, w, self.aug)
+        x = augment.apply_clip_params(frame, params, self.res)
+        return x[:, 0], torch.tensor(y, dtype=torch.float32)

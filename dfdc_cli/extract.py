@@ -92,6 +92,7 @@ class ExtractParams:
     first_frames: Optional[int] = None  # decode only the first N frames (None: all)
     fallbacks: bool = False  # no tube: retry at 2x resolution, then thresholds 0.5 keeping 1 face
     with_2d: bool = False  # also write the 2D pathway's crops (<stem>_2d.mp4)
+    frames_2d: int = N_2D  # 2D crops of the first N frames of each tube (scan: 32; training a frame model: more)
     size: int = TUBE_SIZE  # tube side
     crf: int = 23  # H.264 quality of the tube MP4s
 
@@ -120,6 +121,8 @@ class ExtractParams:
             errors.append("max_frames must be >= min_frames")
         if self.first_frames is not None and self.first_frames < 1:
             errors.append("first_frames must be >= 1")
+        if self.frames_2d < 1:
+            errors.append("frames_2d must be >= 1")
         if self.size < 16 or self.size % 2:
             errors.append("size must be an even number >= 16")
         if errors:
@@ -138,6 +141,8 @@ class ExtractParams:
         d = self.to_dict()
         if not d["windows"]:
             del d["windows"]  # added later: the store keys of the seed's rule stay what they were
+        if d["frames_2d"] == N_2D:  # (the default is left out, so caches made before the option stay valid)
+            del d["frames_2d"]
         blob = json.dumps({"v": EXTRACTOR_VERSION, **d}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -580,8 +585,8 @@ class _TubeOut:
         self.boxes_2d, self.n_2d = None, 0
         if params.with_2d:
             self.files["tube2d_file"] = f"{stem}_2d.mp4"
-            self.boxes_2d = box_2d_crops(t.track, n=N_2D)
-            self.n_2d = min(N_2D, t.n_frames, len(self.boxes_2d))
+            self.boxes_2d = box_2d_crops(t.track, n=params.frames_2d)
+            self.n_2d = min(params.frames_2d, t.n_frames, len(self.boxes_2d))
         self.writer = self.writer_2d = None
 
     def _open(self, name: str):

@@ -271,11 +271,27 @@ class Member:
     module: object = None  # the torch module (device moves, channels_last)
 
 
-def available_members() -> list[str]:
+def registered_members() -> list[str]:
     """Members with an active (registered) model, in the seed's order (then by name)."""
     from models import store
 
     return [m for m in store.members() if store.active(m) is not None]
+
+
+def available_members() -> list[str]:
+    """The members scan uses by default: the registered ones; when none is registered, the built-in
+    model shipped with the package (if any). A registered model always takes precedence."""
+    from models import builtin
+
+    names = registered_members()
+    if names:
+        return names
+    b = builtin.member()
+    return [b] if b else []
+
+
+def is_builtin(m: "Member") -> bool:
+    return str(m.model_id).startswith("builtin-")
 
 
 def load_member(name: str, device) -> Member:
@@ -290,6 +306,10 @@ def load_member(name: str, device) -> Member:
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
     if store.active(spec.name) is None:
+        from models import builtin
+
+        if builtin.member() == spec.name:
+            return member_from_model(builtin.load(device=device))
         raise UserError(f"member {spec.name!r} has no registered model. " + NO_MODEL_HELP)
     model = store.load(spec.name, device=device)
     if torch.device(device).type == "cuda" and spec.kind == "3d":
@@ -875,8 +895,23 @@ class Scanner:
                 on_result(r)
         return out
 
+    def judged_by(self) -> str:
+        """One line on which model(s) gave the verdicts; the built-in one points to its model card."""
+        from models import builtin
+
+        parts = []
+        for m in self.members:
+            if is_builtin(m):
+                parts.append(f"the built-in model {m.name} ({m.model_id}), a baseline trained here on public "
+                             f"real videos with self-blended fakes; model card: {builtin.CARD}")
+            else:
+                parts.append(f"{m.name} ({m.model_id or 'unregistered'})")
+        return "judged by " + "; ".join(parts)
+
     def describe(self) -> dict:
-        return {
+        from models import builtin
+
+        out = {
             "members": self.names,
             "weights": {m: self.weights.get(m, 1.0) for m in self.names},
             "models": {m.name: m.model_id for m in self.members},
@@ -884,7 +919,12 @@ class Scanner:
             "clip": [CLIP_LO, CLIP_HI],
             "prior": PRIOR,
             "device": self.device,
+            "judged_by": self.judged_by(),
+            "builtin": any(is_builtin(m) for m in self.members),
         }
+        if out["builtin"]:
+            out["model_card"] = builtin.CARD
+        return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -692,17 +692,28 @@ def train(
 
     # -- data ---------------------------------------------------------------------------------
     tubes = data.load_tubes(d["index"] or None)
-    split = data.split_tubes(tubes, d["val_parts"] or None, float(d["val_fraction"]), int(d["split_seed"]))
+    if d.get("groups_csv"):
+        tubes = data.apply_groups(tubes, d["groups_csv"], str(d.get("group_column") or "identity"))
+    split = data.split_tubes(tubes, d["val_parts"] or None, float(d["val_fraction"]), int(d["split_seed"]),
+                             val_groups=[str(g) for g in d.get("val_groups") or []])
     say(split.summary())
     if len(split.train) == 0:
         raise UserError("the training side of the split is empty")
     sampler = data.BalancedSampler(
         split.train["y"].to_numpy(), seed=seed, fakes=d["fakes"],
         selfblend_fraction=float(d["selfblend_fraction"]), rank=rt.rank, world_size=rt.world_size,
+        repeat=int(d.get("repeat") or 1),
     )
     common = dict(clip_frames=T, res=res, kind=kind, aug=a, pad=d["pad"], selfblend=r.get("selfblend") or {},
                   frames_2d=int(d["frames_2d"]))
-    train_ds = data.ClipDataset(split.train, train=True, **common)
+    if kind == "2d" and int(d.get("preload_every") or 0) > 0:
+        t_load = time.perf_counter()
+        train_ds = data.FrameBank(split.train, res=res, every=int(d["preload_every"]),
+                                  store_res=int(d.get("preload_res") or 0), aug=a, selfblend=r.get("selfblend") or {})
+        say(f"preloaded {train_ds.n_frames} frames of {len(train_ds)} training tubes "
+            f"({train_ds.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t_load:.0f} s")
+    else:
+        train_ds = data.ClipDataset(split.train, train=True, **common)
     val_ds = data.ClipDataset(split.val, train=False, **common)
     val_list = data.shard(data.val_items(split.val["y"].to_numpy(), d["fakes"], seed), rt.rank, rt.world_size)
     workers = int(d["workers"])

@@ -53,7 +53,25 @@ def build_net(arch: str) -> nn.Module:
         from .senet2d import se_resnext50_32x4d
 
         return se_resnext50_32x4d(num_classes=1, dropout=0.5)
+    from .specs import FRAME_ARCHS
+
+    if arch in FRAME_ARCHS:
+        return FrameNet(arch)
     raise KeyError(f"unknown architecture {arch!r}")
+
+
+class FrameNet(nn.Module):
+    """A timm image network with one output, built from scratch (no weights can be downloaded here):
+    (B,3,H,W) -> the FAKE logit (B,), like the 2D member's head."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        import timm
+
+        self.body = timm.create_model(name, pretrained=False, num_classes=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)[:, 0]
 
 
 class MemberModel(nn.Module):

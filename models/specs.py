@@ -11,12 +11,17 @@ import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
-Arch = Literal["i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50"]
+Arch = Literal["i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50", "resnet18", "efficientnet_b0",
+               "mobilenetv3_large_100", "regnetx_004"]
 Scaling = Literal["i3d", "raw", "imagenet", "imagenet_bgr"]
 Output = Literal["softmax2_fake0", "sigmoid"]
 
-ARCHS: tuple[str, ...] = ("i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50")
+# Small per-frame networks (timm, built from scratch) for a frame model trained here on self-blended
+# fakes (the built-in model): names as timm spells them.
+FRAME_ARCHS: tuple[str, ...] = ("resnet18", "efficientnet_b0", "mobilenetv3_large_100", "regnetx_004")
+ARCHS: tuple[str, ...] = ("i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50") + FRAME_ARCHS
 RESOLUTIONS: tuple[int, ...] = (112, 224, 256)
+FRAME_RESOLUTIONS: tuple[int, ...] = (112, 128, 160, 192, 224, 256)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ _ARCH_DEFAULTS: dict[str, dict] = {
     "mc3": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
     "r2plus1d": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
     "seresnext50": dict(clip_frames=32, scaling="imagenet_bgr", output="sigmoid", flip_tta=False, kind="2d"),
+    # Frame models are scored like the 2D member (its 2D crops, median over 32 frames).
+    **{a: dict(clip_frames=32, scaling="imagenet", output="sigmoid", flip_tta=False, kind="2d") for a in FRAME_ARCHS},
 }
 
 
@@ -121,8 +128,9 @@ def spec_for(arch: str, res: int, name: str | None = None) -> MemberSpec:
     """The general ``--arch A --res R`` form used by `deepfake train`."""
     if arch not in _ARCH_DEFAULTS:
         raise KeyError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
-    if res not in RESOLUTIONS:
-        raise KeyError(f"unsupported resolution {res}; choose from {', '.join(map(str, RESOLUTIONS))}")
+    allowed = FRAME_RESOLUTIONS if arch in FRAME_ARCHS else RESOLUTIONS
+    if res not in allowed:
+        raise KeyError(f"unsupported resolution {res} for {arch}; choose from {', '.join(map(str, allowed))}")
     if arch == "i3d" and res != 224:
         # The I3D head pools a fixed 2x7x7 window, which is only a full map at 224.
         raise KeyError("i3d needs --res 224 (its head pools a fixed 7x7 map)")

@@ -85,6 +85,10 @@ def extract_cmd(
         help="Also write each tube's 2D-pathway crops (<tube>_2d.mp4: 32 frames, square 1.2x boxes) \\[default: off; on in scan].",
         show_default=False,
     ),
+    frames_2d: Optional[int] = typer.Option(
+        None, "--frames-2d", help="2D crops of the first N frames of each tube \\[default: 32, what scan scores; more to "
+        "train a frame model on more of each video].", show_default=False,
+    ),
     fresh: bool = typer.Option(
         False, "--fresh", help="Start a new index in --out (drop the rows of earlier runs); the tube cache is still used."
     ),
@@ -144,6 +148,7 @@ def extract_cmd(
         "first_frames": first_frames,
         "fallbacks": fallbacks,
         "with_2d": with_2d,
+        "frames_2d": frames_2d,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if long_side is not None:

@@ -22,7 +22,7 @@ def list_cmd(
     registered for each and which model is active."""
     from dfdc_cli import paths
     from dfdc_cli.ui import console
-    from models import store
+    from models import builtin, store
     from models.specs import MEMBERS, get_spec
 
     entries = store.list_entries()
@@ -30,9 +30,16 @@ def list_cmd(
     for e in entries:
         by_member.setdefault(e.member, []).append(e)
     names = list(MEMBERS) + [m for m in by_member if m not in MEMBERS]
+    built_in = builtin.member()
+    if built_in and built_in not in names:
+        names.append(built_in)
     name_w = max(len(n) for n in names)
+    caption = "* = active" if all_entries else ""
+    if built_in:
+        in_use = "in use: nothing is registered" if not entries else "not in use: registered models take precedence"
+        caption = (caption + "; " if caption else "") + f"built in = ships with the package ({in_use}); card: {builtin.CARD}"
 
-    table = _compact_table(f"Model registry: {paths.models_dir()}", "* = active" if all_entries else None)
+    table = _compact_table(f"Model registry: {paths.models_dir()}", caption or None)
     table.add_column("member", no_wrap=True, min_width=name_w)
     if all_entries:
         table.add_column("id", no_wrap=True, min_width=13)
@@ -54,12 +61,16 @@ def list_cmd(
                 vl = "" if e.val_loss is None else f"{e.val_loss:.4f}"
                 table.add_row(name, e.model_id + ("*" if e.active else ""), vl, e.date[:10],
                               _short_source(e.source, source_w))
-            if not rows:
+            if name == built_in:
+                table.add_row(name, "built in", "", "", _short_source(str(builtin.folder()), source_w))
+            elif not rows:
                 table.add_row(name, "[dim]-[/dim]", "", "", "")
             continue
         act = next((e for e in rows if e.active), None)
         base = [name, f"{spec.arch}/{spec.res}", str(len(rows))]
-        if act is None:
+        if act is None and name == built_in:
+            table.add_row(*base, "built in", "", "")
+        elif act is None:
             table.add_row(*base, "[dim]none[/dim]", "", "")
         else:
             vl = "" if act.val_loss is None else f"{act.val_loss:.4f}"

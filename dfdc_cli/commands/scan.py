@@ -201,6 +201,7 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     err_console.print(
         f"{len(results)} videos: {n_fake} FAKE, {n_real} REAL, {n_nf} no face, {n_err} failed "
         f"(members: {', '.join(scanner.names)})", highlight=False)
+    err_console.print(scanner.judged_by(), highlight=False, markup=False)
     n_cached = sum(bool(r.cached_members) for r in results)
     if n_cached:
         err_console.print(f"{n_cached} videos reused scores from the score cache (--rescore recomputes them)",
