@@ -218,3 +218,23 @@ def test_models_list_marks_the_builtin(tmp_path, monkeypatch):
     line = next((ln for ln in out.output.splitlines() if "resnet18_112" in ln), out.output)
     assert "built in" in line
     assert "in use: nothing is registered" in out.output
+
+
+def test_extract_frames_2d_option_keys_the_cache():
+    from dfdc_cli.extract import N_2D, ExtractParams
+
+    base = ExtractParams(with_2d=True)
+    assert base.frames_2d == N_2D
+    # the default leaves the cache key as it was before the option existed (caches stay valid) ...
+    d = base.to_dict()
+    del d["frames_2d"]
+    import hashlib
+
+    from dfdc_cli.extract import EXTRACTOR_VERSION
+
+    old = hashlib.sha256(json.dumps({"v": EXTRACTOR_VERSION, **d}, sort_keys=True).encode()).hexdigest()[:12]
+    assert base.key() == old
+    # ... and another count is another cache entry
+    assert base.replace(frames_2d=300).key() != base.key()
+    with pytest.raises(UserError, match="frames_2d"):
+        ExtractParams(frames_2d=0)
