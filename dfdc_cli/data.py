@@ -382,6 +382,16 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def parse_item(item) -> tuple[int, bool, np.random.Generator]:
+    """A sampler item ``(row, self_blend, sample_seed)`` (or a plain row: no self-blend, seed = row)
+    -> (row, self_blend, the sample's random generator)."""
+    if isinstance(item, (tuple, list)):
+        row, sbi, seed = int(item[0]), bool(item[1]), int(item[2])
+    else:
+        row, sbi, seed = int(item), False, int(item)
+    return row, sbi, np.random.default_rng(seed)
+
+
 class ClipDataset(Dataset):
     """Clips (3D members) or frames (2D member) from tube MP4s.
 
@@ -490,11 +500,7 @@ class ClipDataset(Dataset):
 
     # -- items -----------------------------------------------------------------------------
     def __getitem__(self, item):
-        if isinstance(item, (tuple, list)):
-            row, sbi, seed = int(item[0]), bool(item[1]), int(item[2])
-        else:
-            row, sbi, seed = int(item), False, int(item)
-        rng = np.random.default_rng(seed)
+        row, sbi, rng = parse_item(item)
         from_2d = False
         if self.kind == "2d":
             frames, tube_idx, from_2d = self._frames_2d(row, rng)
@@ -591,11 +597,7 @@ class FrameBank(Dataset):
     def __getitem__(self, item):
         from .selfblend import blend_clip
 
-        if isinstance(item, (tuple, list)):
-            row, sbi, seed = int(item[0]), bool(item[1]), int(item[2])
-        else:
-            row, sbi, seed = int(item), False, int(item)
-        rng = np.random.default_rng(seed)
+        row, sbi, rng = parse_item(item)
         i = int(rng.integers(0, len(self.frames[row])))
         frame = self.frames[row][i : i + 1]
         y = self.labels[row]
