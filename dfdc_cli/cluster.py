@@ -327,6 +327,9 @@ class RayScanner:
     def describe(self) -> dict:
         return {**self.base.describe(), "device": self.device}
 
+    def judged_by(self) -> str:
+        return self.base.judged_by()
+
     def _actor_class(self, ray):
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
