@@ -144,19 +144,42 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(n, c, h, w)
 
 
-def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int) -> torch.Tensor:
-    """Apply one parameter set to every frame: uint8 (T, H, W, 3) -> uint8 tensor (3, T, res, res).
+def resize_frames(x: torch.Tensor, res: int) -> torch.Tensor:
+    """Float frames (..., H, W) -> (..., res, res): bilinear, align_corners=False, no antialiasing,
+    in float and never rounded back to uint8.
 
-    Order: crop + resize (bilinear, no antialiasing, as OpenCV INTER_LINEAR), flips, brightness/contrast, blur, noise, channel
-    order. Pixel operations run after the resize, on the (smaller) output.
+    The one resize of a member's input, shared by scan (:func:`dfdc_cli.scan.prepare_3d`) and
+    training, so that a member sees one kind of resampling in both. It is what the seed's notebook
+    did (OpenCV INTER_LINEAR on the float centre crop, 224 -> 112, normalised without
+    re-quantising); an exact halving is the mean of each 2x2 block, computed as such (faster, same
+    numbers)."""
+    h, w = x.shape[-2:]
+    if (h, w) == (res, res):
+        return x
+    lead = x.shape[:-2]
+    y = x.reshape(-1, 1, h, w)
+    if h == w == 2 * res:
+        y = F.avg_pool2d(y, 2)
+    else:
+        y = F.interpolate(y, size=(res, res), mode="bilinear", align_corners=False, antialias=False)
+    return y.reshape(*lead, res, res)
+
+
+def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int,
+                      quantise: bool = True) -> torch.Tensor:
+    """Apply one parameter set to every frame: uint8 (T, H, W, 3) -> tensor (3, T, res, res).
+
+    Order: crop + resize (:func:`resize_frames`), flips, brightness/contrast, blur, noise, channel
+    order. Pixel operations run after the resize, on the (smaller) output. ``quantise``: round the
+    result to uint8 (training: the seed's augmentations worked on uint8 images, and uint8 clips
+    cost a quarter of the memory in the loaders); without it, a clip that was resized comes back in
+    float32 unrounded, exactly as scan hands it to the member (validation), and any other in uint8.
     """
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # T, 3, H, W
     top, left, h, w = params["crop"]
     x = x[:, :, top : top + h, left : left + w]
-    if (h, w) != (res, res):
-        # No antialiasing: the seed's pipelines resized with OpenCV's INTER_LINEAR, and scan does the
-        # same, so a member sees one kind of resampling in training and at inference.
-        x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=False)
+    resized = (h, w) != (res, res)
+    x = resize_frames(x, res)
     if params["hflip"]:
         x = x.flip(-1)
     if params["vflip"]:
@@ -171,7 +194,9 @@ def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int) -
         x = x + torch.randn(x.shape, generator=g) * params["noise_std"]
     if list(params["channels"]) != [0, 1, 2]:
         x = x[:, list(params["channels"])]
-    x = x.clamp_(0, 255).round_().to(torch.uint8)
+    x = x.clamp_(0, 255)
+    if quantise or not resized:
+        x = x.round_().to(torch.uint8)
     return x.permute(1, 0, 2, 3).contiguous()  # 3, T, res, res
 
 

@@ -396,8 +396,10 @@ class ClipDataset(Dataset):
     """Clips (3D members) or frames (2D member) from tube MP4s.
 
     Item in: ``(row, self_blend, sample_seed)`` (or a plain row index: no self-blend, seed = row).
-    Item out: ``(x, y)`` with ``x`` uint8 (3, T, res, res) for 3D, and for 2D (3, res, res) in
-    training or (3, frames_2d, res, res) in validation; ``y`` float (1.0 = FAKE).
+    Item out: ``(x, y)`` with ``x`` (3, T, res, res) for 3D, and for 2D (3, res, res) in
+    training or (3, frames_2d, res, res) in validation; ``y`` float (1.0 = FAKE). ``x`` is uint8,
+    except a validation clip resized to ``res`` (a 112 member's centre crop): float32 0..255, not
+    re-quantised, as scan gives it to the member.
 
     Training: a random contiguous window of T frames (only frames up to start + T are decoded), or
     for 2D one random frame; random augmentation. Validation: the first T (2D: ``frames_2d``)
@@ -512,7 +514,8 @@ class ClipDataset(Dataset):
             y = 1.0
         h, w = frames.shape[1:3]
         params = augment.sample_clip_params(rng, h, w, self.aug) if self.train else augment.val_clip_params(h, w, self.aug)
-        x = augment.apply_clip_params(frames, params, self.res)
+        # Validation clips are not re-quantised after the resize: scan hands them to the member so.
+        x = augment.apply_clip_params(frames, params, self.res, quantise=self.train)
         if self.kind == "2d" and self.train:
             x = x[:, 0]
         return x, torch.tensor(y, dtype=torch.float32)

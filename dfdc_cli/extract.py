@@ -61,7 +61,7 @@ from .inputs import missing_reason
 from .lifecycle import Interrupted
 
 # Bump when the extractor's output changes for the same parameters (invalidates cache entries).
-EXTRACTOR_VERSION = 1
+EXTRACTOR_VERSION = 2  # 2: the 3D square-and-resize truncates as the seed did
 
 STORE = "store"
 RESULT_JSON = "result.json"
@@ -514,38 +514,60 @@ def _redecode(path, n: int):
         raise VideoError(f"the second decode ended after {0 if frames is None else len(frames)} of {n} frames")
 
 
-def _square_tube_frame(frames, i: int, box, size: int, sq: np.ndarray) -> np.ndarray:
-    """Frame ``i`` cropped to ``box``, zero-padded bottom/right to the square ``sq`` (reused
-    between the frames of one tube), resized to size x size (bilinear)."""
+def square_face(crop: np.ndarray, size: int = TUBE_SIZE, sq: Optional[np.ndarray] = None) -> np.ndarray:
+    """A face crop (h, w, 3) as the 3D members see it: zero-padded bottom/right to a square and
+    resized to size x size, uint8.
+
+    As the seed's ``resize_and_square_face``: the padded square is resized in float64 (bilinear,
+    OpenCV INTER_LINEAR) and truncated to uint8, not rounded; a 1e-4 effect on p(fake), but
+    measurable against the seed's outputs. ``sq``: a float64 square of side max(h, w) to pad into
+    (reused between the frames of one tube, whose crops all have one shape)."""
     import cv2
 
+    h, w = crop.shape[:2]
+    side = max(h, w)
+    if sq is None or sq.shape[:2] != (side, side):
+        sq = np.zeros((side, side, crop.shape[2]), np.float64)
+    sq[:h, :w] = crop
+    if side == size:
+        return sq.astype(np.uint8)
+    return cv2.resize(sq, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
+
+
+def _square_tube_frame(frames, i: int, box, size: int, sq: np.ndarray) -> np.ndarray:
+    """Frame ``i`` cropped to ``box`` and squared (:func:`square_face`) into ``sq``."""
     x1, y1, x2, y2 = box
-    crop = frames.crop_rgb(i, x1, y1, x2, y2)
-    sq[: crop.shape[0], : crop.shape[1]] = crop
-    return cv2.resize(sq, (size, size), interpolation=cv2.INTER_LINEAR)
+    return square_face(frames.crop_rgb(i, x1, y1, x2, y2), size, sq)
 
 
 def _tube_square(box) -> np.ndarray:
     x1, y1, x2, y2 = (int(v) for v in box)
     side = max(x2 - x1, y2 - y1)
-    return np.zeros((side, side, 3), np.uint8)
+    return np.zeros((side, side, 3), np.float64)
+
+
+def face_2d(crop: np.ndarray, size: int = TUBE_SIZE) -> np.ndarray:
+    """A 2D crop as the 2D member sees it: resized to size x size (bicubic, uint8; the aspect
+    changes if the crop is not square), as the seed's Resize(256, 256, INTER_CUBIC)."""
+    import cv2
+
+    if crop.shape[:2] == (size, size):
+        return np.ascontiguousarray(crop)
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def _frame_2d(frames, i: int, box2d, size: int) -> np.ndarray:
     """The 2D pathway's crop of frame ``i``: the square ``box2d`` (zero outside the frame),
-    resized to size x size (bicubic)."""
-    import cv2
-
+    resized to size x size (:func:`face_2d`)."""
     bx1, by1, bx2, by2 = box2d
     side = max(2, int(round(bx2 - bx1)))
     x1, y1 = int(round(bx1)), int(round(by1))
-    crop = frames.crop_rgb(i, x1, y1, x1 + side, y1 + side)
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
+    return face_2d(frames.crop_rgb(i, x1, y1, x1 + side, y1 + side), size)
 
 
 def tube_frames(frames, box, first: int, last: int, size: int = TUBE_SIZE) -> np.ndarray:
-    """Every frame first..last cropped to ``box``, zero-padded bottom/right to a square, resized
-    to size x size (bilinear): uint8 (n, size, size, 3)."""
+    """Every frame first..last cropped to ``box`` and squared (:func:`square_face`): uint8
+    (n, size, size, 3)."""
     box = tuple(int(v) for v in box)
     out = np.empty((last - first + 1, size, size, 3), np.uint8)
     sq = _tube_square(box)
@@ -557,7 +579,7 @@ def tube_frames(frames, box, first: int, last: int, size: int = TUBE_SIZE) -> np
 def tube_2d_frames(frames, track, first: int, last: int, size: int = TUBE_SIZE, n: int = N_2D) -> np.ndarray:
     """The 2D pathway's input: the first ``n`` frames of the span, square crops of side
     1.2 x the 90th percentile of the track's box size centred on the interpolated box centre
-    (zero outside the frame), resized to size x size (bicubic)."""
+    (zero outside the frame), resized to size x size (:func:`face_2d`)."""
     from .tubes import box_2d_crops
 
     boxes = box_2d_crops(track, n=n)

@@ -214,30 +214,21 @@ def centre_crop(x, size: int):
 
 
 def prepare_3d(tubes, res: int):
-    """uint8 tubes (B, T, 256, 256, 3) -> uint8 clips (B, 3, T, res, res) for a 3D member.
+    """uint8 tubes (B, T, 256, 256, 3) -> clips (B, 3, T, res, res) for a 3D member.
 
-    Centre crop 224 (the seed's inference crop), then for other resolutions a bilinear resize
-    (align_corners=False, no antialias: OpenCV's INTER_LINEAR, as the seed's notebook resized
-    224 -> 112; for an exact halving that is the mean of each 2x2 block), rounded half up back to
-    uint8. A member of resolution >= 256 takes the whole tube.
+    Centre crop 224 (the seed's inference crop); for other resolutions the crop is resized by
+    :func:`dfdc_cli.augment.resize_frames` (the resize training validates with) and handed over in
+    float32, not rounded back to uint8: the seed resized the float crop and normalised it as it
+    was. Otherwise the clip stays uint8. A member of resolution >= 256 takes the whole tube.
     """
-    import torch
-    import torch.nn.functional as F
+    from .augment import resize_frames
 
     x = tubes.permute(0, 4, 1, 2, 3)  # B, 3, T, H, W
     if res < tubes.shape[2]:
         x = centre_crop(x, CROP_3D)
-    h, w = x.shape[-2], x.shape[-1]
-    if (h, w) == (res, res):
+    if x.shape[-2:] == (res, res):
         return x.contiguous()
-    if h == w == 2 * res:
-        y = F.avg_pool3d(x.float(), kernel_size=(1, 2, 2))
-    else:
-        b, c, t = x.shape[:3]
-        y = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).float()
-        y = F.interpolate(y, size=(res, res), mode="bilinear", align_corners=False, antialias=False)
-        y = y.reshape(b, t, c, res, res).permute(0, 2, 1, 3, 4)
-    return torch.floor_(y.add_(0.5)).clamp_(0, 255).to(torch.uint8).contiguous()
+    return resize_frames(x.float(), res).contiguous()
 
 
 def prepare_2d(frames, res: int = 256):

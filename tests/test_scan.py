@@ -352,10 +352,23 @@ def test_prepare_3d_matches_the_seeds_opencv_resize():
     import cv2
 
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 256, 256, 3), dtype=np.uint8))
-    got = S.prepare_3d(x, 112).permute(0, 2, 3, 4, 1).numpy()
-    ref = np.stack([np.stack([cv2.resize(np.ascontiguousarray(f[16:240, 16:240]), (112, 112),
+    got = S.prepare_3d(x, 112)
+    # The seed resized the float centre crop and normalised it without rounding back to uint8.
+    assert got.dtype == torch.float32
+    ref = np.stack([np.stack([cv2.resize(f[16:240, 16:240].astype(np.float64), (112, 112),
                                          interpolation=cv2.INTER_LINEAR) for f in v]) for v in x.numpy()])
-    assert np.array_equal(got, ref)
+    assert np.array_equal(got.permute(0, 2, 3, 4, 1).numpy(), ref)
+    assert not np.array_equal(got.permute(0, 2, 3, 4, 1).numpy(), np.round(ref))
+    # Training validates a member on exactly what scan hands it (one resize, no re-quantising).
+    from dfdc_cli import augment
+
+    val = augment.apply_clip_params(x[0].numpy(), augment.val_clip_params(256, 256, augment.CLIP_DEFAULTS), 112,
+                                    quantise=False)
+    assert torch.equal(val, got[0])
+    for res in (56, 160):  # not an exact halving: bilinear, still as OpenCV on the float crop
+        odd = S.prepare_3d(x, res).permute(0, 2, 3, 4, 1).numpy()
+        ref = cv2.resize(x[0, 0, 16:240, 16:240].numpy().astype(np.float32), (res, res), interpolation=cv2.INTER_LINEAR)
+        assert np.abs(odd[0, 0] - ref).max() < 0.01  # (OpenCV rounds its float weights a little)
     assert torch.equal(S.prepare_3d(x, 224).permute(0, 2, 3, 4, 1), x[:, :, 16:240, 16:240])
     assert S.prepare_3d(x, 256).shape == (2, 3, 3, 256, 256)
 

@@ -392,7 +392,7 @@ def test_train_2d_member_end_to_end(tiny_index, tmp_path):
     y = np.array([1 if tubes.loc[p, "label"] == "FAKE" else 0 for p in val_tubes])
     assert len(val_tubes) == 6 and y.sum() == 3
     params = augment.val_clip_params(SIZE, SIZE, r["augment"])
-    x = torch.stack([augment.apply_clip_params(read_video(p)[:32], params, 32) for p in val_tubes])
+    x = torch.stack([augment.apply_clip_params(read_video(p)[:32], params, 32, quantise=False) for p in val_tubes])
     m = store.load("seresnext50_2d")
     p = m.predict(x).numpy()
     expected = trainer._balanced_log_loss(y, p)
