@@ -591,25 +591,40 @@ def tube_2d_frames(frames, track, first: int, last: int, size: int = TUBE_SIZE, 
 
 
 class _TubeOut:
-    """One tube's files, written as its frames go by (encoders open only over the tube's span)."""
+    """One tube's output, made as its frames go by: its files (encoders open only over the tube's
+    span) and, with ``keep``, its pixels in memory (:attr:`pixels`: 3D frames, 2D crops or None).
 
-    def __init__(self, t, folder: Path, params: ExtractParams, fps: float):
+    ``write``: the tube MP4s; ``save_track``: its track (an in-memory scan keeps the track, the
+    tube's geometry, without the MP4s; cropping a stored entry again writes nothing)."""
+
+    def __init__(self, t, folder: Optional[Path], params: ExtractParams, fps: float, write: bool = True,
+                 keep: bool = False, save_track: bool = True):
         from .tubes import box_2d_crops
 
         self.t = t
         self.folder = folder
         self.params = params
         self.fps = fps
+        self.write = write
+        self.save_track = save_track
         stem = f"tube{t.tube_id}"
-        self.files = {"tube_file": f"{stem}.mp4", "track_file": f"{stem}.npz", "tube2d_file": ""}
+        self.files = {"tube_file": f"{stem}.mp4" if write else "", "track_file": f"{stem}.npz", "tube2d_file": ""}
         self.box = tuple(int(v) for v in t.box)
         self.sq = _tube_square(self.box)
         self.boxes_2d, self.n_2d = None, 0
         if params.with_2d:
-            self.files["tube2d_file"] = f"{stem}_2d.mp4"
+            self.files["tube2d_file"] = f"{stem}_2d.mp4" if write else ""
             self.boxes_2d = box_2d_crops(t.track, n=params.frames_2d)
             self.n_2d = min(params.frames_2d, t.n_frames, len(self.boxes_2d))
         self.writer = self.writer_2d = None
+        size = params.size
+        self.frames = np.empty((t.last_frame - t.first_frame + 1, size, size, 3), np.uint8) if keep else None
+        self.frames_2d = (np.empty((self.n_2d, size, size, 3), np.uint8)
+                          if keep and params.with_2d else None)
+
+    @property
+    def pixels(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        return self.frames, self.frames_2d
 
     def _open(self, name: str):
         from .video import VideoWriter
@@ -622,19 +637,29 @@ class _TubeOut:
         if not t.first_frame <= i <= t.last_frame:
             return
         k = i - t.first_frame
-        if self.writer is None:
-            self.writer = self._open(self.files["tube_file"])
-        self.writer.write(_square_tube_frame(frames, i, self.box, size, self.sq))
+        f3 = _square_tube_frame(frames, i, self.box, size, self.sq)
+        if self.frames is not None:
+            self.frames[k] = f3
+        if self.write:
+            if self.writer is None:
+                self.writer = self._open(self.files["tube_file"])
+            self.writer.write(f3)
         if k < self.n_2d:
-            if self.writer_2d is None:
-                self.writer_2d = self._open(self.files["tube2d_file"])
-            self.writer_2d.write(_frame_2d(frames, i, self.boxes_2d[k], size))
-            if k == self.n_2d - 1:
-                self.writer_2d.close()
+            f2 = _frame_2d(frames, i, self.boxes_2d[k], size)
+            if self.frames_2d is not None:
+                self.frames_2d[k] = f2
+            if self.write:
+                if self.writer_2d is None:
+                    self.writer_2d = self._open(self.files["tube2d_file"])
+                self.writer_2d.write(f2)
+                if k == self.n_2d - 1:
+                    self.writer_2d.close()
         if i == t.last_frame:
-            self.writer.close()
-            t.track.size = size
-            t.track.save(self.folder / self.files["track_file"])
+            if self.writer is not None:
+                self.writer.close()
+            if self.save_track:
+                t.track.size = size
+                t.track.save(self.folder / self.files["track_file"])
 
     def abort(self) -> None:
         for w in (self.writer, self.writer_2d):
@@ -642,10 +667,11 @@ class _TubeOut:
                 w.abort()
 
 
-def _write_tubes(folder: Path, tubes: list, source, params: ExtractParams, fps: float) -> list[dict]:
-    """Write every tube (MP4, track, 2D crops) from ``source``: (frame index, frames) in order,
-    up to the last tube's last frame. Returns each tube's file names."""
-    outs = [_TubeOut(t, folder, params, fps) for t in tubes]
+def _write_tubes(folder: Optional[Path], tubes: list, source, params: ExtractParams, fps: float,
+                 **how) -> list[_TubeOut]:
+    """Make every tube (MP4, track, 2D crops; in memory: see :class:`_TubeOut`'s ``how``) from
+    ``source``: (frame index, frames) in order, up to the last tube's last frame."""
+    outs = [_TubeOut(t, folder, params, fps, **how) for t in tubes]
     end = max((t.last_frame for t in tubes), default=-1)
     try:
         for i, frames in source:
@@ -657,7 +683,7 @@ def _write_tubes(folder: Path, tubes: list, source, params: ExtractParams, fps: 
         for o in outs:
             o.abort()
         raise
-    return [o.files for o in outs]
+    return outs
 
 
 def _tube_json(t, files: dict) -> dict:
@@ -677,9 +703,13 @@ def _tube_json(t, files: dict) -> dict:
     }
 
 
-def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams) -> tuple[str, Path, Optional[dict]]:
+def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams,
+           need_files: bool = True) -> tuple[str, Path, Optional[dict]]:
     """(content sha256, entry folder, the entry's result if it is complete) of a video; raises
-    VideoError for a missing, empty or unreadable file. Reads the file, never decodes it."""
+    VideoError for a missing, empty or unreadable file. Reads the file, never decodes it.
+
+    ``need_files``: the entry must hold the tube MP4s; without, its result and tracks suffice (the
+    tube geometry, what an in-memory scan needs to crop the tubes again without detecting)."""
     path = Path(path)
     if not path.exists():
         raise VideoError(missing_reason(path))
@@ -696,8 +726,10 @@ def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams) -> tupl
     if result_path.is_file():
         try:
             res = json.loads(result_path.read_text())
-            files = [t[k] for t in res["tubes"] for k in ("tube_file", "track_file", "tube2d_file") if t.get(k)]
-            if all((entry / f).is_file() for f in files):
+            kinds = ("tube_file", "track_file", "tube2d_file") if need_files else ("track_file",)
+            files = [t[k] for t in res["tubes"] for k in kinds if t.get(k)]
+            complete = not need_files or all(t.get("tube_file") for t in res["tubes"])
+            if complete and all((entry / f).is_file() for f in files):
                 res.update(entry=str(entry), cached=True)  # "seconds": the original extraction's
                 return sha, entry, res
         except (OSError, ValueError, KeyError, TypeError):
@@ -705,9 +737,19 @@ def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams) -> tupl
     return sha, entry, None
 
 
-def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, detect: Optional[DetectFn]) -> dict:
+FILES, MEMORY, MEMORY_AND_FILES = "files", "memory", "memory+files"  # where the tube pixels go
+MODES = (FILES, MEMORY, MEMORY_AND_FILES)
+
+
+def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, detect: Optional[DetectFn],
+                  mode: str = FILES) -> dict:
     """Extract one video into its store entry (or reuse the entry). Returns the entry's result
     dict plus ``entry`` (absolute folder), ``cached`` and ``seconds``; raises VideoError.
+
+    ``mode``: ``files`` writes the tube MP4s (``deepfake extract``); ``memory`` writes only the
+    entry's result and tracks (the tubes' geometry) and hands the tubes' pixels over in
+    ``result["pixels"]`` (tube id -> (3D frames, 2D crops or None)); ``memory+files`` does both.
+    In the memory modes a stored entry is decoded and cropped again (no detection).
 
     Memory stays bounded whatever the video's length: frames are held only while they fit the
     hold budget (:func:`hold_bytes`, less when memory is short); a longer video is decoded a
@@ -716,8 +758,11 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
 
     t0 = time.time()
     path = Path(path)
-    sha, entry, cached = lookup(path, out_dir, params)
+    sha, entry, cached = lookup(path, out_dir, params, need_files=mode != MEMORY)
     if cached is not None:
+        if mode != FILES and cached.get("status") == STATUS_OK:
+            cached["pixels"] = _crop_again(path, cached, entry, params)
+            cached["seconds"] = time.time() - t0
         return cached
     if detect is None:
         detect = _LazyDetect()
@@ -744,10 +789,12 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
         end = max((t.last_frame for t in tubes), default=-1) + 1
         source = ((i, frames) for i in range(end)) if held else _redecode(path, end)
         result_path = entry / RESULT_JSON
+        outs = []
         try:
             with atomic.atomic_dir(entry) as tmp:
-                files = _write_tubes(tmp, tubes, source, params, fps) if tubes else []
-                res["tubes"] = [_tube_json(t, f) for t, f in zip(tubes, files)]
+                outs = _write_tubes(tmp, tubes, source, params, fps, write=mode != MEMORY,
+                                    keep=mode != FILES) if tubes else []
+                res["tubes"] = [_tube_json(o.t, o.files) for o in outs]
                 res["seconds"] = round(time.time() - t0, 3)
                 res["timings"] = {
                     "decode": round(t1 - t0 - clock.seconds, 3),  # decoding and resizing, first pass
@@ -759,9 +806,30 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
             if not result_path.is_file():  # another process finished the same entry first: fine
                 raise
         res.update(entry=str(entry), cached=False, seconds=time.time() - t0)
+        if mode != FILES:
+            res["pixels"] = {o.t.tube_id: o.pixels for o in outs}
         return res
     finally:
         frames.release()
+
+
+def _crop_again(path: Path, res: dict, entry: Path, params: ExtractParams) -> dict:
+    """The pixels of a stored entry's tubes (geometry and tracks from the entry), from one
+    streamed decode of the video up to the last tube's last frame."""
+    from types import SimpleNamespace
+
+    from .index import Track
+
+    tubes = []
+    for t in res["tubes"]:
+        first, last = int(t["first_frame"]), int(t["last_frame"])
+        tubes.append(SimpleNamespace(
+            tube_id=int(t["tube_id"]), box=[int(t[k]) for k in ("x1", "y1", "x2", "y2")], first_frame=first,
+            last_frame=last, n_frames=last - first + 1, track=Track.load(entry / t["track_file"])))
+    end = max((t.last_frame for t in tubes), default=-1) + 1
+    fps = float(res.get("fps") or 0) or 30.0
+    outs = _write_tubes(None, tubes, _redecode(path, end), params, fps, write=False, keep=True, save_track=False)
+    return {o.t.tube_id: o.pixels for o in outs}
 
 
 class _DetectClock:
@@ -852,7 +920,7 @@ def records_for(inp: VideoInput, res: Optional[dict], error: Optional[str], para
                 label=inp.label,
                 original=inp.original,
                 part=inp.part,
-                tube_path=str(entry / t["tube_file"]),
+                tube_path=str(entry / t["tube_file"]) if t.get("tube_file") else "",
                 track_path=str(entry / t["track_file"]),
                 tube2d_path=str(entry / t["tube2d_file"]) if t.get("tube2d_file") else "",
                 key=key,
@@ -861,10 +929,11 @@ def records_for(inp: VideoInput, res: Optional[dict], error: Optional[str], para
     return vrec, trecs
 
 
-def _safe_process(path: str, out_dir: str, params: ExtractParams, detect) -> tuple[Optional[dict], Optional[str]]:
+def _safe_process(path: str, out_dir: str, params: ExtractParams, detect,
+                  mode: str = FILES) -> tuple[Optional[dict], Optional[str]]:
     """process_video that never raises: (result, None) or (None, one-line reason)."""
     try:
-        return process_video(path, out_dir, params, detect), None
+        return process_video(path, out_dir, params, detect, mode), None
     except VideoError as exc:
         return None, str(exc)
     except MemoryError:
@@ -880,7 +949,8 @@ def _safe_process(path: str, out_dir: str, params: ExtractParams, detect) -> tup
 # Worker processes
 
 
-def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, remote: bool) -> None:
+def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, remote: bool,
+                 mode: str = FILES) -> None:
     """Worker loop: ("job", job_id, path) -> ("done", wid, job_id, result, error).
 
     remote=True: detection requests go to the main process as ("det", wid, req_id, images, kw)
@@ -922,8 +992,8 @@ def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, 
         if msg[0] != "job":
             continue
         _, job_id, path = msg
-        res, err = _safe_process(path, out_dir, params, detect)
-        results.put(("done", wid, job_id, res, err))
+        res, err = _safe_process(path, out_dir, params, detect, mode)
+        results.put(("done", wid, job_id, res, err))  # (in the memory modes the pixels travel pickled)
 
 
 def _mp_context():
@@ -944,10 +1014,10 @@ def _mp_context():
 class _Pool:
     """Worker processes with their own task queues (so detection answers reach the right one)."""
 
-    def __init__(self, n: int, out_dir: str, params: ExtractParams, remote: bool):
+    def __init__(self, n: int, out_dir: str, params: ExtractParams, remote: bool, mode: str = FILES):
         self.ctx = _mp_context()
         self.results = self.ctx.Queue()
-        self.args = (out_dir, params, remote)
+        self.args = (out_dir, params, remote, mode)
         self.procs: dict[int, object] = {}
         self.tasks: dict[int, object] = {}
         self.busy: dict[int, Optional[int]] = {}
@@ -1045,7 +1115,8 @@ def _serve_detections(pool: _Pool, requests: list, detector) -> None:
 
 
 def _run_pool(
-    jobs: list[VideoInput], out_dir: str, params: ExtractParams, device: str, workers: int, remote: bool
+    jobs: list[VideoInput], out_dir: str, params: ExtractParams, device: str, workers: int, remote: bool,
+    mode: str = FILES,
 ) -> Iterator[tuple[int, Optional[dict], Optional[str]]]:
     """Yields (job index, result, error) per job, in completion order."""
     detector = None
@@ -1053,7 +1124,7 @@ def _run_pool(
         from .detect import FaceDetector
 
         detector = FaceDetector(device=device, batch_size=64)
-    pool = _Pool(max(1, workers), out_dir, params, remote)
+    pool = _Pool(max(1, workers), out_dir, params, remote, mode)
     pending = list(range(len(jobs)))[::-1]
     crashes: dict[int, int] = {}
     running = 0
@@ -1121,7 +1192,8 @@ class VideoDone(NamedTuple):
     index: int  # position among the run's inputs (files as given, folders expanded)
     video: VideoRecord
     tubes: list[TubeRecord]
-    cached: bool  # reused from the store, not decoded
+    cached: bool  # reused from the store, not detected again
+    pixels: Optional[dict] = None  # memory modes: tube id -> (3D frames, 2D crops or None)
 
 
 @dataclass
@@ -1252,8 +1324,15 @@ def iter_extract(
     notes: Optional[list] = None,
     shard: Optional[tuple[int, int]] = None,
     executor: Optional[Callable] = None,
+    mode: str = FILES,
+    need_pixels: Optional[Callable[[int, dict], bool]] = None,
 ) -> Iterator[VideoDone]:
     """Extract face tubes from ``paths`` into ``out_dir``, handing over each video as it is done.
+
+    ``mode`` (:func:`process_video`): ``memory`` / ``memory+files`` hand the tubes' pixels over in
+    :attr:`VideoDone.pixels`. There, a video whose entry is stored is decoded and cropped again
+    only when ``need_pixels(index, result)`` says so (default: always); otherwise it is handed over
+    at once, without pixels (e.g. every member's scores of it are cached).
 
     Yields one :class:`VideoDone` per input video in completion order: cache hits and unreadable
     files first (settled without starting a worker), then the others as the workers finish them.
@@ -1288,9 +1367,13 @@ def iter_extract(
         workers = min(cores if device == "cpu" else max(1, cores - 1), max(1, len(jobs)))
     workers = max(1, int(workers))
     remote = (device != "cpu") if detect_in_main is None else bool(detect_in_main)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    if mode != FILES and executor is not None:
+        raise ValueError("an executor's jobs write files: mode must be 'files'")
     return _iter_jobs(
         jobs, out_dir, params, device, workers, remote, fresh, progress and not quiet, quiet, write,
-        auto_workers=auto, notes=notes, shard=shard, executor=executor,
+        auto_workers=auto, notes=notes, shard=shard, executor=executor, mode=mode, need_pixels=need_pixels,
     )
 
 
@@ -1298,6 +1381,7 @@ def _iter_jobs(
     jobs: list[VideoInput], out_dir: Path, params: ExtractParams, device: str, workers: int, remote: bool,
     fresh: bool, progress: bool, quiet: bool, write: bool, auto_workers: bool = False,
     notes: Optional[list] = None, shard: Optional[tuple[int, int]] = None, executor: Optional[Callable] = None,
+    mode: str = FILES, need_pixels: Optional[Callable[[int, dict], bool]] = None,
 ) -> Iterator[VideoDone]:
     from . import ui
 
@@ -1309,6 +1393,7 @@ def _iter_jobs(
 
     def settle(j: int, res: Optional[dict], err: Optional[str]) -> VideoDone:
         nonlocal n_cached
+        pixels = res.pop("pixels", None) if res is not None else None
         vrec, trecs = records_for(jobs[j], res, err, params)
         if index is not None:
             index.add(j, vrec, trecs)
@@ -1319,7 +1404,7 @@ def _iter_jobs(
             ui.fail_line(jobs[j].path, err)
         if bar is not None:
             bar.update(task, advance=1, status=_status_text(counts, n_cached))
-        return VideoDone(j, vrec, trecs, cached)
+        return VideoDone(j, vrec, trecs, cached, pixels)
 
     stop: Optional[Interrupted] = None
     try:
@@ -1336,14 +1421,16 @@ def _iter_jobs(
                 yield settle(j, None, inp.error)
                 continue
             try:
-                _, _, res = lookup(inp.path, out_dir, params)
+                _, _, res = lookup(inp.path, out_dir, params, need_files=mode != MEMORY)
             except VideoError as exc:
                 yield settle(j, None, str(exc))
                 continue
-            if res is not None:
+            wants = (mode != FILES and res is not None and res.get("status") == STATUS_OK
+                     and (need_pixels is None or need_pixels(j, res)))
+            if res is not None and not wants:
                 yield settle(j, res, None)
             else:
-                todo.append(j)
+                todo.append(j)  # to extract, or (memory modes) to decode and crop again
         if auto_workers and workers > 1 and len(todo) > 1:
             workers, note = plan_workers([jobs[j].path for j in todo], params, min(workers, len(todo)))
             if note and notes is not None:
@@ -1351,12 +1438,13 @@ def _iter_jobs(
         if workers <= 1 or len(todo) <= 1:
             detect = _LazyDetect(device)
             for j in todo:
-                res, err = _safe_process(jobs[j].path, str(out_dir), params, detect)
+                res, err = _safe_process(jobs[j].path, str(out_dir), params, detect, mode)
                 yield settle(j, res, err)
         else:
             sub = [jobs[j] for j in todo]
             # closing(): the workers stop as soon as this run is closed, not when it is collected.
-            with contextlib.closing(_run_pool(sub, str(out_dir), params, device, min(workers, len(todo)), remote)) as pool:
+            with contextlib.closing(_run_pool(sub, str(out_dir), params, device, min(workers, len(todo)), remote,
+                                              mode)) as pool:
                 for k, res, err in pool:
                     yield settle(todo[k], res, err)
     except Interrupted as exc:

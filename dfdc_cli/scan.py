@@ -2,12 +2,14 @@
 
 Pipeline, per chunk of videos:
 
-1. face tubes from the shared scan cache (``paths.scan_tubes_dir()``), extracted with the scan
-   preset when missing (first 100 frames, long side 480, thresholds 0.8/0.8/0.9, at most 5 faces,
-   the seed's fallbacks);
-2. the tubes are decoded (3D: every frame of the tube, 256x256; 2D: the tube's ``*_2d.mp4`` crops,
-   first 32 frames) and grouped by length, so that tubes of several videos go through a member in
-   one batch;
+1. face tubes extracted with the scan preset (first 100 frames, long side 480, thresholds
+   0.8/0.8/0.9, at most 5 faces, the seed's fallbacks) and handed over in memory (3D: every frame
+   of the tube, 256x256; 2D: the first 32 crops), as the seed scored them: no H.264 round trip.
+   The scan cache (``paths.scan_tubes_dir()``) keeps each video's tube geometry, so a video seen
+   before is only decoded and cropped again (or, fully scored, not even decoded). With ``--index``
+   the tubes are decoded from the index's MP4s instead;
+2. the tubes are grouped by length, so that tubes of several videos go through a member in one
+   batch;
 3. every member scores every tube: 3D members take the whole tube, centre-cropped to 224 (resized
    to 112 for the 112 members); the member's own ``predict`` applies its input scaling and the
    horizontal-flip TTA (3D) or the per-frame sigmoid median (2D);
@@ -16,7 +18,8 @@ Pipeline, per chunk of videos:
 
 A video with no face gets the prior 0.5 with status ``no_face`` and no verdict; a video that cannot
 be read gets 0.5 with status ``error`` and the reason. Extraction of the next chunk runs in a
-producer thread while the models score the current one.
+producer thread while the models score the current one; a bounded queue holds it back when the
+models are slower, so a large folder's crops are never all in memory.
 
 The arithmetic of steps 3-4 lives in small pure functions (:func:`mean_over_faces`,
 :func:`combine_members`, :func:`aggregate_video`, :func:`verdict`) that the tests drive directly.
@@ -391,6 +394,8 @@ class Extracted:
     seconds: float
     tubes: list[dict]
     label: str = ""  # FAKE | REAL when the index knows it
+    pixels: Optional[dict] = None  # tube id -> (3D frames, 2D crops or None), when extracted in memory
+    key: str = ""  # score-cache key (video content + scan settings); "" -> keyed by the tube files
 
 
 def _extracted(vrec, trecs) -> Extracted:
@@ -455,12 +460,27 @@ def items_extractor(items: Sequence[Extracted]) -> Callable:
     return extractor
 
 
+def video_key(entry_name: str) -> str:
+    """Score-cache key of a video scanned in memory: its store entry's name, i.e. its content's
+    sha256 and the extraction settings' key (which include the extractor's version)."""
+    import hashlib
+
+    return hashlib.sha256(f"video:{entry_name}".encode()).hexdigest()[:32]
+
+
 def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
-                   on_video: Callable[[int, Extracted], None]) -> None:
-    """Face tubes of ``paths`` from the scan cache (``paths.scan_tubes_dir()``), extracting with the
-    scan preset what is missing; calls ``on_video(i, extracted)`` as each video is done (in
-    completion order, from this thread), so the models start on the first videos while the others
-    are extracted. The cache's index tables are updated at the end (:func:`dfdc_cli.extract.iter_extract`).
+                   on_video: Callable[[int, Extracted], None], keep_tubes: bool = False,
+                   need_pixels: Optional[Callable[[str, Sequence[int]], bool]] = None) -> None:
+    """Face tubes of ``paths``, extracted with the scan preset, handed over in memory; calls
+    ``on_video(i, extracted)`` as each video is done (in completion order, from this thread), so
+    the models start on the first videos while the others are extracted.
+
+    The tubes' pixels go straight to the members (:attr:`Extracted.pixels`): no H.264 round trip.
+    What is kept in the scan cache (``paths.scan_tubes_dir()``) is each video's tube geometry and
+    tracks, so a video seen before is only decoded and cropped again, not detected, and not even
+    decoded when ``need_pixels(key, tube_ids)`` says every member's scores of it are cached.
+    ``keep_tubes`` also writes the tube MP4s there (to look at them). The cache's index tables
+    are updated at the end (:func:`dfdc_cli.extract.iter_extract`).
 
     ``paths`` are files (:func:`expand_paths`): the extractor's inputs are the same, one to one, so
     its input index is the position in ``paths``.
@@ -471,14 +491,23 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     from .paths import scan_tubes_dir
     from .ui import warn
 
+    def wants(_j: int, res: dict) -> bool:
+        if need_pixels is None:
+            return True
+        return need_pixels(video_key(Path(res["entry"]).name), [int(t["tube_id"]) for t in res["tubes"]])
+
     run = X.iter_extract([str(p) for p in paths], scan_tubes_dir(), X.PRESETS["scan"], device=device,
-                         workers=workers, progress=False, quiet=True)
+                         workers=workers, progress=False, quiet=True,
+                         mode=X.MEMORY_AND_FILES if keep_tubes else X.MEMORY, need_pixels=wants)
     handed = 0
     try:
         with contextlib.closing(run):
             for done in run:
                 handed += 1
-                on_video(done.index, _extracted(done.video, done.tubes))
+                e = _extracted(done.video, done.tubes)
+                e.pixels = done.pixels
+                e.key = video_key(done.video.key) if done.video.key else ""
+                on_video(done.index, e)
     except OSError as exc:
         # Past the last video only the index merge is left; scan never reads that index (the
         # store entries are the cache), so a failure to write it costs no verdict.
@@ -499,6 +528,9 @@ class Scanner:
     called as ``extractor(paths, device, workers, on_video)`` and calls ``on_video(i, Extracted)``
     per video.
 
+    ``keep_tubes``: the default extractor also writes the tube MP4s into the scan cache (the
+    members score the pixels in memory either way).
+
     ``score_dir``: a :class:`~dfdc_cli.scorecache.ScoreCache` root. Member scores found there are
     reused (unless ``reuse_scores`` is False) and new ones stored, so an interrupted scan resumes
     where it stopped and registering one more member costs only that member's work. Members
@@ -518,7 +550,10 @@ class Scanner:
         extractor: Optional[Callable] = None,
         score_dir: Optional[str | Path] = None,
         reuse_scores: bool = True,
+        keep_tubes: bool = False,
     ):
+        import functools
+
         import torch
 
         self.device = pick_device(device)
@@ -527,7 +562,8 @@ class Scanner:
         self.batch_size = max(1, int(batch_size))
         on_gpu = self.device.startswith("cuda")
         self.chunk_size = chunk_size or (16 if on_gpu else 4)
-        self.extractor = extractor or stream_extract
+        self.extractor = extractor or functools.partial(stream_extract, keep_tubes=keep_tubes,
+                                                        need_pixels=self._needs_pixels)
         if precision == "auto":
             precision = "fp16" if on_gpu else "fp32"
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
@@ -660,7 +696,19 @@ class Scanner:
             except Exception as exc:  # noqa: BLE001 - recorded per video
                 return None, f"tube {row.get('tube_id')}: {exc}"
 
-        pool = self._pool()
+        from concurrent.futures import Future
+
+        def ready(vi, row, need_3d, need_2d) -> Future:
+            """A tube extracted in memory: its pixels, as they are."""
+            f: Future = Future()
+            tid = int(row["tube_id"])
+            px = e.pixels.get(tid) if e.pixels is not None else None
+            if px is None:
+                f.set_result((None, f"tube {tid}: its pixels were not handed over"))
+            else:
+                f.set_result((LoadedTube(vi, tid, px[0] if need_3d else None, px[1] if need_2d else None), ""))
+            return f
+
         futures = []
         for vi, e in enumerate(extracted):
             if e.status != STATUS_OK:
@@ -670,21 +718,42 @@ class Scanner:
                 continue
             need_3d = any(m.kind == "3d" for m in todo)
             need_2d = any(m.kind == "2d" for m in todo)
-            futures.extend((vi, pool.submit(work, vi, row, need_3d, need_2d)) for row in e.tubes)
+            for row in e.tubes:
+                if e.pixels is not None or not row.get("tube_path"):
+                    futures.append((vi, ready(vi, row, need_3d, need_2d)))
+                else:
+                    futures.append((vi, self._pool().submit(work, vi, row, need_3d, need_2d)))
+            e.pixels = None  # the LoadedTubes hold them now; freed with the chunk
         return futures
 
     # -- the score cache ------------------------------------------------------------------------
     @staticmethod
     def _tube_files(e: Extracted) -> list[str]:
+        if e.key:  # scanned in memory: the entry names the video
+            return [e.video]
         return [str(p) for r in e.tubes for p in (r.get("tube_path"), r.get("tube2d_path")) if p]
 
     def _cache_keys(self, extracted: Sequence[Extracted]) -> list[Optional[str]]:
+        """Per video: its key in the score cache. In memory: the video's content and the scan
+        settings (:func:`video_key`); tubes read from files (an extract index): those files."""
         from .scorecache import tube_set_key
 
         if self.score_cache is None:
             return [None] * len(extracted)
-        return [tube_set_key(self._tube_files(e)) if e.status == STATUS_OK and e.tubes else None
+        return [(e.key or tube_set_key(self._tube_files(e))) if e.status == STATUS_OK and e.tubes else None
                 for e in extracted]
+
+    def _needs_pixels(self, key: str, tube_ids: Sequence[int]) -> bool:
+        """Whether some member still has to score this video (the extractor skips decoding it
+        otherwise). Called from the extraction thread."""
+        from .scorecache import member_key
+
+        if self.score_cache is None or not self.reuse_scores:
+            return True
+        stored = self.score_cache.get(key)
+        ids = {int(t) for t in tube_ids}
+        return any(not m.model_id or set(stored.get(member_key(m.name, m.model_id)) or ()) != ids
+                   for m in self.members)
 
     def _cached_scores(self, extracted: Sequence[Extracted], keys: Sequence[Optional[str]]) -> list[dict]:
         """Per video: member -> {tube id: p} for the members the score cache already has in full."""
@@ -796,21 +865,28 @@ class Scanner:
 
         A producer thread runs the extraction (worker processes, one pool for the run) and hands
         over each video as it is done; the models score the videos ready so far in one chunk
-        (up to ``chunk_size`` videos, tubes batched across them) while the tubes of the next chunk
-        are read from disk, and extraction goes on meanwhile.
+        (up to ``chunk_size`` videos, tubes batched across them) while extraction goes on
+        meanwhile (and, with --index, the tubes of the next chunk are read from disk).
         """
         paths = [Path(p) for p in paths]
         n = len(paths)
         if n == 0:
             return
-        q: queue.Queue = queue.Queue()
+        # Bounded: videos extracted in memory carry their tubes' pixels (up to ~100 MB each), so
+        # the extraction waits for the models rather than piling a large folder's crops up.
+        q: queue.Queue = queue.Queue(maxsize=max(2, self.chunk_size))
         stop = threading.Event()
         DONE = object()
 
         def on_video(i: int, e: Extracted) -> None:
-            if stop.is_set():
-                raise _Stop()
-            q.put((i, e))
+            while True:
+                if stop.is_set():
+                    raise _Stop()
+                try:
+                    q.put((i, e), timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
 
         def produce():
             try:
@@ -818,9 +894,17 @@ class Scanner:
             except _Stop:
                 pass
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                q.put(("error", exc))
+                put_last(("error", exc))
             finally:
-                q.put(DONE)
+                put_last(DONE)
+
+        def put_last(item) -> None:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
 
         th = threading.Thread(target=produce, name="scan-extract", daemon=True)
         th.start()

@@ -10,7 +10,9 @@ import typer
 HELP = """Score videos with the ensemble: p(fake) per video, per member and per face.
 
 Face tubes are extracted with the seed's inference settings (first 100 frames, long side 480 px,
-MTCNN thresholds 0.8/0.8/0.9, at most 5 faces) into the scan cache and reused on later runs.
+MTCNN thresholds 0.8/0.8/0.9, at most 5 faces) and scored in memory, as the seed did (no MP4
+round trip; --keep-tubes also writes them). Their geometry is kept in the scan cache, so a video
+seen before is not detected again.
 Each registered member scores every tube; per member the mean over faces, per video the weighted
 mean over members, clipped to [0.001, 0.999]. A video with no face gets the prior 0.5 and no
 verdict (status no_face); an unreadable one gets 0.5 and status error.
@@ -40,7 +42,7 @@ PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
 
 def make_scanner(members, weights, threshold, device, workers, batch_size, precision="auto",
-                 extractor=None, rescore: bool = False, ray: bool = False, items=None):
+                 extractor=None, rescore: bool = False, ray: bool = False, items=None, keep_tubes: bool = False):
     """Build a Scanner from CLI options (shared with `deepfake eval`); scores are cached under
     the cache dir. ``ray``: a :class:`~dfdc_cli.cluster.RayScanner` whose actors scan (``items``:
     the index items to score instead of extracting); the members are loaded here, on the CPU."""
@@ -66,7 +68,8 @@ def make_scanner(members, weights, threshold, device, workers, batch_size, preci
                 raise UserError(str(exc.args[0])) from None
     w = parse_weights(weights, names)
     options = dict(weights=w, threshold=threshold, device=device, workers=workers, batch_size=batch_size,
-                   precision=precision, score_dir=scan_scores_dir().resolve(), reuse_scores=not rescore)
+                   precision=precision, score_dir=scan_scores_dir().resolve(), reuse_scores=not rescore,
+                   keep_tubes=keep_tubes)
     if ray:
         from ..cluster import RayScanner
 
@@ -153,15 +156,19 @@ def register(app: typer.Typer) -> None:
             None, "--shard", help="Job arrays: only this task's share K/N of the videos (K = 1..N, split by "
             "file name); --json/--csv go to NAME.part-K-of-N.EXT (`deepfake index merge` joins them).",
             show_default=False),
+        keep_tubes: bool = typer.Option(False, "--keep-tubes", help="Also write the face tubes as MP4s "
+                                        "into the scan cache, to look at them (the members score the "
+                                        "crops in memory either way); --json gives their paths."),
     ) -> None:
         from ..cluster import run_with
 
         run_with(ray, None, lambda: _scan(paths, index, members, weights, threshold, device, workers, batch_size,
-                                          precision, json_out, csv_out, rescore, ray, shard, members_table))
+                                          precision, json_out, csv_out, rescore, ray, shard, members_table,
+                                          keep_tubes))
 
 
 def _scan(paths, index, members, weights, threshold, device, workers, batch_size, precision, json_out, csv_out,
-          rescore, ray, shard, members_table) -> None:
+          rescore, ray, shard, members_table, keep_tubes=False) -> None:
     from ..atomic import write_json
     from ..errors import UserError
     from ..scan import expand_paths, items_extractor, to_json, write_submission
@@ -189,7 +196,8 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     json_out = part_path(json_out, part) if json_out is not None else None
     csv_out = part_path(csv_out, part) if csv_out is not None else None
     scanner = make_scanner(members, weights, threshold, device, workers, batch_size, precision,
-                           extractor=extractor, rescore=rescore, ray=ray is not None, items=items)
+                           extractor=extractor, rescore=rescore, ray=ray is not None, items=items,
+                           keep_tubes=keep_tubes)
     if index is not None:
         warn_missing_2d(scanner, items)
     results = scan_with_progress(scanner, videos, "scan")
