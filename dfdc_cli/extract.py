@@ -52,6 +52,7 @@ from .index import (
     STATUS_OK,
     TUBE_COLUMNS,
     VIDEO_COLUMNS,
+    VIDEOS_CSV,
     TubeRecord,
     VideoRecord,
     table_paths,

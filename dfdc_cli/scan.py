@@ -480,7 +480,7 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     tracks, so a video seen before is only decoded and cropped again, not detected, and not even
     decoded when ``need_pixels(key, tube_ids)`` says every member's scores of it are cached.
     ``keep_tubes`` also writes the tube MP4s there (to look at them). The cache's index tables
-    are updated at the end (:func:`dfdc_cli.extract.iter_extract`).
+    are kept up to date as the videos are done (:func:`dfdc_cli.extract.iter_extract`).
 
     ``paths`` are files (:func:`expand_paths`): the extractor's inputs are the same, one to one, so
     its input index is the position in ``paths``.

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from test_scan import Brightness3d, member, tiny_members  # noqa: F401 - fixture
+from test_scan import Brightness3d, member
 
 from dfdc_cli import scan as S
 from dfdc_cli.index import STATUS_OK
@@ -23,7 +23,7 @@ def forbid(monkeypatch, module, name: str, why: str) -> None:
 
 @pytest.mark.slow
 def test_scan_in_memory_is_resumable_and_keeps_tubes_on_request(tmp_path, monkeypatch, carphone,
-                                                                 tiny_members):  # noqa: F811
+                                                                 tiny_members):
     import dfdc_cli.extract as X
     import dfdc_cli.video as V
     from dfdc_cli.paths import scan_tubes_dir
