@@ -1,6 +1,6 @@
 """Training augmentation: per-clip pixel augmentation, 3D CutMix, and the 2D member's mixup/cutmix.
 
-Clip augmentation (SEED.md section 3) draws ONE set of random parameters per clip and applies it to
+Clip augmentation (docs/method.md §3) draws ONE set of random parameters per clip and applies it to
 every frame, so a clip stays a consistent video: a flipped clip is flipped in every frame, a crop is
 the same window in every frame, brightness changes by the same amount everywhere. It is split in two
 steps, :func:`sample_clip_params` (all the randomness) and :func:`apply_clip_params` (a pure function
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Defaults: the seed's values (SEED.md section 3). Recipes override any of them under [augment].
+# Defaults: the seed's values (docs/method.md §3). Recipes override any of them under [augment].
 CLIP_DEFAULTS: dict[str, Any] = {
     "brightness_contrast_p": 0.25,
     "brightness": 0.2,  # additive, as a fraction of 255: beta ~ U(-0.2, 0.2)
@@ -235,7 +235,7 @@ def cutmix3d_boxes(
 def cutmix3d(
     x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, alpha: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-    """3D CutMix of a batch of clips (B, C, T, H, W), as SEED.md section 3.
+    """3D CutMix of a batch of clips (B, C, T, H, W), as docs/method.md §3.
 
     Each sample i gets a box copied from its partner ``perm[i]`` (a random permutation of the
     batch; the partner's pixels are taken from the UNmixed batch). Returns ``(x_mixed, y_partner,

@@ -1,4 +1,4 @@
-"""The face-tube extractor (SEED.md section 1): videos -> face tubes (MP4 + track) + index tables.
+"""The face-tube extractor (docs/method.md §1): videos -> face tubes (MP4 + track) + index tables.
 
 Per video: decode once, sequentially (:func:`dfdc_cli.video.decode`); MTCNN
 (:class:`dfdc_cli.detect.FaceDetector`) on every n-th frame, resized for detection; the 3D mask /

@@ -4,7 +4,7 @@ Conventions: ``y`` is 1 for FAKE and 0 for REAL, ``p`` is p(fake). A prediction 
 ``p >= threshold`` (0.5 by default), the same rule `deepfake scan` uses for its verdict.
 
 Log loss is the competition's binary log loss, with scores clipped to [0.001, 0.999] as the seed did
-before submitting (SEED.md section 5). Kaggle's scorer itself clipped at 1e-15, so an unclipped
+before submitting (docs/method.md §5). Kaggle's scorer itself clipped at 1e-15, so an unclipped
 submission could score worse than ours on confident mistakes; with the seed's clip in place the two
 agree.
 

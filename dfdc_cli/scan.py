@@ -1,4 +1,4 @@
-"""`deepfake scan`: verdicts on videos from the ensemble (SEED.md section 5).
+"""`deepfake scan`: verdicts on videos from the ensemble (docs/method.md §5).
 
 Pipeline, per chunk of videos:
 

@@ -1,7 +1,7 @@
 """Face tubes from per-frame detections: the seed's 3D mask / connected-components rule.
 
 Pure numpy/scipy, no I/O. Input: the faces found on every n-th frame (sampled frame ``s`` is source
-frame ``s * every``), in SOURCE pixels (displayed orientation). Steps (SEED.md section 1):
+frame ``s * every``), in SOURCE pixels (displayed orientation). Steps (docs/method.md §1):
 
 1. paint every detected box (clipped to the frame) into a boolean mask (sampled frame, y, x) at
    1/``mask_downscale`` resolution: cells ``floor(x1 / d) .. ceil(x2 / d)`` (end exclusive);

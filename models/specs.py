@@ -34,7 +34,7 @@ class MemberSpec:
     output: str  # softmax2_fake0: 2-class softmax, index 0 = FAKE | sigmoid: one logit = FAKE
     flip_tta: bool  # 3D: mean of p(fake) over the clip and its horizontal flip
     kind: str  # "3d" | "2d"
-    reference: str = ""  # name of ../shared/reference/checkpoints/<reference>.json layout
+    reference: str = ""  # the released checkpoint layout this member matches (tests/data/layouts/<reference>.json)
     description: str = ""
     released_file: str = ""  # the seed's released checkpoint file name ("" for non-seed members)
     label: str = ""  # short column label for tables (e.g. I3D-CM)
@@ -66,7 +66,7 @@ def _member(name: str, arch: str, res: int, reference: str, description: str, re
                       released_file=released_file, label=label, **_ARCH_DEFAULTS[arch])
 
 
-# The seed's eight ensemble members (SEED.md section 2), in the order of the seed's notebook, with the
+# The seed's eight ensemble members (docs/method.md §2), in the order of the seed's notebook, with the
 # file names of the seed's release: three pairs share one layout (i3d, mc3, r2plus1d), so `deepfake
 # models import` tells those apart by these names.
 MEMBERS: dict[str, MemberSpec] = {

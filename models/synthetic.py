@@ -1,9 +1,9 @@
 """Deterministic synthetic weights and face tubes, by the rules of the seed's golden outputs.
 
 The seed's inference code was run, in float64, on every member filled with synthetic weights in the
-released layouts, on synthetic face tubes (``../shared/reference/goldens``). With the same weights
-and tubes, our pipeline must give the same p(fake) to 1e-5; the tests regenerate both here and
-check them against the goldens' sha256, so a platform that changes a draw is caught before a
+released layouts, on synthetic face tubes (the reference goldens; their figures are in
+``tests/data/medics_goldens.json``). With the same weights and tubes, our pipeline must give the
+same p(fake) to 1e-5; the tests regenerate both here and check them against the goldens' sha256, so a platform that changes a draw is caught before a
 p(fake) is compared. The same weights serve as realistic stand-ins where no trained model exists
 (benchmarks, measuring scan with all eight members): unlike plain random init they keep every
 member's output away from 0 and 1.
