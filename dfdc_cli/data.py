@@ -238,6 +238,11 @@ class BalancedSampler(Sampler):
     drawn across all reals), "mixed" (``selfblend_fraction`` of the fakes self-blended, the rest from
     the index). Items are ``(row, self_blend, sample_seed)``. Deterministic in (seed, epoch); with
     ``world_size > 1`` each rank gets the stride ``rank::world_size`` of the (padded) epoch list.
+
+    ``paired`` (self-blended only): each real item is followed by its own self-blend, drawn with the
+    same sample seed (so a frame model blends the very frame it just saw as real). Content alone then
+    never separates the classes within a batch, which is what self-blended-image training relies on;
+    an even batch size keeps every pair in one batch.
     """
 
     def __init__(
@@ -249,6 +254,7 @@ class BalancedSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         repeat: int = 1,
+        paired: bool = False,
     ):
         if fakes not in FAKES_MODES:
             raise UserError(f"--fakes must be one of {', '.join(FAKES_MODES)}, got {fakes!r}")
@@ -261,6 +267,9 @@ class BalancedSampler(Sampler):
         self.world_size = int(world_size)
         self.repeat = max(1, int(repeat))  # passes over the reals per epoch (few tubes, many frames)
         self.epoch = 0
+        if paired and fakes != "self-blended":
+            raise UserError("data.paired needs --fakes self-blended (a pair is a real tube and its own self-blend)")
+        self.paired = bool(paired)
         n_real = len(self.reals)
         if n_real == 0:
             raise UserError("the training side has no real tubes; class balancing needs some")
@@ -291,6 +300,13 @@ class BalancedSampler(Sampler):
 
     def _pass_items(self, e: int) -> list[tuple[int, bool, int]]:
         n_real = len(self.reals)
+        if self.paired:
+            order = np.random.default_rng([self.seed, 4, e]).permutation(n_real)
+            return [
+                (int(self.reals[j]), sbi, _seed(self.seed, e, pos))
+                for pos, j in enumerate(order)
+                for sbi in (False, True)
+            ]
         rows = [self.reals]
         sbi = [np.zeros(n_real, bool)]
         if self.n_fake:

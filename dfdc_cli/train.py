@@ -186,6 +186,9 @@ def validate_recipe(r: Mapping) -> None:
         raise UserError(f"optim.schedule must be onecycle or constant, got {o['schedule']!r}")
     if int(o["epochs"]) < 1 or int(o["batch_size"]) < 1 or float(o["lr"]) <= 0:
         raise UserError("optim.epochs and optim.batch_size must be >= 1 and optim.lr > 0")
+    if r["data"].get("paired") and int(o["batch_size"]) % 2:
+        raise UserError(f"data.paired keeps a real frame and its self-blend in one batch: optim.batch_size "
+                        f"must be even, got {o['batch_size']}")
     if d["fakes"] not in ("real", "self-blended", "mixed"):
         raise UserError(f"--fakes must be real, self-blended or mixed, got {d['fakes']!r}")
     if d["pad"] not in ("loop", "reflect", "repeat"):
@@ -702,7 +705,7 @@ def train(
     sampler = data.BalancedSampler(
         split.train["y"].to_numpy(), seed=seed, fakes=d["fakes"],
         selfblend_fraction=float(d["selfblend_fraction"]), rank=rt.rank, world_size=rt.world_size,
-        repeat=int(d.get("repeat") or 1),
+        repeat=int(d.get("repeat") or 1), paired=bool(d.get("paired", False)),
     )
     common = dict(clip_frames=T, res=res, kind=kind, aug=a, pad=d["pad"], selfblend=r.get("selfblend") or {},
                   frames_2d=int(d["frames_2d"]))

@@ -319,3 +319,17 @@ def test_2d_validation_item_is_the_first_frames_2d_frames(tmp_path):
 
     tr = data.ClipDataset(df, clip_frames=8, res=res, train=True, kind="2d", aug=noaug, frames_2d=n_2d)
     assert tr[(0, False, 3)][0].shape == (3, res, res)
+
+
+def test_sampler_paired_self_blends_follow_their_real():
+    labels = np.array([0] * 5)
+    s = data.BalancedSampler(labels, fakes="self-blended", seed=3, paired=True, repeat=2)
+    items = s.epoch_items(0)
+    assert len(items) == s.epoch_size == 20
+    for real, fake in zip(items[0::2], items[1::2]):
+        assert real[1] is False and fake[1] is True
+        assert real[0] == fake[0] and real[2] == fake[2]  # same tube, same sample seed: same frame
+    assert sorted(r for r, b, _ in items if not b) == sorted(list(range(5)) * 2)
+    assert items != data.BalancedSampler(labels, fakes="self-blended", seed=4, paired=True, repeat=2).epoch_items(0)
+    with pytest.raises(UserError, match="paired"):
+        data.BalancedSampler(np.array([0, 1]), fakes="mixed", paired=True)
