@@ -90,7 +90,7 @@ def bench_member(member: str, args, index: Path) -> dict:
     from models.specs import get_spec
 
     over = {"model": {"init": "scratch"}, "data": {"index": str(index), "workers": args.workers},
-            "train": {"device": args.device, "amp": args.amp}}
+            "train": {"device": args.device, "precision": args.amp}}
     if args.batch_size:
         over.setdefault("optim", {})["batch_size"] = args.batch_size
     if args.clip_frames:
@@ -107,7 +107,9 @@ def bench_member(member: str, args, index: Path) -> dict:
     clip_t = int(r["data"]["clip_frames"]) or spec.clip_frames
     res = int(r["data"]["input_res"]) or spec.res
     bs = int(r["optim"]["batch_size"])
-    rt = T.setup_runtime(r["train"]["device"], r["train"]["amp"])
+    from dfdc_cli.runtime import setup_runtime
+
+    rt = setup_runtime(r["train"]["device"], r["train"]["precision"])
     if rt.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 

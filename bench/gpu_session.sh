@@ -53,7 +53,7 @@ checks)
     python3 -m dfdc_cli extract "$videos" --out /tmp/check-tubes --device cuda -q
     for amp in bf16 fp16; do
         python3 -m dfdc_cli train --member r2plus1d_112 --index /tmp/check-tubes --init scratch --device cuda \
-            --amp "$amp" --epochs 1 --batch-size 4 --workers 8 2>&1 | tail -n 3 | tee -a "$out/checks.log"
+            --precision "$amp" --epochs 1 --batch-size 4 --workers 8 2>&1 | tail -n 3 | tee -a "$out/checks.log"
     done
     for prec in fp16 bf16; do
         python3 -m dfdc_cli scan "$videos" --device cuda --precision "$prec" --rescore --json "$out/scan_$prec.json" 2>&1 | tail -n 12 | tee -a "$out/checks.log"

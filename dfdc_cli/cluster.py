@@ -272,11 +272,11 @@ class ScanActor:
 
     def __init__(self, members: list, options: dict, cache_dir: str):
         from .paths import ENV_CACHE
-        from .scan import pick_device
+        from .runtime import resolve_device
 
         # The scan's tube cache and score cache live in the driver's cache folder (shared).
         os.environ[ENV_CACHE] = cache_dir
-        device = pick_device(options.get("device"))
+        device = resolve_device(options.get("device"))
         for m in members:
             _to_device(m, device)
         self.options = {**options, "device": device}

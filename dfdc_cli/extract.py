@@ -46,6 +46,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .errors import UserError, VideoError
+from .runtime import resolve_device
 from .index import (
     STATUS_ERROR,
     STATUS_NO_FACE,
@@ -1358,7 +1359,7 @@ def iter_extract(
 
     out_dir = _out_dir(out_dir)
     if executor is None:
-        device = _check_device(device)
+        device = resolve_device(device)
     jobs = select(collect_inputs(paths, exclude=out_dir, default_label=default_label,
                                  on_note=(lambda _line: None) if quiet else None), shard, lambda j: j.name)
     auto = workers is None
@@ -1534,19 +1535,6 @@ class _LazyDetect:
         if self.fn is None:
             self.fn = local_detector(self.device, batch_size=64 if self.device != "cpu" else 16)
         return self.fn(images, thresholds, factor, min_face_size)
-
-
-def _check_device(device: str) -> str:
-    device = (device or "cpu").strip().lower()
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        return device
-    raise UserError(f"unknown device {device!r} (cpu, cuda, cuda:N)")
 
 
 def _status_text(counts: dict, cached: int) -> str:

@@ -38,6 +38,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import UserError
+from .runtime import autocast, autocast_dtype, effective_precision, resolve_device
 from .index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 
 CLIP_LO, CLIP_HI = 0.001, 0.999
@@ -364,16 +365,6 @@ def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]
 # The scanner
 
 
-def pick_device(device: Optional[str] = None) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    return str(device)
-
-
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     """The inputs of ``paths`` (:func:`dfdc_cli.inputs.walk`, extract's walker): files as given,
     folders searched recursively for video files (sorted). Missing paths and unreadable folders
@@ -556,7 +547,7 @@ class Scanner:
 
         import torch
 
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.threshold = float(threshold)
         self.workers = workers
         self.batch_size = max(1, int(batch_size))
@@ -564,9 +555,8 @@ class Scanner:
         self.chunk_size = chunk_size or (16 if on_gpu else 4)
         self.extractor = extractor or functools.partial(stream_extract, keep_tubes=keep_tubes,
                                                         need_pixels=self._needs_pixels)
-        if precision == "auto":
-            precision = "fp16" if on_gpu else "fp32"
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
+        precision = effective_precision(self.device, precision)
+        self.amp_dtype = autocast_dtype(self.device, precision)
         self.score_cache = None
         if score_dir is not None:
             from .scorecache import ScoreCache, numeric_mode
@@ -593,13 +583,7 @@ class Scanner:
 
     # -- scoring ------------------------------------------------------------------------------
     def _autocast(self):
-        import contextlib
-
-        import torch
-
-        if self.amp_dtype is None or not self.device.startswith("cuda"):
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def score_tubes(self, tubes: Sequence[LoadedTube], on_device: Optional[dict] = None,
                     need: Optional[Sequence[set[str]]] = None) -> list[dict[str, float]]:

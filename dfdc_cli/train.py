@@ -42,10 +42,10 @@ import torch
 from . import augment
 from .atomic import atomic_path, write_text
 from .errors import UserError
+from .runtime import Runtime, check_precision, setup_runtime
 
 RECIPE_SECTIONS = ("model", "data", "optim", "augment", "selfblend", "train")
 OPTIMIZERS = ("adam", "adamw", "ranger")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 # ==============================================================================================
 # Recipes
@@ -70,7 +70,12 @@ def load_recipe_file(path: str | Path) -> dict:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"recipe file not found: {p}")
-    return _load_toml_text(p.read_text(), str(p))
+    recipe = _load_toml_text(p.read_text(), str(p))
+    train_t = recipe.get("train")
+    if isinstance(train_t, dict) and "amp" in train_t:  # runs saved before train.precision (same values)
+        train_t.setdefault("precision", train_t.pop("amp"))
+        train_t.pop("amp", None)
+    return recipe
 
 
 def builtin_recipe(name: str) -> dict:
@@ -180,8 +185,7 @@ def validate_recipe(r: Mapping) -> None:
     o, d, t = r["optim"], r["data"], r["train"]
     if str(o["optimizer"]).lower() not in OPTIMIZERS:
         raise UserError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}, got {o['optimizer']!r}")
-    if str(t["amp"]).lower() not in AMP_MODES:
-        raise UserError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {t['amp']!r}")
+    t["precision"] = check_precision(t["precision"])
     if o["schedule"] not in ("onecycle", "constant"):
         raise UserError(f"optim.schedule must be onecycle or constant, got {o['schedule']!r}")
     if int(o["epochs"]) < 1 or int(o["batch_size"]) < 1 or float(o["lr"]) <= 0:
@@ -325,74 +329,6 @@ def make_scheduler(opt: torch.optim.Optimizer, o: Mapping, total_steps: int):
         div_factor=float(o["div_factor"]),
         final_div_factor=float(o["final_div_factor"]),
     )
-
-
-# ==============================================================================================
-# Runtime: device, distributed, AMP
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    distributed: bool = False
-    amp_dtype: Optional[torch.dtype] = None  # None: full precision
-    owns_process_group: bool = False  # this run initialised torch.distributed (and tears it down)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_runtime(device: str = "auto", amp: str = "auto") -> Runtime:
-    """Device and (under torchrun) the process group. RANK/WORLD_SIZE/LOCAL_RANK come from torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = str(device or "auto").lower()
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available (use --device cpu)")
-    if dev == "cuda" and world > 1:
-        dev = f"cuda:{local}"
-    device_t = torch.device(dev)
-    if device_t.type == "cuda":
-        torch.cuda.set_device(device_t)
-    distributed = world > 1
-    owns = False
-    if distributed and not torch.distributed.is_initialized():
-        backend = "nccl" if device_t.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-        owns = True
-    amp = str(amp or "auto").lower()
-    amp_dtype = None
-    if device_t.type == "cuda":
-        if amp == "auto":
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif amp == "bf16":
-            amp_dtype = torch.bfloat16
-        elif amp == "fp16":
-            amp_dtype = torch.float16
-    return Runtime(device_t, rank, world, local, distributed, amp_dtype, owns)
-
-
-def _all_reduce_sum(rt: Runtime, values: list[float]) -> list[float]:
-    if not rt.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def _gather_lists(rt: Runtime, obj: Any) -> list:
-    if not rt.distributed:
-        return [obj]
-    out: list = [None] * rt.world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 # ==============================================================================================
@@ -668,7 +604,7 @@ def train(
 
     r = recipe
     m, d, o, a, t = r["model"], r["data"], r["optim"], r["augment"], r["train"]
-    rt = setup_runtime(t["device"], t["amp"])
+    rt = setup_runtime(t["device"], t["precision"])
     main = rt.is_main
     say = echo if main else (lambda _s: None)
     seed = int(t["seed"])
@@ -793,7 +729,7 @@ def train(
         say(f"{spec.name}: {kind.upper()}, {shape}, {steps_per_epoch} steps/epoch x {epochs} epochs, "
             f"batch {bs} x {rt.world_size} process(es), {workers} loader worker(s), {o['optimizer']} lr {o['lr']}, "
             f"device {rt.device}"
-            + (f", amp {str(rt.amp_dtype).replace('torch.', '')}" if rt.amp_dtype else "") + f", {init_how}")
+            + (f", precision {str(rt.amp_dtype).replace('torch.', '')}" if rt.amp_dtype else "") + f", {init_how}")
 
     stepper = Stepper(model, opt, sched, scaler, rt, kind, a, float(o["grad_clip"]))
     stop_after = int(t["stop_after"])
@@ -829,7 +765,7 @@ def train(
             torch.cuda.synchronize(rt.device)
         train_s = time.perf_counter() - t0
         # (data time: the mean over the processes, each of which waits for its own loader)
-        loss_sum, n_seen, data_s = _all_reduce_sum(rt, [loss_sum, float(n_seen), data_s])
+        loss_sum, n_seen, data_s = rt.all_reduce_sum([loss_sum, float(n_seen), data_s])
         data_s /= rt.world_size
         row: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -944,7 +880,7 @@ def evaluate(model, loader, rt: Runtime,
             on_batch(len(ys), n_items)
     y_all = np.concatenate(ys) if ys else np.zeros(0)
     p_all = np.concatenate(ps) if ps else np.zeros(0)
-    parts = _gather_lists(rt, (y_all, p_all))
+    parts = rt.gather((y_all, p_all))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from ..runtime import DEVICE_HELP, PRECISION_HELP
+
 HELP = """Measure the members and the ensemble on labelled videos.
 
 Labels come from --val (a CSV with columns filename,label; label FAKE/REAL or 1/0) and/or one or
@@ -44,12 +46,12 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(0, "--bootstrap", min=0, help="Bootstrap resamples for 95% "
                                       "confidence intervals (0: none; 1000 is typical)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1,
                                               help="Extraction/decoding workers (default: per core)."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Tubes per forward pass."),
         precision: str = typer.Option("auto", "--precision",
-                                      help="fp16, bf16 or fp32 (auto: fp16 on GPU, fp32 on CPU)."),
+                                      help=PRECISION_HELP + "; auto: fp16."),
         index: Optional[Path] = typer.Option(
             None, "--index", help="Score the tubes of this `deepfake extract` index instead of "
             "extracting; labels from the index unless --val/--metadata are given.", show_default=False),

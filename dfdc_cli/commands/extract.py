@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..runtime import DEVICE_HELP
 from ..errors import UserError
 
 
@@ -36,7 +37,7 @@ def extract_cmd(
         None, "--workers", "-j", help="Parallel worker processes \\[default: CPU cores, at most one per video, no more than memory allows].",
         show_default=False,
     ),
-    device: str = typer.Option("cpu", "--device", help="Where the face detector runs: cpu, cuda, cuda:N."),
+    device: str = typer.Option("cpu", "--device", help="Where the face detector runs: " + DEVICE_HELP + "."),
     preset: Optional[str] = typer.Option(
         None, "--preset",
         help="Start from the seed's settings: 'train' (x0.5, 0.6/0.7/0.7, tubes up to 300 frames, all faces) "

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from ..runtime import DEVICE_HELP, PRECISION_HELP, check_precision
+
 HELP = """Score videos with the ensemble: p(fake) per video, per member and per face.
 
 Face tubes are extracted with the seed's inference settings (first 100 frames, long side 480 px,
@@ -38,7 +40,6 @@ def split_members(values: Optional[List[str]]) -> Optional[list[str]]:
     return out or None
 
 
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
 
 def make_scanner(members, weights, threshold, device, workers, batch_size, precision="auto",
@@ -50,8 +51,7 @@ def make_scanner(members, weights, threshold, device, workers, batch_size, preci
     from ..paths import scan_scores_dir
     from ..scan import NO_MODEL_HELP, Scanner, available_members, parse_weights
 
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    precision = check_precision(precision)
 
     names = split_members(members)
     if names is None:
@@ -133,12 +133,12 @@ def register(app: typer.Typer) -> None:
             "0 leaves a member out). Default: equal.", show_default=False),
         threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0,
                                         help="Verdict FAKE when p(fake) >= this."),
-        device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1,
                                               help="Extraction/decoding workers (default: per core)."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Tubes per forward pass."),
         precision: str = typer.Option("auto", "--precision",
-                                      help="fp16, bf16 or fp32 (auto: fp16 on GPU, fp32 on CPU)."),
+                                      help=PRECISION_HELP + "; auto: fp16."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure (per video, "
                                                 "member and face) as JSON.", show_default=False),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write a DFDC submission "

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from ..runtime import DEVICE_HELP, PRECISION_HELP
+
 # Options that may differ in a resumed run (they do not change what is computed).
 _RESUME_OK = {("data", "workers"), ("data", "prefetch"), ("data", "start_method"), ("train", "device"),
               ("train", "stop_after"), ("data", "index")}
@@ -32,9 +34,9 @@ def train_cmd(
                                             show_default=False),
     workers: Optional[int] = typer.Option(None, "--workers", help="data.workers (DataLoader processes)",
                                           show_default=False),
-    device: Optional[str] = typer.Option(None, "--device", help="train.device: auto | cpu | cuda | cuda:N",
+    device: Optional[str] = typer.Option(None, "--device", help="train.device: " + DEVICE_HELP,
                                          show_default=False),
-    amp: Optional[str] = typer.Option(None, "--amp", help="train.amp: auto | bf16 | fp16 | off (GPU only)",
+    precision: Optional[str] = typer.Option(None, "--precision", "--amp", help="train.precision: " + PRECISION_HELP + "; auto: bf16 where supported",
                                       show_default=False),
     init: Optional[str] = typer.Option(None, "--init", help="model.init: pretrained | scratch | FILE | a registry "
                                        "member (e.g. mc3_112)", show_default=False),
@@ -77,7 +79,7 @@ def train_cmd(
     put("optim", "optimizer", optimizer.lower() if optimizer else None)
     put("data", "workers", workers)
     put("train", "device", device)
-    put("train", "amp", amp)
+    put("train", "precision", precision)
     put("model", "init", init)
     put("data", "val_parts", val_parts)
     put("train", "seed", seed)
