@@ -1,4 +1,4 @@
-"""Binary classification metrics for p(fake) scores, in plain numpy (no scikit-learn).
+"""Binary classification metrics for p(fake) scores, in numpy (scipy for the ranks; no scikit-learn).
 
 Conventions: ``y`` is 1 for FAKE and 0 for REAL, ``p`` is p(fake). A prediction is FAKE when
 ``p >= threshold`` (0.5 by default), the same rule `deepfake scan` uses for its verdict.
@@ -47,24 +47,6 @@ def log_loss(y, p, eps: float = CLIP) -> float:
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n, tied values sharing their average rank (scipy's ``rankdata(method='average')``)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    n = x.size
-    if n == 0:
-        return np.zeros(0)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # Start index of each run of equal values.
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], n]  # exclusive
-    avg = (starts + ends + 1) / 2.0  # average of ranks starts+1 .. ends
-    ranks_sorted = np.repeat(avg, ends - starts)
-    ranks = np.empty(n)
-    ranks[order] = ranks_sorted
-    return ranks
-
-
 def roc_auc(y, p) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties count half). NaN unless both classes occur."""
     y, p = _arrays(y, p)
@@ -72,6 +54,8 @@ def roc_auc(y, p) -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
+    from scipy.stats import rankdata  # ties share their average rank; imported here: scipy.stats is slow to load
+
     r = rankdata(p)
     return float((r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
