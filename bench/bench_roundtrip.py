@@ -44,14 +44,16 @@ def main() -> None:
     os.environ.setdefault("DEEPFAKE_CACHE_DIR", str(tmp / "cache"))
     import torch
 
+    from dfdc_cli import members as MB
     from dfdc_cli import scan as S
+    from dfdc_cli import scaninput as SI
     from dfdc_cli.extract import PRESETS
     from dfdc_cli.video import read_video, write_video
     from models.synthetic import synthetic_member
 
-    paths = S.expand_paths(args.videos)
+    paths = SI.expand_paths(args.videos)
     got: list = [None] * len(paths)
-    S.stream_extract(paths, "cpu", args.workers, lambda i, e: got.__setitem__(i, e))
+    SI.stream_extract(paths, "cpu", args.workers, lambda i, e: got.__setitem__(i, e))
     crf = PRESETS["scan"].crf
     mem, mp4 = [], []
     for vi, e in enumerate(got):
@@ -66,13 +68,13 @@ def main() -> None:
             if f2 is not None:
                 write_video(f"{stem}_2d.mp4", f2, 25.0, crf=crf)
                 r2 = read_video(f"{stem}_2d.mp4")
-            mem.append(S.LoadedTube(vi, int(row["tube_id"]), f3, f2))
-            mp4.append(S.LoadedTube(vi, int(row["tube_id"]), r3, r2))
+            mem.append(SI.LoadedTube(vi, int(row["tube_id"]), f3, f2))
+            mp4.append(SI.LoadedTube(vi, int(row["tube_id"]), r3, r2))
             print(f"{e.name} tube {row['tube_id']}: {len(f3)} frames, mean |pixel change| "
                   f"{np.abs(r3.astype(np.int16) - f3).mean():.2f} (3D)", flush=True)
     out = {"tubes": len(mem), "max_frames": args.max_frames, "members": {}}
     for name in args.members.split(","):
-        m = S.member_from_model(synthetic_member(name))
+        m = MB.member_from_model(synthetic_member(name))
         sc = S.Scanner(members=[m], device="cpu", batch_size=1)
         with torch.no_grad():
             a = np.array([s[name] for s in sc.score_tubes(mem)])

@@ -106,10 +106,10 @@ def sync(device: str) -> None:
 def models_ceiling(scanner, paths: list[Path]) -> dict:
     """The members alone on the tubes of ``paths`` (from the scan cache), already on the device,
     in the chunks and batches scan uses."""
-    from dfdc_cli import scan as S
+    from dfdc_cli import scaninput as SI
 
     extracted: list = [None] * len(paths)
-    S.stream_extract(paths, scanner.device, scanner.workers, lambda i, e: extracted.__setitem__(i, e))
+    SI.stream_extract(paths, scanner.device, scanner.workers, lambda i, e: extracted.__setitem__(i, e))
     chunks = []
     for k in range(0, len(paths), scanner.chunk_size):
         ex = extracted[k : k + scanner.chunk_size]
@@ -147,7 +147,7 @@ def main() -> None:
     src = args.videos or next((p for p in DEFAULT_VIDEOS if p.is_dir()), None)
     if src is None or not Path(src).exists():
         sys.exit(f"no videos: pass --videos (looked in {', '.join(map(str, DEFAULT_VIDEOS))})")
-    from dfdc_cli.scan import expand_paths
+    from dfdc_cli.scaninput import expand_paths
 
     originals = expand_paths([src])
     if not originals:

@@ -148,7 +148,7 @@ def resize_frames(x: torch.Tensor, res: int) -> torch.Tensor:
     """Float frames (..., H, W) -> (..., res, res): bilinear, align_corners=False, no antialiasing,
     in float and never rounded back to uint8.
 
-    The one resize of a member's input, shared by scan (:func:`dfdc_cli.scan.prepare_3d`) and
+    The one resize of a member's input, shared by scan (:func:`dfdc_cli.members.prepare_3d`) and
     training, so that a member sees one kind of resampling in both. It is what the seed's notebook
     did (OpenCV INTER_LINEAR on the float centre crop, 224 -> 112, normalised without
     re-quantising); an exact halving is the mean of each 2x2 block, computed as such (faster, same

@@ -283,7 +283,8 @@ class ScanActor:
         self.members = members
 
     def scan(self, paths: list, items: Optional[list] = None) -> list:
-        from .scan import Scanner, items_extractor
+        from .scaninput import items_extractor
+        from .scan import Scanner
 
         extractor = items_extractor(items) if items is not None else None
         scanner = Scanner(members=self.members, extractor=extractor, **self.options)
@@ -355,7 +356,9 @@ class RayScanner:
 
     def scan_iter(self, paths: Sequence[str | Path]) -> Iterator:
         from .paths import cache_dir
-        from .scan import STATUS_ERROR, VideoScan, aggregate_video
+        from .ensemble import aggregate_video
+        from .index import STATUS_ERROR
+        from .scanresult import VideoScan
 
         ray = require_ray()
         paths = [Path(p) for p in paths]

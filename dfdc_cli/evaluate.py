@@ -29,7 +29,8 @@ import numpy as np
 
 from . import metrics as M
 from .errors import UserError
-from .scan import PRIOR, VideoScan
+from .ensemble import PRIOR
+from .scanresult import VideoScan
 
 ENSEMBLE = "ensemble"
 
@@ -144,7 +145,7 @@ def gather_labels(val: Optional[Path], metadata: Sequence[Path]) -> tuple[list[L
 
 
 def match_index(items: Sequence, labels: Optional[Sequence[Labelled]]) -> tuple[list, list[Labelled], list[Labelled], int]:
-    """Pair the items of an extract index (:func:`dfdc_cli.scan.index_items`) with labels.
+    """Pair the items of an extract index (:func:`dfdc_cli.scaninput.index_items`) with labels.
 
     ``labels`` None: the index's own labels (from DFDC metadata or ``extract --label``; self-blended
     copies are FAKE). Otherwise each labelled video is found by its path, else by its file name
@@ -170,6 +171,61 @@ def match_index(items: Sequence, labels: Optional[Sequence[Labelled]]) -> tuple[
                 pairs.append((e, lab))
     unlabelled = len(items) - len({id(e) for e, _ in pairs})
     return [e for e, _ in pairs], [lab for _, lab in pairs], missing, unlabelled
+
+
+@dataclass
+class EvalSet:
+    """What `deepfake eval` scores: the videos, their labels (aligned), and with ``--index`` the
+    index items they are (None: the videos are extracted)."""
+
+    videos: list[Path]
+    labels: list[Labelled]
+    items: Optional[list] = None
+    missing: int = 0  # labelled videos left out (missing files, or not in the index)
+
+
+def eval_set(val: Optional[Path], metadata: Sequence[Path], index: Optional[Path] = None) -> EvalSet:
+    """The labelled videos of --val / --metadata, or of an extract index (its own labels unless
+    --val / --metadata are given); warns about the videos left out."""
+    from .ui import warn
+
+    if index is None:
+        labels, missing = gather_labels(val, metadata)
+        if missing:
+            warn(f"{len(missing)} labelled videos are missing and left out (first: {missing[0].video})")
+        return EvalSet([it.video for it in labels], labels, None, len(missing))
+    from .scaninput import index_items
+
+    given = read_labels(val, metadata) if (val is not None or metadata) else None
+    found, labels, missing, unlabelled = match_index(index_items(index), given)
+    if unlabelled:
+        warn(f"{unlabelled} videos of the index have no label and are left out")
+    if missing:
+        warn(f"{len(missing)} labelled videos are not in the index and are left out "
+             f"(first: {missing[0].video})")
+    if not labels:
+        raise UserError(f"--index {index}: no labelled video to evaluate")
+    return EvalSet([Path(e.video) for e in found], labels, found, len(missing))
+
+
+def label_results(results: Sequence[VideoScan], labels: Sequence[Labelled]) -> None:
+    """Write each video's known label into its scan result (the report's scan.json carries it)."""
+    for r, it in zip(results, labels):
+        r.label = "FAKE" if it.label else "REAL"
+
+
+def report_meta(scan_meta: Mapping, val: Optional[Path], metadata: Sequence[Path], index: Optional[Path],
+                missing: int, bootstrap: int, seed: int) -> dict:
+    """The report's ``meta``: the scanner's description, the label sources and the run's settings."""
+    return {
+        **dict(scan_meta),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "sources": [str(val)] * (val is not None) + [str(m) for m in (metadata or [])]
+        + [f"index {index}"] * (index is not None),
+        "missing": missing,
+        "bootstrap": bootstrap,
+        "seed": seed,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

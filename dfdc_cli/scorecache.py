@@ -80,3 +80,99 @@ def numeric_mode(device: str, precision: Optional[str]) -> str:
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     prec = precision if (dev == "cuda" and precision) else "fp32"
     return f"v{__version__}-{dev}-{prec}"
+
+
+class ScanScores:
+    """How a scan uses the score cache for a chunk of videos (:class:`dfdc_cli.scaninput.Extracted`)
+    and its members (:class:`dfdc_cli.members.Member`): which members' scores of a video are
+    stored already, whether a video must be decoded at all, and storing what was computed.
+
+    ``cache`` None: nothing is reused or stored. ``reuse`` False (``--rescore``): nothing is reused,
+    new scores are still stored. Members without a model id (ready objects in tests) are never
+    cached. A failed write turns the cache off for the rest of the run, with a warning.
+    """
+
+    def __init__(self, cache: Optional[ScoreCache], members: Sequence, reuse: bool = True):
+        self.cache = cache
+        self.members = list(members)
+        self.reuse = bool(reuse)
+
+    @staticmethod
+    def _tube_files(e) -> list[str]:
+        if e.key:  # scanned in memory: the entry names the video
+            return [e.video]
+        return [str(p) for r in e.tubes for p in (r.get("tube_path"), r.get("tube2d_path")) if p]
+
+    def keys(self, extracted: Sequence) -> list[Optional[str]]:
+        """Per video: its key in the score cache. In memory: the video's content and the scan
+        settings (:func:`dfdc_cli.scaninput.video_key`); tubes read from files (an extract index):
+        those files."""
+        from .index import STATUS_OK
+
+        if self.cache is None:
+            return [None] * len(extracted)
+        return [(e.key or tube_set_key(self._tube_files(e))) if e.status == STATUS_OK and e.tubes else None
+                for e in extracted]
+
+    def needs_pixels(self, key: str, tube_ids: Sequence[int]) -> bool:
+        """Whether some member still has to score this video (the extractor skips decoding it
+        otherwise). Called from the extraction thread."""
+        if self.cache is None or not self.reuse:
+            return True
+        stored = self.cache.get(key)
+        ids = {int(t) for t in tube_ids}
+        return any(not m.model_id or set(stored.get(member_key(m.name, m.model_id)) or ()) != ids
+                   for m in self.members)
+
+    def cached(self, extracted: Sequence, keys: Sequence[Optional[str]]) -> list[dict]:
+        """Per video: member -> {tube id: p} for the members the score cache already has in full."""
+        out: list[dict] = [dict() for _ in extracted]
+        if self.cache is None or not self.reuse:
+            return out
+        for vi, (e, key) in enumerate(zip(extracted, keys)):
+            if key is None:
+                continue
+            stored = self.cache.get(key)
+            ids = {int(r["tube_id"]) for r in e.tubes}
+            for m in self.members:
+                got = stored.get(member_key(m.name, m.model_id)) if m.model_id else None
+                if got is not None and set(got) == ids:
+                    out[vi][m.name] = got
+        self.flush_warnings()
+        return out
+
+    def store(self, extracted: Sequence, keys: Sequence[Optional[str]], cached: Sequence[Mapping],
+              fresh: Sequence[Mapping[int, Mapping[str, float]]], errors: Sequence[str]) -> None:
+        """Store each member's scores of each video whose every tube it scored. ``fresh``: per
+        video, tube id -> {member: p} computed in this run."""
+        if self.cache is None:
+            return
+        for vi, (e, key) in enumerate(zip(extracted, keys)):
+            if key is None or errors[vi]:
+                continue
+            ids = {int(r["tube_id"]) for r in e.tubes}
+            new = {}
+            for m in self.members:
+                if not m.model_id or m.name in cached[vi]:
+                    continue
+                got = {tid: sc[m.name] for tid, sc in fresh[vi].items() if m.name in sc}
+                if set(got) == ids:
+                    new[member_key(m.name, m.model_id)] = got
+            if not new:
+                continue
+            try:
+                self.cache.put(key, new, self._tube_files(e))
+            except OSError as exc:
+                from .ui import warn
+
+                warn(f"score cache not written ({exc}); scores of this run will not be reused")
+                self.cache = None
+                return
+
+    def flush_warnings(self) -> None:
+        if self.cache is not None and self.cache.warnings:
+            from .ui import warn
+
+            for w in self.cache.warnings:
+                warn(w)
+            self.cache.warnings.clear()

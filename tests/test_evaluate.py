@@ -11,7 +11,8 @@ import pytest
 from dfdc_cli import evaluate as E
 from dfdc_cli import metrics as M
 from dfdc_cli.errors import UserError
-from dfdc_cli.scan import FaceScore, VideoScan, aggregate_video
+from dfdc_cli.ensemble import aggregate_video
+from dfdc_cli.scanresult import FaceScore, VideoScan
 
 from cli_util import run_cli
 
@@ -158,3 +159,17 @@ def test_eval_cli_end_to_end(tmp_path, monkeypatch, capsys, carphone, bikes, tin
     for f in ("videos.csv", "tubes.csv", "roc.png", "calibration.png", "summary.md", "summary.html"):
         assert (out / f).is_file(), f
     assert "ensemble" in stdout and "video level" in stdout and "tube level" in stdout
+
+
+def test_eval_set_labels_the_results_and_the_meta_names_the_sources(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    (tmp_path / "metadata.json").write_text(json.dumps({"a.mp4": {"label": "FAKE"}, "b.mp4": {"label": "REAL"}}))
+    es = E.eval_set(None, [tmp_path])
+    assert es.videos == [(tmp_path / "a.mp4").absolute()] and [it.label for it in es.labels] == [1]
+    assert es.items is None and es.missing == 1  # b.mp4 is not there
+    results = [VideoScan(str(es.videos[0]), "a.mp4", "ok")]
+    E.label_results(results, es.labels)
+    assert results[0].label == "FAKE"
+    meta = E.report_meta({"members": ["m"]}, None, [tmp_path], None, es.missing, 0, 3)
+    assert meta["members"] == ["m"] and meta["sources"] == [str(tmp_path)]
+    assert (meta["missing"], meta["bootstrap"], meta["seed"]) == (1, 0, 3)

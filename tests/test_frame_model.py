@@ -179,31 +179,31 @@ def test_shipped_builtin_loads_and_scores_a_generated_clip():
 
 
 def test_scan_uses_builtin_only_when_nothing_is_registered(tmp_path, monkeypatch):
-    from dfdc_cli import scan
+    from dfdc_cli import members, scan
     from models import store
 
     folder = _ship(tmp_path)
     monkeypatch.setattr(builtin, "folder", lambda: folder)
-    assert scan.available_members() == ["resnet18_112"]
-    m = scan.load_member("resnet18_112", "cpu")
-    assert scan.is_builtin(m)
+    assert members.available_members() == ["resnet18_112"]
+    m = members.load_member("resnet18_112", "cpu")
+    assert members.is_builtin(m)
     scanner = scan.Scanner(members=[m], device="cpu")
     meta = scanner.describe()
     assert meta["builtin"] is True and meta["model_card"] == builtin.CARD
     assert "built-in model resnet18_112" in meta["judged_by"]
     # a registered model (any member) takes precedence
     store.register("mc3_112", build_net("mc3").state_dict(), source="test")
-    assert scan.available_members() == ["mc3_112"]
+    assert members.available_members() == ["mc3_112"]
     # and a registered model of the built-in's own member replaces it
     store.register("resnet18_112", build_net("resnet18").state_dict(), source="test")
-    assert not scan.is_builtin(scan.load_member("resnet18_112", "cpu"))
+    assert not members.is_builtin(members.load_member("resnet18_112", "cpu"))
 
 
 def test_no_builtin_no_registered_says_how_to_get_one(tmp_path, monkeypatch):
-    from dfdc_cli import scan
+    from dfdc_cli import members
 
     monkeypatch.setattr(builtin, "folder", lambda: tmp_path / "nothing")
-    assert scan.available_members() == []
+    assert members.available_members() == []
 
 
 def test_models_list_marks_the_builtin(tmp_path, monkeypatch):

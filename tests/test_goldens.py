@@ -26,6 +26,8 @@ import torch
 
 from dfdc_cli import extract as X
 from dfdc_cli import scan as S
+from dfdc_cli import members as MB
+from dfdc_cli import scaninput as SI
 from models import synthetic as Y
 
 GOLD = json.loads((Path(__file__).parent / "data" / "medics_goldens.json").read_text())
@@ -47,8 +49,8 @@ def pixels(member: str, kind: str) -> list[np.ndarray]:
         if "cols" in t:  # a face crop: the extractor's resize to the tube / 2D size
             crop = frames[:, :, t["cols"][0] : t["cols"][1]]
             frames = np.stack([X.square_face(f) if kind == "3d" else X.face_2d(f) for f in
-                               (crop if kind == "3d" else crop[: S.FRAMES_2D])])
-        out.append(frames if kind == "3d" else frames[: S.FRAMES_2D])
+                               (crop if kind == "3d" else crop[: MB.FRAMES_2D])])
+        out.append(frames if kind == "3d" else frames[: MB.FRAMES_2D])
     return out
 
 
@@ -82,13 +84,13 @@ def test_member_gives_the_seeds_p_fake(member):
     assert Y.state_dict_sha256(sd) == gold["state_dict_sha256"]
     model = Y.synthetic_member(member, state_dict=sd)
     del sd
-    m = S.member_from_model(model)
+    m = MB.member_from_model(model)
     inputs = pixels(member, m.kind)
 
     with torch.no_grad():
         for k, frames in zip(("tube1", "tube2", "tube3"), inputs):
             x = torch.from_numpy(frames)[None]
-            x = S.prepare_3d(x, m.res) if m.kind == "3d" else S.prepare_2d(x, m.res)
+            x = MB.prepare_3d(x, m.res) if m.kind == "3d" else MB.prepare_2d(x, m.res)
             x = model.preprocess(x).double()
             want = gold["input_checksum"][k]
             assert list(x.shape) == want["shape"], k
@@ -96,7 +98,7 @@ def test_member_gives_the_seeds_p_fake(member):
             assert means == pytest.approx(want["mean_per_channel"], rel=1e-6, abs=1e-6), f"{k}: input differs"
             assert float((x * x).sum()) == pytest.approx(want["sum_sq"], rel=1e-6), f"{k}: input differs"
 
-    tubes = [S.LoadedTube(0, i, f if m.kind == "3d" else None, f if m.kind == "2d" else None)
+    tubes = [SI.LoadedTube(0, i, f if m.kind == "3d" else None, f if m.kind == "2d" else None)
              for i, f in enumerate(inputs)]
     torch.manual_seed(0)
     scores = S.Scanner(members=[m], device="cpu", batch_size=1).score_tubes(tubes)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dfdc_cli import extract as X
-from dfdc_cli import inputs, scan
+from dfdc_cli import inputs, scan, scaninput
 from dfdc_cli.index import read_videos
 
 from cli_util import run_cli
@@ -37,8 +37,8 @@ def test_one_walker_one_extension_list_for_extract_and_scan(tmp_path):
     assert names == ["a.mp4", "b.MOV", "c.3gp", "e.m2ts", "sub/d.mkv"]  # sorted by path, no hidden, videos only
     assert not notes and all(not f.error for f in found)
     # extract and scan take exactly the same inputs (scan used to miss .3gp, .mts, .m2ts, .ogv)
-    assert [Path(v.path) for v in X.collect_inputs([d])] == scan.expand_paths([d]) == [f.path for f in found]
-    assert not hasattr(scan, "VIDEO_EXTS") and not hasattr(X, "VIDEO_EXTS")
+    assert [Path(v.path) for v in X.collect_inputs([d])] == scaninput.expand_paths([d]) == [f.path for f in found]
+    assert not any(hasattr(m, "VIDEO_EXTS") for m in (scan, scaninput, X))
 
 
 def test_files_as_given_duplicates_once_links_to_folders_followed(tmp_path):
@@ -105,14 +105,14 @@ def test_unreadable_folder_is_an_input_with_its_error(tmp_path, monkeypatch):
         ("locked", "error", "cannot read folder: Permission denied"),
     ]
     # scan hands the same path to the extractor, which reports the same error for it
-    assert scan.expand_paths([d]) == [d / "a" / "v.mp4", d / "locked"]
-    assert [Path(v.path) for v in X.collect_inputs(scan.expand_paths([d]))] == [d / "a" / "v.mp4", d / "locked"]
+    assert scaninput.expand_paths([d]) == [d / "a" / "v.mp4", d / "locked"]
+    assert [Path(v.path) for v in X.collect_inputs(scaninput.expand_paths([d]))] == [d / "a" / "v.mp4", d / "locked"]
 
 
 def test_a_file_that_vanished_after_listing(tmp_path):
     d = tmp_path / "in"
     v = touch(d / "v.mp4")
-    listed = scan.expand_paths([d])
+    listed = scaninput.expand_paths([d])
     v.unlink()
     res = X.extract(listed, tmp_path / "out", workers=1, progress=False, quiet=True)
     assert [(r.name, r.status, r.reason) for r in res.videos] == [("v.mp4", "error", "file not found")]

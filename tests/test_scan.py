@@ -15,6 +15,10 @@ import torch
 from torch import nn
 
 from dfdc_cli import scan as S
+from dfdc_cli import ensemble as EN
+from dfdc_cli import members as MB
+from dfdc_cli import scaninput as SI
+from dfdc_cli import scanresult as SR
 from dfdc_cli.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from models.registry import MemberModel
 from models.specs import get_spec
@@ -72,9 +76,9 @@ class Brightness3d(nn.Module):
         return torch.stack([self.g * m, torch.zeros_like(m)], 1)
 
 
-def member(net: nn.Module, base: str, name: str, **spec_changes) -> S.Member:
+def member(net: nn.Module, base: str, name: str, **spec_changes) -> MB.Member:
     spec = replace(get_spec(base), name=name, scaling="raw", **spec_changes)
-    return S.member_from_model(MemberModel(spec, net))
+    return MB.member_from_model(MemberModel(spec, net))
 
 
 def two_halves_tube(t: int = 40, left: int = 200, right: int = 100, border: int = 255) -> np.ndarray:
@@ -96,7 +100,7 @@ def scanner(members, **kw) -> S.Scanner:
 def test_3d_flip_tta_centre_crop_and_resize():
     n112, n224 = Asym3d(), Asym3d()
     sc = scanner([member(n112, "mc3_112", "a112"), member(n224, "mc3_224", "a224")])
-    tubes = [S.LoadedTube(0, 0, two_halves_tube(40), None), S.LoadedTube(0, 1, two_halves_tube(40, 100, 200), None)]
+    tubes = [SI.LoadedTube(0, 0, two_halves_tube(40), None), SI.LoadedTube(0, 1, two_halves_tube(40, 100, 200), None)]
     out = sc.score_tubes(tubes)
     # The border (255) is cropped away; left - right = +-100 -> logits 1.5 and -0.5 (its flip).
     expected = (sig(0.01 * 100 + 0.5) + sig(-0.01 * 100 + 0.5)) / 2
@@ -111,7 +115,7 @@ def test_3d_flip_tta_centre_crop_and_resize():
 def test_3d_without_flip_tta_sees_one_view():
     net = Asym3d()
     sc = scanner([member(net, "mc3_112", "noflip", flip_tta=False)])
-    (o,) = sc.score_tubes([S.LoadedTube(0, 0, two_halves_tube(30), None)])
+    (o,) = sc.score_tubes([SI.LoadedTube(0, 0, two_halves_tube(30), None)])
     assert o["noflip"] == pytest.approx(sig(1.5), abs=1e-6)
 
 
@@ -119,7 +123,7 @@ def test_tubes_of_different_lengths_are_batched_by_length():
     net = Asym3d()
     sc = scanner([member(net, "mc3_112", "a")], batch_size=2)
     lens = [40, 30, 40, 40, 30]
-    out = sc.score_tubes([S.LoadedTube(i, 0, two_halves_tube(n), None) for i, n in enumerate(lens)])
+    out = sc.score_tubes([SI.LoadedTube(i, 0, two_halves_tube(n), None) for i, n in enumerate(lens)])
     assert len(out) == 5 and all("a" in o for o in out)
     assert sorted(s[0:3] for s in net.shapes[::2]) == sorted([(2, 3, 40), (1, 3, 40), (2, 3, 30)])
     assert S.batches_by_length([40, 30, 40, 40, 30], 2) == [[0, 2], [3], [1, 4]]
@@ -132,7 +136,7 @@ def test_2d_median_over_first_32_frames_every_other_flipped():
     for t in range(40):  # left - right = 100 and mean = 100 + t: logit = +-1 + 0.01 t
         frames[t, :, :128] = 150 + t
         frames[t, :, 128:] = 50 + t
-    (o,) = sc.score_tubes([S.LoadedTube(0, 0, None, frames)])
+    (o,) = sc.score_tubes([SI.LoadedTube(0, 0, None, frames)])
     # Even frames are flipped (logit -1 + 0.01 t); only the first 32 frames count; lower median.
     p = [sig((-1.0 if t % 2 == 0 else 1.0) + 0.01 * t) for t in range(32)]
     assert o["f2d"] == pytest.approx(np.sort(p)[15], abs=1e-6)
@@ -143,42 +147,42 @@ def test_mean_over_faces_members_weights_and_clip():
     faces = {0: {"a": 0.2, "b": 0.6}, 1: {"a": 0.4, "b": 1.0}}
 
     def video():
-        r = S.VideoScan(video="/v.mp4", name="v.mp4", status=STATUS_OK)
-        r.faces = [S.FaceScore(i, 0, 99, 100, [0, 0, 10, 10], 0.99) for i in (0, 1)]
+        r = SR.VideoScan(video="/v.mp4", name="v.mp4", status=STATUS_OK)
+        r.faces = [SR.FaceScore(i, 0, 99, 100, [0, 0, 10, 10], 0.99) for i in (0, 1)]
         return r
 
-    r = S.aggregate_video(video(), faces, ["a", "b"])
+    r = EN.aggregate_video(video(), faces, ["a", "b"])
     assert r.members == {"a": pytest.approx(0.3), "b": pytest.approx(0.8)}
     assert r.p_fake == pytest.approx(0.55) and r.verdict == "FAKE" and r.n_faces == 2
     assert r.faces[0].p_fake == pytest.approx(0.4) and r.faces[1].p_fake == pytest.approx(0.7)
-    r = S.aggregate_video(video(), faces, ["a", "b"], weights={"a": 3, "b": 1})
+    r = EN.aggregate_video(video(), faces, ["a", "b"], weights={"a": 3, "b": 1})
     assert r.p_fake == pytest.approx((3 * 0.3 + 0.8) / 4) and r.verdict == "REAL"
-    r = S.aggregate_video(video(), faces, ["a", "b"], weights={"a": 0, "b": 1}, threshold=0.9)
+    r = EN.aggregate_video(video(), faces, ["a", "b"], weights={"a": 0, "b": 1}, threshold=0.9)
     assert r.p_fake == pytest.approx(0.8) and r.verdict == "REAL"
     # The clip to [0.001, 0.999], with the raw value kept.
-    r = S.aggregate_video(video(), {0: {"a": 1.0}, 1: {"a": 1.0}}, ["a"])
+    r = EN.aggregate_video(video(), {0: {"a": 1.0}, 1: {"a": 1.0}}, ["a"])
     assert r.p_fake == 0.999 and r.p_fake_raw == 1.0
-    r = S.aggregate_video(video(), {0: {"a": 0.0}, 1: {"a": 0.0}}, ["a"])
+    r = EN.aggregate_video(video(), {0: {"a": 0.0}, 1: {"a": 0.0}}, ["a"])
     assert r.p_fake == 0.001
     # A member that scored no face is left out of the mean, and said so.
-    r = S.aggregate_video(video(), {0: {"a": 0.2}, 1: {"a": 0.4}}, ["a", "b"])
+    r = EN.aggregate_video(video(), {0: {"a": 0.2}, 1: {"a": 0.4}}, ["a", "b"])
     assert r.members["b"] is None and r.p_fake == pytest.approx(0.3) and "not scored by b" in r.reason
 
 
 def test_no_face_and_error_keep_the_prior():
     for status in (STATUS_NO_FACE, STATUS_ERROR):
-        r = S.aggregate_video(S.VideoScan("/v", "v", status, "why"), {}, ["a"])
+        r = EN.aggregate_video(SR.VideoScan("/v", "v", status, "why"), {}, ["a"])
         assert r.p_fake == 0.5 and r.verdict is None and r.members == {"a": None} and r.reason == "why"
 
 
 def test_parse_weights():
-    assert S.parse_weights(None, ["a", "b"]) == {"a": 1.0, "b": 1.0}
-    assert S.parse_weights("a=2, b=0", ["a", "b"]) == {"a": 2.0, "b": 0.0}
+    assert EN.parse_weights(None, ["a", "b"]) == {"a": 1.0, "b": 1.0}
+    assert EN.parse_weights("a=2, b=0", ["a", "b"]) == {"a": 2.0, "b": 0.0}
     from dfdc_cli.errors import UserError
 
     for bad in ("c=1", "a", "a=x", "a=-1", "a=0,b=0"):
         with pytest.raises(UserError):
-            S.parse_weights(bad, ["a", "b"])
+            EN.parse_weights(bad, ["a", "b"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,9 +198,9 @@ def fake_extractor(tmp_path, spec: dict, keep_files: bool = False):
         for i, p in reversed(list(enumerate(paths))):  # completion order != input order
             what = spec[p.name]
             if what == "no_face":
-                on_video(i, S.Extracted(str(p), p.name, STATUS_NO_FACE, "no face tube of >= 30 frames", 0.1, []))
+                on_video(i, SI.Extracted(str(p), p.name, STATUS_NO_FACE, "no face tube of >= 30 frames", 0.1, []))
             elif what == "error":
-                on_video(i, S.Extracted(str(p), p.name, STATUS_ERROR, "not a video", 0.0, []))
+                on_video(i, SI.Extracted(str(p), p.name, STATUS_ERROR, "not a video", 0.0, []))
             else:
                 rows = []
                 for k, v in enumerate(what):
@@ -206,7 +210,7 @@ def fake_extractor(tmp_path, spec: dict, keep_files: bool = False):
                     rows.append(dict(tube_id=k, first_frame=0, last_frame=29 + 5 * k, n_frames=30 + 5 * k,
                                      x1=0, y1=0, x2=100, y2=100, mean_prob=0.99, tube_path=str(f),
                                      tube2d_path=""))
-                on_video(i, S.Extracted(str(p), p.name, STATUS_OK, "", 0.2, rows))
+                on_video(i, SI.Extracted(str(p), p.name, STATUS_OK, "", 0.2, rows))
 
     return run
 
@@ -246,7 +250,7 @@ def test_scanner_orders_results_and_averages_faces(tmp_path):
     def broken(paths, device, workers, on_video):
         rows = [dict(tube_id=0, first_frame=0, last_frame=29, n_frames=30, x1=0, y1=0, x2=1, y2=1,
                      mean_prob=0.9, tube_path=str(tmp_path / "missing.mp4"), tube2d_path="")]
-        on_video(0, S.Extracted(str(paths[0]), paths[0].name, STATUS_OK, "", 0.0, rows))
+        on_video(0, SI.Extracted(str(paths[0]), paths[0].name, STATUS_OK, "", 0.0, rows))
 
     sc.extractor = broken
     (r,) = sc.scan([tmp_path / "f.mp4"])
@@ -263,12 +267,46 @@ def test_extractor_failure_surfaces(tmp_path):
 
 
 def test_submission_and_json(tmp_path):
-    r1 = S.VideoScan("/x/a.mp4", "a.mp4", STATUS_OK, p_fake=0.8, verdict="FAKE")
-    r2 = S.VideoScan("/x/b.mp4", "b.mp4", STATUS_NO_FACE, "no face")
-    S.write_submission(tmp_path / "s.csv", [r1, r2])
+    r1 = SR.VideoScan("/x/a.mp4", "a.mp4", STATUS_OK, p_fake=0.8, verdict="FAKE")
+    r2 = SR.VideoScan("/x/b.mp4", "b.mp4", STATUS_NO_FACE, "no face")
+    SR.write_submission(tmp_path / "s.csv", [r1, r2])
     assert (tmp_path / "s.csv").read_text() == "filename,label\na.mp4,0.800000\nb.mp4,0.500000\n"
-    doc = S.to_json([r1, r2], {"members": ["m"]})
+    doc = SR.to_json([r1, r2], {"members": ["m"]})
     assert doc["videos"][1]["status"] == "no_face" and doc["videos"][1]["p_fake"] == 0.5
+
+
+def test_tally_counts_and_exit_code():
+    rs = [SR.VideoScan("/a", "a", STATUS_OK, verdict="FAKE", cached_members=["m"]),
+          SR.VideoScan("/b", "b", STATUS_OK, verdict="REAL"), SR.VideoScan("/c", "c", STATUS_NO_FACE)]
+    t = SR.Tally.of(rs)
+    assert (t.videos, t.fake, t.real, t.no_face, t.failed, t.cached) == (3, 1, 1, 1, 0, 1)
+    assert t.exit_code == 0  # a video with no face counts as scanned
+    assert SR.Tally.of(rs + [SR.VideoScan("/d", "d", STATUS_ERROR)]).exit_code == 1
+
+
+def test_scan_inputs_and_the_2d_note(tmp_path):
+    from dfdc_cli.errors import UserError
+
+    with pytest.raises(UserError, match="give video files or folders to scan"):
+        SI.scan_inputs(None, None)
+    with pytest.raises(UserError, match="no video files found"):
+        SI.scan_inputs([tmp_path], None)
+    (tmp_path / "a.mp4").write_bytes(b"")
+    assert SI.scan_inputs([tmp_path], None) == ([tmp_path / "a.mp4"], None)
+    items = [SI.Extracted("/v", "v", STATUS_OK, "", 0.0, [{"tube_id": 0, "tube2d_path": ""},
+                                                          {"tube_id": 1, "tube2d_path": "t_2d.mp4"}])]
+    two, three = MB.Member("f2d", "2d", 256, None), MB.Member("m3", "3d", 112, None)
+    assert SI.missing_2d_note([three, two], items) == (
+        "1 tubes of the index have no 2D crops (extract --with-2d makes them); f2d does not score those")
+    assert SI.missing_2d_note([three], items) is None
+
+
+def test_resolve_members_checks_names():
+    from dfdc_cli.errors import UserError
+
+    assert MB.resolve_members(["mc3_112", "i3d_224"]) == ["mc3_112", "i3d_224"]
+    with pytest.raises(UserError, match="nope_3"):
+        MB.resolve_members(["nope_3"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,7 +390,7 @@ def test_prepare_3d_matches_the_seeds_opencv_resize():
     import cv2
 
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 256, 256, 3), dtype=np.uint8))
-    got = S.prepare_3d(x, 112)
+    got = MB.prepare_3d(x, 112)
     # The seed resized the float centre crop and normalised it without rounding back to uint8.
     assert got.dtype == torch.float32
     ref = np.stack([np.stack([cv2.resize(f[16:240, 16:240].astype(np.float64), (112, 112),
@@ -366,11 +404,11 @@ def test_prepare_3d_matches_the_seeds_opencv_resize():
                                     quantise=False)
     assert torch.equal(val, got[0])
     for res in (56, 160):  # not an exact halving: bilinear, still as OpenCV on the float crop
-        odd = S.prepare_3d(x, res).permute(0, 2, 3, 4, 1).numpy()
+        odd = MB.prepare_3d(x, res).permute(0, 2, 3, 4, 1).numpy()
         ref = cv2.resize(x[0, 0, 16:240, 16:240].numpy().astype(np.float32), (res, res), interpolation=cv2.INTER_LINEAR)
         assert np.abs(odd[0, 0] - ref).max() < 0.01  # (OpenCV rounds its float weights a little)
-    assert torch.equal(S.prepare_3d(x, 224).permute(0, 2, 3, 4, 1), x[:, :, 16:240, 16:240])
-    assert S.prepare_3d(x, 256).shape == (2, 3, 3, 256, 256)
+    assert torch.equal(MB.prepare_3d(x, 224).permute(0, 2, 3, 4, 1), x[:, :, 16:240, 16:240])
+    assert MB.prepare_3d(x, 256).shape == (2, 3, 3, 256, 256)
 
 
 def test_out_of_device_memory_halves_the_batch(capsys):
@@ -382,7 +420,7 @@ def test_out_of_device_memory_halves_the_batch(capsys):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return torch.full((x.shape[0],), 0.25)
 
-    sc = scanner([S.Member("oom", "3d", 112, predict)], batch_size=4)
-    out = sc.score_tubes([S.LoadedTube(i, 0, two_halves_tube(n), None) for i, n in enumerate([40, 40, 40, 30])])
+    sc = scanner([MB.Member("oom", "3d", 112, predict)], batch_size=4)
+    out = sc.score_tubes([SI.LoadedTube(i, 0, two_halves_tube(n), None) for i, n in enumerate([40, 40, 40, 30])])
     assert [o.get("oom") for o in out] == [0.25, 0.25, 0.25, None]
     assert seen == [3, 1, 2, 1, 1, 1]

@@ -14,13 +14,15 @@ from cli_util import run_cli
 from test_scan import Brightness3d, fake_extractor, member
 
 from dfdc_cli import scan as S
+from dfdc_cli import members as MB
+from dfdc_cli import scaninput as SI
 from dfdc_cli.index import STATUS_NO_FACE, STATUS_OK
 
 
 class Counted:
     """A member's predict that counts the clips it scored (and can be made to refuse work)."""
 
-    def __init__(self, m: S.Member):
+    def __init__(self, m: MB.Member):
         self.inner, self.clips, self.forbid = m.predict, 0, False
 
     def __call__(self, x):
@@ -30,7 +32,7 @@ class Counted:
         return self.inner(x)
 
 
-def counted(net, base: str, name: str, model_id: str) -> tuple[S.Member, Counted]:
+def counted(net, base: str, name: str, model_id: str) -> tuple[MB.Member, Counted]:
     m = member(net, base, name)
     c = Counted(m)
     return replace(m, predict=c, model_id=model_id), c
@@ -145,7 +147,7 @@ def no_extraction(monkeypatch):
 
 def test_index_items_group_videos_and_self_blends(labelled_index):
     out, videos = labelled_index
-    items = S.index_items(out)
+    items = SI.index_items(out)
     by = {e.name: e for e in items}
     assert set(by) == {"carphone.mp4", "bikes.mp4", "carphone_sbi0.mp4"}
     assert by["carphone.mp4"].status == STATUS_OK and by["carphone.mp4"].label == "REAL"
@@ -154,7 +156,7 @@ def test_index_items_group_videos_and_self_blends(labelled_index):
     assert sb.label == "FAKE" and sb.video == by["carphone.mp4"].video and len(sb.tubes) == 1
     assert sb.tubes[0]["tube_path"] != by["carphone.mp4"].tubes[0]["tube_path"]
     # Selecting by file: the real video's own item; a file not in the index says so.
-    sel = S.select_items(items, [Path(by["carphone.mp4"].video), videos / "other.mp4"], out)
+    sel = SI.select_items(items, [Path(by["carphone.mp4"].video), videos / "other.mp4"], out)
     assert sel[0] is by["carphone.mp4"]
     assert sel[1].status == "error" and "not in the index" in sel[1].reason
 

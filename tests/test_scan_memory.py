@@ -11,6 +11,7 @@ import pytest
 from test_scan import Brightness3d, member
 
 from dfdc_cli import scan as S
+from dfdc_cli import scaninput as SI
 from dfdc_cli.index import STATUS_OK
 
 
@@ -47,11 +48,11 @@ def test_scan_in_memory_is_resumable_and_keeps_tubes_on_request(tmp_path, monkey
     frames = V.decode(carphone, max_frames=100)
     crops = X.tube_frames(frames, face.box, face.first_frame, face.last_frame)
     sc = S.Scanner(members=["mc3_112"], device="cpu")
-    (direct,) = sc.score_tubes([S.LoadedTube(0, 0, crops, None)])
+    (direct,) = sc.score_tubes([SI.LoadedTube(0, 0, crops, None)])
     assert first.members["mc3_112"] == direct["mc3_112"]
     # ... and not what an H.264 round trip of them gives.
     V.write_video(tmp_path / "t.mp4", crops, 25.0)
-    (mp4,) = sc.score_tubes([S.LoadedTube(0, 0, V.read_video(tmp_path / "t.mp4"), None)])
+    (mp4,) = sc.score_tubes([SI.LoadedTube(0, 0, V.read_video(tmp_path / "t.mp4"), None)])
     assert mp4["mc3_112"] != direct["mc3_112"]
 
     # A rerun: every score is cached, so the video is not even decoded.
@@ -100,7 +101,7 @@ def test_extraction_waits_for_the_models(tmp_path):
             with lock:
                 handed[0] += 1
                 worst[0] = max(worst[0], handed[0] - scored[0])
-            on_video(i, S.Extracted(str(p), p.name, STATUS_OK, "", 0.0, rows, pixels={0: (px, None)}, key=f"k{i}"))
+            on_video(i, SI.Extracted(str(p), p.name, STATUS_OK, "", 0.0, rows, pixels={0: (px, None)}, key=f"k{i}"))
 
     m = member(Brightness3d(), "mc3_112", "bright")
     inner = m.predict

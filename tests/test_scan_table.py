@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from dfdc_cli.commands import scan as C
-from dfdc_cli.scan import FaceScore, VideoScan
+from dfdc_cli.scanresult import FaceScore, VideoScan
 from dfdc_cli.ui import middle_ellipsis
 from models.specs import MEMBERS
 

@@ -58,51 +58,23 @@ def register(app: typer.Typer) -> None:
         rescore: bool = typer.Option(False, "--rescore", help="Recompute member scores even when "
                                      "the score cache has them."),
     ) -> None:
-        from ..errors import UserError
-        from ..evaluate import default_out_dir, evaluate_results, gather_labels, match_index, read_labels, write_report
-        from ..scan import index_items, items_extractor
-        from ..ui import console, err_console, warn
-        from .scan import make_scanner, scan_with_progress, warn_missing_2d
+        from ..evaluate import (default_out_dir, eval_set, evaluate_results, label_results, report_meta,
+                                write_report)
+        from ..scan import make_scanner
+        from ..ui import console, err_console
+        from .scan import scan_with_progress, split_members, warn_missing_2d
 
-        extractor = None
-        if index is not None:
-            labels = read_labels(val, metadata or []) if (val is not None or metadata) else None
-            found, items, missing, unlabelled = match_index(index_items(index), labels)
-            if unlabelled:
-                warn(f"{unlabelled} videos of the index have no label and are left out")
-            if missing:
-                warn(f"{len(missing)} labelled videos are not in the index and are left out "
-                     f"(first: {missing[0].video})")
-            if not items:
-                raise UserError(f"--index {index}: no labelled video to evaluate")
-            extractor = items_extractor(found)
-            videos = [Path(e.video) for e in found]
-        else:
-            items, missing = gather_labels(val, metadata or [])
-            if missing:
-                warn(f"{len(missing)} labelled videos are missing and left out (first: {missing[0].video})")
-            videos = [it.video for it in items]
-        scanner = make_scanner(members, weights, 0.5, device, workers, batch_size, precision,
-                               extractor=extractor, rescore=rescore)
-        if index is not None:
-            warn_missing_2d(scanner, found)
-        results = scan_with_progress(scanner, videos, "eval")
-        for r, it in zip(results, items):
-            r.label = "FAKE" if it.label else "REAL"
-        report = evaluate_results(results, items, scanner.names, bootstrap=bootstrap, seed=seed)
-        import time
-
-        meta = {
-            **scanner.describe(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "sources": [str(val)] * (val is not None) + [str(m) for m in (metadata or [])]
-            + [f"index {index}"] * (index is not None),
-            "missing": len(missing),
-            "bootstrap": bootstrap,
-            "seed": seed,
-        }
+        es = eval_set(val, metadata or [], index)
+        scanner = make_scanner(split_members(members), weights, 0.5, device, workers, batch_size, precision,
+                               rescore=rescore, items=es.items)
+        if es.items is not None:
+            warn_missing_2d(scanner, es.items)
+        results = scan_with_progress(scanner, es.videos, "eval")
+        label_results(results, es.labels)
+        report = evaluate_results(results, es.labels, scanner.names, bootstrap=bootstrap, seed=seed)
+        meta = report_meta(scanner.describe(), val, metadata or [], index, es.missing, bootstrap, seed)
         out_dir = out or default_out_dir()
-        write_report(out_dir, results, items, report, meta)
+        write_report(out_dir, results, es.labels, report, meta)
         console.print(metrics_table(report["video"], "video level"))
         console.print(metrics_table(report["tube"], "tube level"))
         c = report["counts"]

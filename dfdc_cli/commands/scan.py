@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..runtime import DEVICE_HELP, PRECISION_HELP, check_precision
+from ..runtime import DEVICE_HELP, PRECISION_HELP
 
 HELP = """Score videos with the ensemble: p(fake) per video, per member and per face.
 
@@ -40,44 +40,6 @@ def split_members(values: Optional[List[str]]) -> Optional[list[str]]:
     return out or None
 
 
-
-
-def make_scanner(members, weights, threshold, device, workers, batch_size, precision="auto",
-                 extractor=None, rescore: bool = False, ray: bool = False, items=None, keep_tubes: bool = False):
-    """Build a Scanner from CLI options (shared with `deepfake eval`); scores are cached under
-    the cache dir. ``ray``: a :class:`~dfdc_cli.cluster.RayScanner` whose actors scan (``items``:
-    the index items to score instead of extracting); the members are loaded here, on the CPU."""
-    from ..errors import UserError
-    from ..paths import scan_scores_dir
-    from ..scan import NO_MODEL_HELP, Scanner, available_members, parse_weights
-
-    precision = check_precision(precision)
-
-    names = split_members(members)
-    if names is None:
-        names = available_members()
-        if not names:
-            raise UserError(NO_MODEL_HELP)
-    else:
-        from models.specs import get_spec
-
-        for n in names:
-            try:
-                get_spec(n)
-            except KeyError as exc:
-                raise UserError(str(exc.args[0])) from None
-    w = parse_weights(weights, names)
-    options = dict(weights=w, threshold=threshold, device=device, workers=workers, batch_size=batch_size,
-                   precision=precision, score_dir=scan_scores_dir().resolve(), reuse_scores=not rescore,
-                   keep_tubes=keep_tubes)
-    if ray:
-        from ..cluster import RayScanner
-
-        base = Scanner(members=names, **{**options, "device": "cpu", "score_dir": None})
-        return RayScanner(base, options, items=items)
-    return Scanner(members=names, extractor=extractor, **options)
-
-
 def scan_with_progress(scanner, videos, desc: str) -> list:
     """Scan ``videos`` under a progress bar, one line per video that failed (shared with eval)."""
     from ..ui import fail_line, progress
@@ -94,26 +56,12 @@ def scan_with_progress(scanner, videos, desc: str) -> list:
 
 
 def warn_missing_2d(scanner, items) -> None:
-    """An index extracted without --with-2d has no crops for the 2D member, which then scores
-    nothing there: say so rather than leave its column empty without a word."""
+    from ..scaninput import missing_2d_note
     from ..ui import warn
 
-    lacking = sum(1 for e in items for r in e.tubes if not str(r.get("tube2d_path") or ""))
-    two_d = [m.name for m in scanner.members if m.kind == "2d"]
-    if lacking and two_d:
-        warn(f"{lacking} tubes of the index have no 2D crops (extract --with-2d makes them); "
-             f"{', '.join(two_d)} does not score those")
-
-
-def index_source(index: Path, paths) -> list:
-    """The items of an extract index to score: every item, or those of ``paths`` (files or
-    folders)."""
-    from ..scan import expand_paths, index_items, select_items
-
-    items = index_items(index)
-    if paths:
-        items = select_items(items, expand_paths(paths), index)
-    return items
+    note = missing_2d_note(scanner.members, items)
+    if note:
+        warn(note)
 
 
 def register(app: typer.Typer) -> None:
@@ -170,49 +118,32 @@ def register(app: typer.Typer) -> None:
 def _scan(paths, index, members, weights, threshold, device, workers, batch_size, precision, json_out, csv_out,
           rescore, ray, shard, members_table, keep_tubes=False) -> None:
     from ..atomic import write_json
-    from ..errors import UserError
-    from ..scan import expand_paths, items_extractor, to_json, write_submission
-    from ..shard import parse_shard, part_path, select
+    from ..scan import make_scanner
+    from ..scaninput import scan_inputs
+    from ..scanresult import Tally, to_json, write_submission
+    from ..shard import parse_shard, part_path
     from ..ui import err_console
 
     part = parse_shard(shard)
-    extractor, items = None, None
-    if index is not None:
-        items = select(index_source(index, paths), part, lambda e: e.name)
-        extractor = items_extractor(items)
-        videos = [Path(e.video) for e in items]
-        if not videos and part is None:
-            raise UserError(f"--index {index}: the index holds no videos")
-    else:
-        if not paths:
-            raise UserError("give video files or folders to scan (or --index DIR)")
-        videos = expand_paths(paths)
-        if not videos:
-            raise UserError("no video files found in the given paths")
-        videos = select(videos, part, lambda p: p.name)
+    videos, items = scan_inputs(paths, index, part)
     if not videos:
         err_console.print(f"shard {shard}: none of the videos falls to this shard; nothing to do", highlight=False)
         raise typer.Exit(0)
     json_out = part_path(json_out, part) if json_out is not None else None
     csv_out = part_path(csv_out, part) if csv_out is not None else None
-    scanner = make_scanner(members, weights, threshold, device, workers, batch_size, precision,
-                           extractor=extractor, rescore=rescore, ray=ray is not None, items=items,
-                           keep_tubes=keep_tubes)
-    if index is not None:
+    scanner = make_scanner(split_members(members), weights, threshold, device, workers, batch_size, precision,
+                           rescore=rescore, ray=ray is not None, items=items, keep_tubes=keep_tubes)
+    if items is not None:
         warn_missing_2d(scanner, items)
     results = scan_with_progress(scanner, videos, "scan")
     print_results(results, scanner.names, threshold, members_table)
-    n_err = sum(r.status == "error" for r in results)
-    n_nf = sum(r.status == "no_face" for r in results)
-    n_fake = sum(r.verdict == "FAKE" for r in results)
-    n_real = sum(r.verdict == "REAL" for r in results)
+    t = Tally.of(results)
     err_console.print(
-        f"{len(results)} videos: {n_fake} FAKE, {n_real} REAL, {n_nf} no face, {n_err} failed "
+        f"{t.videos} videos: {t.fake} FAKE, {t.real} REAL, {t.no_face} no face, {t.failed} failed "
         f"(members: {', '.join(scanner.names)})", highlight=False)
     err_console.print(scanner.judged_by(), highlight=False, markup=False)
-    n_cached = sum(bool(r.cached_members) for r in results)
-    if n_cached:
-        err_console.print(f"{n_cached} videos reused scores from the score cache (--rescore recomputes them)",
+    if t.cached:
+        err_console.print(f"{t.cached} videos reused scores from the score cache (--rescore recomputes them)",
                           highlight=False)
     if json_out is not None:
         write_json(json_out, to_json(results, scanner.describe()))
@@ -220,7 +151,7 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     if csv_out is not None:
         write_submission(csv_out, results)
         err_console.print(f"wrote {csv_out}", highlight=False)
-    raise typer.Exit(1 if n_err else 0)
+    raise typer.Exit(t.exit_code)
 
 
 def fmt_p(p) -> str:
