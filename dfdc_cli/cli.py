@@ -16,7 +16,7 @@ from . import __version__
 from .commands import evaluate, extract, index, models, scan, train, tubes
 from .errors import UserError
 from .paths import ENV_CACHE, ENV_DATA
-from .ui import err_console
+from .ui import err_console, reflow_app
 
 app = typer.Typer(
     name="deepfake",
@@ -53,6 +53,7 @@ def _root(
 
 for _module in (extract, train, evaluate, scan, models, tubes, index):
     _module.register(app)
+reflow_app(app)  # after every command is registered
 
 
 def main() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from typing import Optional
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -52,3 +56,37 @@ def middle_ellipsis(text: str, width: int) -> str:
     tail = max(keep_ext, (width - 1) // 3)
     head = width - 1 - tail
     return text[:head] + "…" + (text[-tail:] if tail else "")
+
+
+_LIST_LINE = re.compile(r"^\s*(?:[-*] |\d+[.)] |\s{2,})")
+
+
+def reflow(text: Optional[str]) -> Optional[str]:
+    """Help text written as wrapped source lines -> one line per paragraph, so that the terminal
+    wraps it at its own width (Typer keeps single line breaks, which at 80 columns leaves every
+    source line ragged). List items and indented lines keep their own lines."""
+    if not text:
+        return text
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = para.split("\n")
+        merged: list[str] = []
+        for line in lines:
+            if merged and not _LIST_LINE.match(line) and not line.startswith("\b"):
+                merged[-1] = merged[-1].rstrip() + " " + line.strip()
+            else:
+                merged.append(line)
+        out.append("\n".join(merged))
+    return "\n\n".join(out)
+
+
+def reflow_app(app) -> None:
+    """Apply :func:`reflow` to the help of every command and group registered on a Typer app."""
+    for info in app.registered_commands:
+        info.help = reflow(info.help or (info.callback.__doc__ if info.callback else None))
+    for group in app.registered_groups:
+        group.help = reflow(group.help)
+        sub = group.typer_instance
+        if sub is not None:
+            sub.info.help = reflow(sub.info.help)
+            reflow_app(sub)
