@@ -161,8 +161,9 @@ def test_ranger_lookahead_and_onecycle():
     # state round trip
     la2 = trainer.Lookahead(torch.optim.RAdam([torch.nn.Parameter(a.detach().clone())], lr=0.1), k=3, alpha=0.5)
     la2.load_state_dict(la.state_dict())
-    assert la2.la_steps == 9
-    assert torch.equal(la2.state[la2.param_groups[0]["params"][0]]["slow"], la.state[a]["slow"])
+    assert la2.param_groups[0]["lookahead_step"] == 9
+    assert torch.equal(la2._base_optimizer.state[la2.param_groups[0]["params"][0]]["lookahead_slow_buff"],
+                       la._base_optimizer.state[a]["lookahead_slow_buff"])
     # ranger from a recipe; the one-cycle schedule drives the inner optimiser's lr
     w = torch.nn.Parameter(torch.randn(5))
     o = {"optimizer": "ranger", "lr": 0.1, "weight_decay": 0.0, "betas": [0.9, 0.999], "lookahead_k": 3,
@@ -170,15 +171,66 @@ def test_ranger_lookahead_and_onecycle():
          "final_div_factor": 1e4}
     opt = trainer.make_optimizer([w], o)
     sched = trainer.make_scheduler(opt, o, 12)
-    assert isinstance(opt, trainer.Lookahead) and opt.param_groups is opt.base.param_groups
+    assert isinstance(opt, trainer.Lookahead) and opt.param_groups is opt._base_optimizer.param_groups
     lrs = []
     for _ in range(11):
         opt.zero_grad()
         (w ** 2).sum().backward()
         opt.step()
         sched.step()
-        lrs.append(opt.base.param_groups[0]["lr"])
+        lrs.append(opt._base_optimizer.param_groups[0]["lr"])
     assert max(lrs) == pytest.approx(0.1, rel=2e-2) and lrs[-1] < 0.01
+
+
+def test_lookahead_resumes_from_the_state_the_projects_own_lookahead_wrote():
+    # last.pt of a run started before timm's Lookahead: {"base", "slow", "la_steps", "k", "alpha"}
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5))
+    la = trainer.Lookahead(torch.optim.RAdam([a], lr=0.1), k=3, alpha=0.5)
+    for _ in range(4):
+        la.zero_grad()
+        (a ** 2).sum().backward()
+        la.step()
+    import copy
+
+    sd = copy.deepcopy(la.state_dict())  # (torch's state_dict shares the live per-parameter dicts)
+    slow = sd["state"][0].pop("lookahead_slow_buff")
+    for g in sd["param_groups"]:
+        for key in ("lookahead_step", "lookahead_k", "lookahead_alpha"):
+            g.pop(key)
+    old = {"base": sd, "slow": [slow], "la_steps": 4, "k": 3, "alpha": 0.5}
+    b = torch.nn.Parameter(a.detach().clone())
+    lb = trainer.Lookahead(torch.optim.RAdam([b], lr=0.1), k=3, alpha=0.5)
+    lb.load_state_dict(old)
+    for _ in range(5):  # (through two syncs)
+        for p, opt_ in ((a, la), (b, lb)):
+            opt_.zero_grad()
+            (p ** 2).sum().backward()
+            opt_.step()
+        assert torch.equal(a, b)
+
+
+def test_recipe_values_take_their_defaults_types_and_resume_rules(tmp_path):
+    from dfdc_cli import recipe as recipes
+
+    r = recipes.resolve_recipe(member="mc3_112", overrides=recipes.parse_sets(["data.val_parts=45"]))
+    assert r["data"]["val_parts"] == "45"  # a number for a text key: its text
+    with pytest.raises(UserError, match="optim.epochs must be an integer"):
+        recipes.resolve_recipe(member="mc3_112", overrides={"optim": {"epochs": "many"}})
+    with pytest.raises(UserError, match="augment.cutmix must be true/false"):
+        recipes.resolve_recipe(member="mc3_112", overrides={"augment": {"cutmix": 1}})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text(recipes.dumps_toml(r, header="a run"))
+    back = recipes.run_recipe(resume=run, overrides={"data": {"workers": 3}})
+    assert back["data"]["workers"] == 3 and back["train"]["stop_after"] == 0
+    assert {k: v for k, v in back.items() if k != "data"} == {k: v for k, v in r.items() if k != "data"}
+    with pytest.raises(UserError, match="only --workers, --device and --index may change"):
+        recipes.run_recipe(resume=run, overrides={"optim": {"lr": 1.0}})
+    with pytest.raises(UserError, match="leave out --member"):
+        recipes.run_recipe(member="mc3_112", resume=run)
+    with pytest.raises(UserError, match="no recipe.toml there"):
+        recipes.run_recipe(resume=tmp_path)
 
 
 def test_resolve_init(tmp_path):

@@ -9,11 +9,6 @@ import typer
 
 from ..runtime import DEVICE_HELP, PRECISION_HELP
 
-# Options that may differ in a resumed run (they do not change what is computed).
-_RESUME_OK = {("data", "workers"), ("data", "prefetch"), ("data", "start_method"), ("train", "device"),
-              ("train", "stop_after"), ("data", "index")}
-
-
 def train_cmd(
     member: Optional[str] = typer.Option(
         None, "--member", "-m", help="Seed member to train (i3d_224, i3d_cutmix_224, r3d34_224, mc3_112, mc3_224, "
@@ -62,11 +57,11 @@ def train_cmd(
     `deepfake train --arch mc3 --res 112 --epochs 5 --lr 3e-4 --val-parts 45-49`,
     `torchrun --nproc-per-node 4 -m dfdc_cli.cli train --member i3d_224` (DistributedDataParallel).
     """
+    from dfdc_cli import recipe as recipes
     from dfdc_cli import train as trainer
-    from dfdc_cli.errors import UserError
     from dfdc_cli.ui import console, err_console
 
-    over = trainer.parse_sets(list(sets or []))
+    over = recipes.parse_sets(list(sets or []))
 
     def put(section: str, key: str, value) -> None:
         if value is not None:
@@ -86,24 +81,10 @@ def train_cmd(
     put("data", "fakes", fakes)
     put("augment", "cutmix", cutmix)
 
-    if resume is not None:
-        if member or arch or res or recipe:
-            raise UserError("--resume continues a run with its saved recipe; leave out --member/--arch/--res/--recipe")
-        saved = Path(resume).expanduser() / "recipe.toml"
-        if not saved.is_file():
-            raise UserError(f"--resume {resume}: no recipe.toml there (not a run folder)")
-        changed = [f"{s}.{k}" for s, t in over.items() for k in t if (s, k) not in _RESUME_OK]
-        if changed:
-            raise UserError("--resume continues the saved recipe exactly; only --workers, --device and --index "
-                            f"may change (got {', '.join(changed)})")
-        resolved = trainer.load_recipe_file(saved)
-        resolved.setdefault("train", {})["stop_after"] = 0  # a resumed run goes to the end unless told
-        resolved = trainer.deep_merge(resolved, over)
-        trainer.validate_recipe(resolved)
-    else:
-        resolved = trainer.resolve_recipe(member=member, arch=arch, res=res, recipe_file=recipe, overrides=over)
+    resolved = recipes.run_recipe(member=member, arch=arch, res=res, recipe_file=recipe, overrides=over,
+                                  resume=resume)
     if print_recipe:
-        console.print(trainer.dumps_toml(resolved), markup=False, highlight=False, soft_wrap=True)
+        console.print(recipes.dumps_toml(resolved), markup=False, highlight=False, soft_wrap=True)
         return
 
     def echo(msg: str) -> None:

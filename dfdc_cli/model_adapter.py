@@ -1,0 +1,133 @@
+"""The trainer's side of the model registry (``models.registry`` / ``models.store``): where a run's
+starting weights come from (``model.init``), the model it trains, and the registration of its best
+checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from .errors import UserError
+
+# Where `init = "pretrained"` looks for the seed's starting weights: the data folder's ``pretrained/``
+# and torch hub's checkpoint cache, under these file names. torchvision's three (mc3, r2plus1d, r3d18;
+# the names its weights API gives) are downloaded into that cache when found in neither; the others
+# are never downloaded.
+PRETRAINED_FILES: dict[str, tuple[str, ...]] = {
+    "mc3": ("mc3_18-a90a0ba3.pth",),
+    "r2plus1d": ("r2plus1d_18-91a641e6.pth",),
+    "r3d18": ("r3d_18-b3b3357e.pth",),
+    "i3d": ("rgb_charades.pt", "rgb_imagenet.pt"),
+    "r3d34": ("resnet-34-kinetics.pth",),
+    "seresnext50": ("se_resnext50_32x4d-a260b3a4.pth", "seresnext50_32x4d.safetensors", "seresnext50_32x4d.pth"),
+}
+
+
+def pretrained_dirs() -> list[Path]:
+    from models.pretrained import hub_checkpoints_dir
+
+    from .paths import data_dir
+
+    return [data_dir() / "pretrained", hub_checkpoints_dir()]
+
+
+def resolve_init(spec, init: Any, echo: Optional[Callable[[str], None]] = None) -> tuple[Optional[Path], str]:
+    """``model.init`` -> (weights file to start from, or None for random init; a description).
+
+    scratch | pretrained (the seed's Kinetics/Charades/ImageNet file, found locally, or torchvision's
+    Kinetics-400 file downloaded into torch hub's cache) | a weights file | a registry member
+    (``mc3_112`` or ``mc3_112:<id>``: its active / given model). ``echo`` hears about a download.
+    """
+    s = str(init or "").strip()
+    if s.lower() in ("", "scratch", "none", "random"):
+        return None, "random init"
+    if s.lower() == "pretrained":
+        from models.pretrained import fetch_torchvision_weights, torchvision_weights
+
+        names = PRETRAINED_FILES.get(spec.arch, ())
+        for d in pretrained_dirs():
+            for n in names:
+                if (d / n).is_file():
+                    return d / n, f"pretrained {d / n}"
+        if torchvision_weights(spec.arch) is not None:
+            from .ui import err_console
+
+            path = fetch_torchvision_weights(spec.arch, progress=err_console.is_terminal, echo=echo)
+            return path, f"pretrained {path}"
+        where = " or ".join(str(d) for d in pretrained_dirs())
+        raise UserError(
+            f"{spec.name} starts from pretrained weights ({' / '.join(names)}), not found in {where}; "
+            "put the file there, pass --init FILE, or --init scratch"
+        )
+    p = Path(s).expanduser()
+    if p.is_file():
+        return p, f"file {p}"
+    name, _, model_id = s.partition(":")
+    try:
+        from models.specs import get_spec
+
+        other = get_spec(name)
+    except KeyError:
+        raise UserError(f"--init {s}: not a file, a registry member, 'pretrained' or 'scratch'") from None
+    from models import store
+
+    entry = store.get_entry(other.name, model_id or None)
+    if other.arch != spec.arch:
+        raise UserError(f"--init {s}: a {other.arch} model cannot initialise {spec.name} ({spec.arch})")
+    return entry.weights, f"registry {other.name}:{entry.model_id}"
+
+
+def build_model(spec, init: Any, device: torch.device):
+    """The member's model via the registry (forward: RGB 0..255 clips -> FAKE logit (B,))."""
+    from models import registry
+
+    path, how = resolve_init(spec, init)
+    model = registry.build(spec, init=path) if path is not None else registry.build(spec)
+    return model.to(device), how
+
+
+def unwrap(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def weights_state_dict(model) -> dict:
+    """The plain state_dict (the seed's layout: ``member.net``) that goes into ``best.pt``."""
+    m = unwrap(model)
+    net = getattr(m, "net", m)
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def register_best(recipe: Mapping, run_dir: Path, weights: Path, val_loss: float, extra: Mapping) -> Any:
+    """Register ``best.pt`` in the model registry (made active), with the resolved recipe and the
+    log copied beside the stored weights."""
+    import shutil
+
+    from models import store
+    from models.specs import get_spec
+
+    spec = get_spec(recipe["model"]["member"])
+    entry = store.register(
+        spec, weights, source=f"train:{run_dir}",
+        val_loss=None if val_loss is None or math.isnan(val_loss) else float(val_loss),
+        extra={**dict(extra), "run_dir": str(run_dir), "recipe": _jsonable(recipe)},
+    )
+    for name in ("recipe.toml", "log.csv"):
+        if (run_dir / name).is_file():
+            try:
+                shutil.copyfile(run_dir / name, Path(entry.path) / name)
+            except OSError:  # pragma: no cover - the registry entry stands without the copies
+                pass
+    return entry
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    return obj
