@@ -86,7 +86,11 @@ def bench_member(member: str, args, index: Path) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from dfdc_cli import data, train as T
+    from dfdc_cli import data
+    from dfdc_cli.model_adapter import build_model
+    from dfdc_cli.optim import make_optimizer, make_scheduler
+    from dfdc_cli.recipe import resolve_recipe
+    from dfdc_cli.trainloop import Stepper
     from models.specs import get_spec
 
     over = {"model": {"init": "scratch"}, "data": {"index": str(index), "workers": args.workers},
@@ -102,7 +106,7 @@ def bench_member(member: str, args, index: Path) -> dict:
         # I3D's head pools a fixed 2x7x7 map: 224x224 input and >= 9 frames, whatever the smoke settings.
         over["data"]["input_res"] = 224
         over["data"]["clip_frames"] = max(16, args.clip_frames or 16)
-    r = T.resolve_recipe(member=member, overrides=over)
+    r = resolve_recipe(member=member, overrides=over)
     kind = "3d" if spec.is_3d else "2d"
     clip_t = int(r["data"]["clip_frames"]) or spec.clip_frames
     res = int(r["data"]["input_res"]) or spec.res
@@ -133,12 +137,12 @@ def bench_member(member: str, args, index: Path) -> dict:
     def loader():
         return DataLoader(ds, batch_size=bs, sampler=items, drop_last=True, **kw)
 
-    model, _ = T.build_model(spec, "scratch", rt.device)
+    model, _ = build_model(spec, "scratch", rt.device)
     model.train()
-    opt = T.make_optimizer(model.parameters(), r["optim"])
-    sched = T.make_scheduler(opt, r["optim"], 10 * total + 10)
+    opt = make_optimizer(model.parameters(), r["optim"])
+    sched = make_scheduler(opt, r["optim"], 10 * total + 10)
     scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
-    step = T.Stepper(model, opt, sched, scaler, rt, kind, r["augment"], float(r["optim"]["grad_clip"]))
+    step = Stepper(model, opt, sched, scaler, rt, kind, r["augment"], float(r["optim"]["grad_clip"]))
     rng = np.random.default_rng(0)
 
     # 1) loader only

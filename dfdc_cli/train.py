@@ -37,17 +37,11 @@ import torch
 
 from .atomic import write_text
 from .errors import UserError
-from .model_adapter import (  # noqa: F401  (re-exported: dfdc_cli.train is the trainer's front)
-    PRETRAINED_FILES, build_model, pretrained_dirs, register_best, resolve_init, weights_state_dict)
-from .optim import Lookahead, make_optimizer, make_scheduler  # noqa: F401
-from .recipe import (  # noqa: F401
-    available_recipes, deep_merge, dumps_toml, load_recipe_file, parse_sets, resolve_recipe, run_recipe,
-    validate_recipe)
+from .model_adapter import build_model, resolve_init
+from .optim import make_optimizer, make_scheduler
+from .recipe import dumps_toml
 from .runtime import Runtime, setup_runtime
-from .trainhooks import (  # noqa: F401
-    LOG_COLUMNS, Checkpointer, EpochLog, Registration, StopAfter, Validation, evaluate)
-from .trainhooks import balanced_log_loss as _balanced_log_loss  # noqa: F401
-from .trainloop import Progress as _Progress  # noqa: F401
+from .trainhooks import Checkpointer, EpochLog, Registration, StopAfter, Validation
 from .trainloop import Stepper, TrainLoop, seed_all
 
 

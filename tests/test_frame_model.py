@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dfdc_cli import data
+from dfdc_cli import recipe as recipes
 from dfdc_cli import train as trainer
 from dfdc_cli.errors import UserError
 from models import builtin
@@ -128,7 +129,7 @@ def test_frame_model_trains_end_to_end(tiny_index, tmp_path):
         "model": {"init": "scratch"},
         "train": {"seed": 0, "device": "cpu"},
     }
-    recipe = trainer.resolve_recipe(arch="resnet18", res=112, overrides=over)
+    recipe = recipes.resolve_recipe(arch="resnet18", res=112, overrides=over)
     res = trainer.train(recipe, run_dir=tmp_path / "run", echo=lambda _s: None, show_progress=False)
     log = pd.read_csv(tmp_path / "run" / "log.csv")
     assert len(log) == 2 and np.isfinite(log["train_loss"]).all() and np.isfinite(log["val_loss"]).all()

@@ -33,13 +33,13 @@ def test_precision_vocabulary():
 
 
 def test_old_run_recipe_with_amp_is_read_as_precision(tmp_path):
-    from dfdc_cli import train as trainer
+    from dfdc_cli import recipe as recipes
 
-    r = trainer.resolve_recipe(member="mc3_112")
-    text = trainer.dumps_toml(r).replace('precision = "auto"', 'amp = "off"')
+    r = recipes.resolve_recipe(member="mc3_112")
+    text = recipes.dumps_toml(r).replace('precision = "auto"', 'amp = "off"')
     assert 'amp = "off"' in text
     (tmp_path / "recipe.toml").write_text(text)
-    back = trainer.load_recipe_file(tmp_path / "recipe.toml")
+    back = recipes.load_recipe_file(tmp_path / "recipe.toml")
     assert back["train"]["precision"] == "off" and "amp" not in back["train"]
-    trainer.validate_recipe(back)
+    recipes.validate_recipe(back)
     assert back["train"]["precision"] == "fp32"

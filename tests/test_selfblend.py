@@ -239,7 +239,8 @@ def test_member_trained_on_self_blends_flags_held_out_self_blends(carphone, tmp_
     pytest.importorskip("dfdc_cli.train")
     from dfdc_cli.extract import ExtractParams, extract
     from dfdc_cli.index import TUBE_COLUMNS, write_table
-    from dfdc_cli.train import resolve_recipe, train
+    from dfdc_cli.recipe import resolve_recipe
+    from dfdc_cli.train import train
     from dfdc_cli.video import read_video
 
     # One real face tube from carphone (the extractor's defaults: 100 frames).

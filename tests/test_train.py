@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
+from dfdc_cli import model_adapter, optim, trainhooks
+from dfdc_cli import recipe as recipes
 from dfdc_cli import train as trainer
 from dfdc_cli.errors import UserError
 from dfdc_cli.index import TUBE_COLUMNS, TUBES_CSV, write_table
+from dfdc_cli.runtime import Runtime
 
 SIZE = 64
 FRAMES = 32
@@ -93,7 +96,7 @@ def tiny_recipe(index: Path, **over) -> dict:
     for k, v in over.items():
         section, key = k.split("__")
         sets.setdefault(section, {})[key] = v
-    return trainer.resolve_recipe(member="mc3_112", overrides=sets)
+    return recipes.resolve_recipe(member="mc3_112", overrides=sets)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,41 +106,41 @@ def tiny_recipe(index: Path, **over) -> dict:
 def test_builtin_recipes_resolve():
     from models.specs import MEMBERS
 
-    assert set(trainer.available_recipes()) == set(MEMBERS) | {"resnet18_128", "resnet18_160"}  # + the built-in model candidates
+    assert set(recipes.available_recipes()) == set(MEMBERS) | {"resnet18_128", "resnet18_160"}  # + the built-in model candidates
     for name in MEMBERS:
-        r = trainer.resolve_recipe(member=name)
+        r = recipes.resolve_recipe(member=name)
         assert r["model"]["member"] == name
-        text = trainer.dumps_toml(r)
+        text = recipes.dumps_toml(r)
         import tomllib
 
         assert tomllib.loads(text) == r  # the saved recipe reads back identically
-    assert trainer.resolve_recipe(member="r2plus1d_112")["augment"]["crop_scale"] == [0.33, 1.0]
-    assert trainer.resolve_recipe(member="i3d_224")["augment"]["crop_scale"] == [0.5, 1.0]
-    assert trainer.resolve_recipe(member="i3d_cutmix_224")["augment"]["cutmix"] is True
-    assert trainer.resolve_recipe(member="r2plus1d_cutmix_112")["augment"]["cutmix"] is True
-    assert trainer.resolve_recipe(member="mc3_112")["augment"]["cutmix"] is False
-    assert trainer.resolve_recipe(member="mc3_224")["model"]["init"] == "mc3_112"
-    assert trainer.resolve_recipe(member="i3d_224")["augment"]["crop_ratio"] == [0.9, 1.1]
+    assert recipes.resolve_recipe(member="r2plus1d_112")["augment"]["crop_scale"] == [0.33, 1.0]
+    assert recipes.resolve_recipe(member="i3d_224")["augment"]["crop_scale"] == [0.5, 1.0]
+    assert recipes.resolve_recipe(member="i3d_cutmix_224")["augment"]["cutmix"] is True
+    assert recipes.resolve_recipe(member="r2plus1d_cutmix_112")["augment"]["cutmix"] is True
+    assert recipes.resolve_recipe(member="mc3_112")["augment"]["cutmix"] is False
+    assert recipes.resolve_recipe(member="mc3_224")["model"]["init"] == "mc3_112"
+    assert recipes.resolve_recipe(member="i3d_224")["augment"]["crop_ratio"] == [0.9, 1.1]
 
 
 def test_recipe_layers_and_overrides(tmp_path):
     f = tmp_path / "r.toml"
     f.write_text('[optim]\nlr = 5e-4\nepochs = 3\n[augment]\ncutmix = true\n')
-    over = trainer.parse_sets(["optim.epochs=7", "augment.crop_scale=[0.4, 1.0]", "data.val_parts=45-49"])
-    r = trainer.resolve_recipe(arch="r2plus1d", res=112, recipe_file=f, overrides=over)
+    over = recipes.parse_sets(["optim.epochs=7", "augment.crop_scale=[0.4, 1.0]", "data.val_parts=45-49"])
+    r = recipes.resolve_recipe(arch="r2plus1d", res=112, recipe_file=f, overrides=over)
     assert r["model"]["member"] == "r2plus1d_112"
     assert r["optim"]["lr"] == 5e-4 and r["optim"]["epochs"] == 7
     assert r["augment"]["cutmix"] is True and r["augment"]["crop_scale"] == [0.4, 1.0]
     assert r["data"]["val_parts"] == "45-49"
     assert r["optim"]["batch_size"] == 16  # from recipes/r2plus1d_112.toml
-    g = trainer.resolve_recipe(arch="r3d18", res=224)
+    g = recipes.resolve_recipe(arch="r3d18", res=224)
     assert g["model"]["member"] == "r3d18_224" and g["optim"]["optimizer"] == "adamw"
     with pytest.raises(UserError, match="unknown key"):
-        trainer.resolve_recipe(member="mc3_112", overrides={"optim": {"lrr": 1}})
+        recipes.resolve_recipe(member="mc3_112", overrides={"optim": {"lrr": 1}})
     with pytest.raises(UserError, match="optimizer"):
-        trainer.resolve_recipe(member="mc3_112", overrides={"optim": {"optimizer": "sgd"}})
+        recipes.resolve_recipe(member="mc3_112", overrides={"optim": {"optimizer": "sgd"}})
     with pytest.raises(UserError):
-        trainer.resolve_recipe()
+        recipes.resolve_recipe()
 
 
 def test_ranger_lookahead_and_onecycle():
@@ -145,7 +148,7 @@ def test_ranger_lookahead_and_onecycle():
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(5))
     b = torch.nn.Parameter(a.detach().clone())
-    la = trainer.Lookahead(torch.optim.RAdam([a], lr=0.1), k=3, alpha=0.5)
+    la = optim.Lookahead(torch.optim.RAdam([a], lr=0.1), k=3, alpha=0.5)
     ra = torch.optim.RAdam([b], lr=0.1)
     slow = b.detach().clone()
     for step in range(9):
@@ -159,7 +162,7 @@ def test_ranger_lookahead_and_onecycle():
                 b.copy_(slow)
         assert torch.allclose(a, b, atol=1e-6)
     # state round trip
-    la2 = trainer.Lookahead(torch.optim.RAdam([torch.nn.Parameter(a.detach().clone())], lr=0.1), k=3, alpha=0.5)
+    la2 = optim.Lookahead(torch.optim.RAdam([torch.nn.Parameter(a.detach().clone())], lr=0.1), k=3, alpha=0.5)
     la2.load_state_dict(la.state_dict())
     assert la2.param_groups[0]["lookahead_step"] == 9
     assert torch.equal(la2._base_optimizer.state[la2.param_groups[0]["params"][0]]["lookahead_slow_buff"],
@@ -169,9 +172,9 @@ def test_ranger_lookahead_and_onecycle():
     o = {"optimizer": "ranger", "lr": 0.1, "weight_decay": 0.0, "betas": [0.9, 0.999], "lookahead_k": 3,
          "lookahead_alpha": 0.5, "schedule": "onecycle", "pct_start": 0.3, "div_factor": 25.0,
          "final_div_factor": 1e4}
-    opt = trainer.make_optimizer([w], o)
-    sched = trainer.make_scheduler(opt, o, 12)
-    assert isinstance(opt, trainer.Lookahead) and opt.param_groups is opt._base_optimizer.param_groups
+    opt = optim.make_optimizer([w], o)
+    sched = optim.make_scheduler(opt, o, 12)
+    assert isinstance(opt, optim.Lookahead) and opt.param_groups is opt._base_optimizer.param_groups
     lrs = []
     for _ in range(11):
         opt.zero_grad()
@@ -186,7 +189,7 @@ def test_lookahead_resumes_from_the_state_the_projects_own_lookahead_wrote():
     # last.pt of a run started before timm's Lookahead: {"base", "slow", "la_steps", "k", "alpha"}
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(5))
-    la = trainer.Lookahead(torch.optim.RAdam([a], lr=0.1), k=3, alpha=0.5)
+    la = optim.Lookahead(torch.optim.RAdam([a], lr=0.1), k=3, alpha=0.5)
     for _ in range(4):
         la.zero_grad()
         (a ** 2).sum().backward()
@@ -200,7 +203,7 @@ def test_lookahead_resumes_from_the_state_the_projects_own_lookahead_wrote():
             g.pop(key)
     old = {"base": sd, "slow": [slow], "la_steps": 4, "k": 3, "alpha": 0.5}
     b = torch.nn.Parameter(a.detach().clone())
-    lb = trainer.Lookahead(torch.optim.RAdam([b], lr=0.1), k=3, alpha=0.5)
+    lb = optim.Lookahead(torch.optim.RAdam([b], lr=0.1), k=3, alpha=0.5)
     lb.load_state_dict(old)
     for _ in range(5):  # (through two syncs)
         for p, opt_ in ((a, la), (b, lb)):
@@ -211,8 +214,6 @@ def test_lookahead_resumes_from_the_state_the_projects_own_lookahead_wrote():
 
 
 def test_recipe_values_take_their_defaults_types_and_resume_rules(tmp_path):
-    from dfdc_cli import recipe as recipes
-
     r = recipes.resolve_recipe(member="mc3_112", overrides=recipes.parse_sets(["data.val_parts=45"]))
     assert r["data"]["val_parts"] == "45"  # a number for a text key: its text
     with pytest.raises(UserError, match="optim.epochs must be an integer"):
@@ -237,13 +238,13 @@ def test_resolve_init(tmp_path):
     from models.specs import get_spec
 
     spec = get_spec("mc3_112")
-    assert trainer.resolve_init(spec, "scratch")[0] is None
+    assert model_adapter.resolve_init(spec, "scratch")[0] is None
     with pytest.raises(UserError, match="mc3_18-a90a0ba3.pth .* could not be downloaded"):
-        trainer.resolve_init(spec, "pretrained")  # (conftest: tests never download)
+        model_adapter.resolve_init(spec, "pretrained")  # (conftest: tests never download)
     with pytest.raises(UserError):
-        trainer.resolve_init(spec, str(tmp_path / "nope.pth"))
+        model_adapter.resolve_init(spec, str(tmp_path / "nope.pth"))
     with pytest.raises(UserError, match="no model is registered"):
-        trainer.resolve_init(get_spec("mc3_224"), "mc3_112")
+        model_adapter.resolve_init(get_spec("mc3_224"), "mc3_112")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def test_train_learns_and_registers(tiny_index, tmp_path):
     best = log["val_loss"].min()
     assert best < 0.5 * math.log(2), log.to_string()
     assert log["val_auc"].max() > 0.9
-    saved = trainer.load_recipe_file(run / "recipe.toml")
+    saved = recipes.load_recipe_file(run / "recipe.toml")
     assert saved["optim"]["lr"] == 2e-3 and saved["data"]["clip_frames"] == 8 and saved["model"]["init"] == "scratch"
     # registered, active, with the run's recipe and log beside the weights, and listed
     (e,) = store.list_entries("mc3_112")
@@ -396,7 +397,7 @@ def test_2d_validation_scores_tubes_like_predict(tiny_index):
     val_ds = data.ClipDataset(tubes, clip_frames=8, res=32, train=False, kind="2d", aug=aug, frames_2d=FRAMES)
     items = data.val_items(tubes["y"].to_numpy())
     loader = DataLoader(val_ds, batch_size=5, sampler=items, num_workers=0)  # (a last, partial batch too)
-    ys, ps = trainer.evaluate(model, loader, trainer.Runtime(torch.device("cpu")))
+    ys, ps = trainhooks.evaluate(model, loader, Runtime(torch.device("cpu")))
     assert ys.tolist() == tubes["y"].tolist() and ps.shape == (len(tubes),)
 
     stacks = torch.stack([val_ds[it][0] for it in items])  # (B, 3, 32, 32, 32) uint8
@@ -432,7 +433,7 @@ def test_train_2d_member_end_to_end(tiny_index, tmp_path):
         "model": {"init": "scratch"},
         "train": {"seed": 0, "device": "cpu"},
     }
-    r = trainer.resolve_recipe(member="seresnext50_2d", overrides=sets)
+    r = recipes.resolve_recipe(member="seresnext50_2d", overrides=sets)
     run = tmp_path / "run2d"
     res = trainer.train(r, run_dir=run, echo=lambda s: None, show_progress=False)
     assert res.epochs_done == 1 and res.registered is not None
@@ -447,6 +448,6 @@ def test_train_2d_member_end_to_end(tiny_index, tmp_path):
     x = torch.stack([augment.apply_clip_params(read_video(p)[:32], params, 32, quantise=False) for p in val_tubes])
     m = store.load("seresnext50_2d")
     p = m.predict(x).numpy()
-    expected = trainer._balanced_log_loss(y, p)
+    expected = trainhooks.balanced_log_loss(y, p)
     assert res.history[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
     assert log["val_loss"][0] == pytest.approx(expected, rel=1e-5)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from dfdc_cli import model_adapter, trainloop
 from dfdc_cli import train as trainer
 from dfdc_cli.errors import UserError
 from models.pretrained import hub_checkpoints_dir, torchvision_file_name, torchvision_weights
@@ -40,8 +41,8 @@ def test_file_names_come_from_torchvisions_weights_api(isolated_dirs):
     for arch in TV_ARCHS:
         w = torchvision_weights(arch)
         assert w.meta["num_params"] > 1e6 and w.url.endswith("/" + torchvision_file_name(arch))
-        assert trainer.PRETRAINED_FILES[arch][0] == torchvision_file_name(arch)  # where resolve_init looks
-        assert hub_checkpoints_dir() in trainer.pretrained_dirs()
+        assert model_adapter.PRETRAINED_FILES[arch][0] == torchvision_file_name(arch)  # where resolve_init looks
+        assert hub_checkpoints_dir() in model_adapter.pretrained_dirs()
     assert torchvision_weights("i3d") is None and torchvision_file_name("r3d34") is None
 
 
@@ -50,7 +51,7 @@ def test_pretrained_found_in_torch_hub_cache(arch):
     path = hub_checkpoints_dir() / torchvision_file_name(arch)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"stand-in")  # found by name (conftest makes any download attempt fail)
-    assert trainer.resolve_init(get_spec(TV_ARCHS[arch]), "pretrained") == (path, f"pretrained {path}")
+    assert model_adapter.resolve_init(get_spec(TV_ARCHS[arch]), "pretrained") == (path, f"pretrained {path}")
 
 
 def test_local_pretrained_folder_comes_first(isolated_dirs):
@@ -59,7 +60,7 @@ def test_local_pretrained_folder_comes_first(isolated_dirs):
     local.write_bytes(b"stand-in")
     (hub_checkpoints_dir()).mkdir(parents=True)
     (hub_checkpoints_dir() / local.name).write_bytes(b"other")
-    assert trainer.resolve_init(get_spec("mc3_112"), "pretrained")[0] == local
+    assert model_adapter.resolve_init(get_spec("mc3_112"), "pretrained")[0] == local
 
 
 def test_pretrained_downloaded_once_through_torch_hub(monkeypatch):
@@ -73,12 +74,12 @@ def test_pretrained_downloaded_once_through_torch_hub(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
     said: list[str] = []
     spec = get_spec("r2plus1d_112")
-    path, how = trainer.resolve_init(spec, "pretrained", echo=said.append)
+    path, how = model_adapter.resolve_init(spec, "pretrained", echo=said.append)
     w = torchvision_weights("r2plus1d")
     assert calls == [(w.url, str(hub_checkpoints_dir() / "r2plus1d_18-91a641e6.pth"), "91a641e6")]
     assert path == hub_checkpoints_dir() / "r2plus1d_18-91a641e6.pth" and path.is_file()
     assert len(said) == 1 and w.url in said[0]
-    assert trainer.resolve_init(spec, "pretrained")[0] == path and len(calls) == 1  # cached from now on
+    assert model_adapter.resolve_init(spec, "pretrained")[0] == path and len(calls) == 1  # cached from now on
     # torchvision's own API finds the very file in its cache (it would not download it again)
     assert w.get_state_dict(progress=False, check_hash=False).keys() == sd.keys()
 
@@ -118,13 +119,13 @@ def test_offline_is_a_one_line_error(monkeypatch, capsys, failure):
 
 def test_other_archs_never_download():
     with pytest.raises(UserError, match="rgb_charades.pt / rgb_imagenet.pt"):
-        trainer.resolve_init(get_spec("i3d_224"), "pretrained")  # (conftest: a download would say "never")
+        model_adapter.resolve_init(get_spec("i3d_224"), "pretrained")  # (conftest: a download would say "never")
 
 
 def test_kinetics_file_in_the_cache_initialises_the_model():
     path = _synthetic_kinetics_file("mc3")
     sd = torch.load(path, weights_only=True)
-    model, how = trainer.build_model(get_spec("mc3_112"), "pretrained", torch.device("cpu"))
+    model, how = model_adapter.build_model(get_spec("mc3_112"), "pretrained", torch.device("cpu"))
     own = model.net.state_dict()
     assert how == f"pretrained {path}"
     for k in ("stem.0.weight", "layer3.1.conv2.0.weight", "layer4.0.downsample.1.running_var"):
@@ -147,7 +148,7 @@ def _capture(monkeypatch, terminal: bool) -> io.StringIO:
 
 def test_progress_off_a_terminal_writes_plain_lines_now_and_then(monkeypatch):
     buf = _capture(monkeypatch, terminal=False)
-    p = trainer._Progress(True, "epoch 2/5", 4, every_s=0.0)
+    p = trainloop.Progress(True, "epoch 2/5", 4, every_s=0.0)
     for k in range(1, 5):
         p.advance(k, f"loss 0.6931  0.5 clips/s  data {k}%")
     p.close()
@@ -155,9 +156,9 @@ def test_progress_off_a_terminal_writes_plain_lines_now_and_then(monkeypatch):
     assert len(lines) == 3  # none for the last step: the epoch line follows
     assert lines[0].startswith("epoch 2/5: 1/4 (25%) 0:00:00 elapsed, ETA 0:00:00  loss 0.6931")
     assert "data 3%" in lines[2] and "\x1b" not in buf.getvalue() and "\r" not in buf.getvalue()
-    quiet = trainer._Progress(True, "epoch 1/5", 4)  # the default interval: nothing in a fast epoch
+    quiet = trainloop.Progress(True, "epoch 1/5", 4)  # the default interval: nothing in a fast epoch
     quiet.advance(1, "x")
-    rank1 = trainer._Progress(False, "epoch 1/5", 4, every_s=0.0)  # another DDP rank / show_progress=False
+    rank1 = trainloop.Progress(False, "epoch 1/5", 4, every_s=0.0)  # another DDP rank / show_progress=False
     rank1.advance(1, "x")
     assert len(buf.getvalue().splitlines()) == 3
 
@@ -165,7 +166,7 @@ def test_progress_off_a_terminal_writes_plain_lines_now_and_then(monkeypatch):
 def test_progress_eta_is_the_mean_step_time_times_the_steps_left(monkeypatch):
     buf = _capture(monkeypatch, terminal=False)
     clock = iter([100.0, 190.0])  # start, then one step of 90 s (rich's own ETA would be blank here)
-    p = trainer._Progress(True, "epoch 1/1", 5, every_s=60.0, clock=lambda: next(clock))
+    p = trainloop.Progress(True, "epoch 1/1", 5, every_s=60.0, clock=lambda: next(clock))
     p.advance(1, "0.0111 clips/s")
     assert "1/5 (20%) 0:01:30 elapsed, ETA 0:06:00  0.0111 clips/s" in buf.getvalue()
 
