@@ -145,6 +145,33 @@ def _make_data(r: Mapping, spec, rt: Runtime, say: Callable[[str], None]) -> _Da
     return _Data(split, sampler, train_loader, val_loader, workers)
 
 
+def _start_runtime(t: Mapping) -> Runtime:
+    """The process's runtime (:mod:`dfdc_cli.runtime`), with every RNG seeded from ``train.seed``."""
+    rt = setup_runtime(t["device"], t["precision"])
+    seed_all(int(t["seed"]))
+    if t.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not t.get("deterministic")
+    return rt
+
+
+def _make_stepper(spec, r: Mapping, rt: Runtime, init: Any, steps_per_epoch: int) -> tuple[Stepper, str]:
+    """The model (wrapped in DDP under torchrun), its optimiser, schedule and grad scaler, as the
+    :class:`Stepper` that drives them; and how the weights were initialised."""
+    o = r["optim"]
+    model, init_how = build_model(spec, init, rt.device)
+    if rt.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], o)
+    sched = make_scheduler(opt, o, int(o["epochs"]) * steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
+    stepper = Stepper(model, opt, sched, scaler, rt, "3d" if spec.is_3d else "2d", r["augment"], float(o["grad_clip"]))
+    return stepper, init_how
+
+
 def _check_init(spec, init: Any, rt: Runtime, echo: Callable[[str], None]) -> None:
     """Fail fast (a missing pretrained file) before reading any data. Under torchrun the first
     process of each machine resolves (and downloads) first; the others then find the file."""
@@ -205,37 +232,21 @@ def train(
         run_dir = resume
     r = recipe
     m, o, t = r["model"], r["optim"], r["train"]
-    rt = setup_runtime(t["device"], t["precision"])
+    rt = _start_runtime(t)
     main = rt.is_main
     say = echo if main else (lambda _s: None)
-    seed_all(int(t["seed"]))
-    if t.get("deterministic"):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if rt.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not t.get("deterministic")
     spec = get_spec(m["member"])
     if resume is None:
         _check_init(spec, m["init"], rt, echo)
     data = _make_data(r, spec, rt, say)
     steps_per_epoch = len(data.train_loader)
-
     # (a resumed run takes its weights from the checkpoint: no need for the init file any more)
-    model, init_how = build_model(spec, "scratch" if resume is not None else m["init"], rt.device)
-    if rt.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-        )
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], o)
-    sched = make_scheduler(opt, o, int(o["epochs"]) * steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
-    stepper = Stepper(model, opt, sched, scaler, rt, "3d" if spec.is_3d else "2d", r["augment"],
-                      float(o["grad_clip"]))
+    stepper, init_how = _make_stepper(spec, r, rt, "scratch" if resume is not None else m["init"], steps_per_epoch)
 
     run_dir = _shared_run_dir(run_dir, spec.name, rt)
-    checkpoints = Checkpointer(run_dir, model=model, opt=opt, sched=sched, scaler=scaler, sampler=data.sampler,
-                               steps_per_epoch=steps_per_epoch, member=spec.name, enabled=main)
+    checkpoints = Checkpointer(run_dir, stepper, data.sampler, steps_per_epoch, spec.name, enabled=main)
     registration = Registration(r, run_dir, data.split.how, say, enabled=main)
-    loop = TrainLoop(model, stepper, data.train_loader, data.sampler, rt, seed=int(t["seed"]),
+    loop = TrainLoop(stepper, data.train_loader, data.sampler, rt, seed=int(t["seed"]),
                      epochs=int(o["epochs"]), show_progress=show_progress, hooks=[
                          Validation(data.val_loader, int(t["val_every"])),
                          checkpoints,
@@ -246,13 +257,10 @@ def train(
     if resume is not None:
         checkpoints.resume(loop, resume)
         say(f"resumed {run_dir} after epoch {loop.start_epoch}/{loop.epochs}")
-    if main:
-        if resume is None:
-            _start_run_dir(run_dir, r, data.split)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        say(f"run folder: {run_dir}")
-        say(_summary(spec, r, rt, steps_per_epoch, data.workers, init_how))
+    if main and resume is None:
+        _start_run_dir(run_dir, r, data.split)
+    say(f"run folder: {run_dir}")
+    say(_summary(spec, r, rt, steps_per_epoch, data.workers, init_how))
 
     loop.run()
 

@@ -25,7 +25,7 @@ from .atomic import atomic_path, write_text
 from .errors import UserError
 from .model_adapter import unwrap, register_best, weights_state_dict
 from .runtime import Runtime
-from .trainloop import Hook, Progress, TrainLoop, _to_input, rate, rng_state, set_rng_state
+from .trainloop import Hook, Progress, Stepper, TrainLoop, _to_input, rate, rng_state, set_rng_state
 
 # ----------------------------------------------------------------------------------------------
 # Validation
@@ -117,11 +117,11 @@ class Checkpointer(Hook):
     model, optimiser, scheduler, grad scaler, sampler, RNG states, the loop's history and best.
     Only the main process writes (``enabled``)."""
 
-    def __init__(self, run_dir: Path, *, model, opt, sched, scaler, sampler, steps_per_epoch: int,
-                 member: str, enabled: bool = True):
+    def __init__(self, run_dir: Path, stepper: Stepper, sampler, steps_per_epoch: int, member: str,
+                 enabled: bool = True):
         self.run_dir = Path(run_dir)
-        self.model, self.opt, self.sched, self.scaler, self.sampler = model, opt, sched, scaler, sampler
-        self.steps_per_epoch, self.member, self.enabled = int(steps_per_epoch), member, bool(enabled)
+        self.model, self.opt, self.sched, self.scaler = stepper.model, stepper.opt, stepper.sched, stepper.scaler
+        self.sampler, self.steps_per_epoch, self.member, self.enabled = sampler, int(steps_per_epoch), member, enabled
 
     def after_epoch(self, loop: TrainLoop) -> None:
         if not self.enabled:

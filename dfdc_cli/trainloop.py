@@ -118,16 +118,16 @@ class Hook:
 
 
 class TrainLoop:
-    """Epochs ``start_epoch .. epochs-1`` of :class:`Stepper` over ``loader``, then the hooks.
+    """Epochs ``start_epoch .. epochs-1`` of ``stepper`` over ``loader``, each followed by the hooks.
 
     State the hooks read and set: ``epoch`` (0-based, the one just trained), ``row`` (its log row:
     the training columns filled, the validation ones NaN, ``best`` False), ``history`` (every row so
     far, ``row`` last), ``best`` (``{"epoch", "val_loss"}``), ``stopped`` (set to end the run early).
     """
 
-    def __init__(self, model, stepper: Stepper, loader, sampler, rt: Runtime, *, seed: int, epochs: int,
+    def __init__(self, stepper: Stepper, loader, sampler, rt: Runtime, *, seed: int, epochs: int,
                  hooks: list[Hook], show_progress: bool = True):
-        self.model, self.stepper, self.loader, self.sampler, self.rt = model, stepper, loader, sampler, rt
+        self.model, self.stepper, self.loader, self.sampler, self.rt = stepper.model, stepper, loader, sampler, rt
         self.seed, self.epochs, self.hooks = int(seed), int(epochs), list(hooks)
         self.show_progress = bool(show_progress) and rt.is_main
         self.start_epoch = 0
