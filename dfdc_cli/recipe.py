@@ -237,19 +237,13 @@ def resume_recipe(run_dir: str | Path, overrides: Optional[Mapping] = None, *, n
     return resolved
 
 
-def run_recipe(
-    member: Optional[str] = None,
-    arch: Optional[str] = None,
-    res: Optional[int] = None,
-    recipe_file: Optional[str | Path] = None,
-    overrides: Optional[Mapping] = None,
-    resume: Optional[str | Path] = None,
-) -> dict:
-    """The recipe `deepfake train` runs: a new run's (:func:`resolve_recipe`) or, with ``resume``,
-    the saved one (:func:`resume_recipe`)."""
+def run_recipe(resume: Optional[str | Path] = None, **choice: Any) -> dict:
+    """The recipe `deepfake train` runs: a new run's (:func:`resolve_recipe` of ``choice``: member,
+    arch, res, recipe_file, overrides) or, with ``resume``, the saved one (:func:`resume_recipe`)."""
     if resume is not None:
-        return resume_recipe(resume, overrides, named=bool(member or arch or res or recipe_file))
-    return resolve_recipe(member=member, arch=arch, res=res, recipe_file=recipe_file, overrides=overrides)
+        named = any(choice.get(k) for k in ("member", "arch", "res", "recipe_file"))
+        return resume_recipe(resume, choice.get("overrides"), named=named)
+    return resolve_recipe(**choice)
 
 
 def validate_recipe(r: Mapping) -> None:
