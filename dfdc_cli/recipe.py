@@ -32,6 +32,7 @@ from .runtime import check_precision
 RECIPE_SECTIONS = ("model", "data", "optim", "augment", "selfblend", "train")
 OPTIMIZERS = ("adam", "adamw", "ranger")
 SCHEDULES = ("onecycle", "constant")
+SELECT_BY = ("val_loss", "val_auc", "last")  # train.select: what makes an epoch the best
 
 # What a resumed run may change: how it computes, never what (the replayed epochs stay exact).
 RESUME_OK = {("data", "workers"), ("data", "prefetch"), ("data", "start_method"), ("train", "device"),
@@ -255,6 +256,8 @@ def validate_recipe(r: Mapping) -> None:
         raise UserError(f"optim.schedule must be onecycle or constant, got {o['schedule']!r}")
     if int(o["epochs"]) < 1 or int(o["batch_size"]) < 1 or float(o["lr"]) <= 0:
         raise UserError("optim.epochs and optim.batch_size must be >= 1 and optim.lr > 0")
+    if str(t.get("select", "val_loss")) not in SELECT_BY:
+        raise UserError(f"train.select must be one of {', '.join(SELECT_BY)}, got {t['select']!r}")
     if d.get("paired") and int(o["batch_size"]) % 2:
         raise UserError(f"data.paired keeps a real frame and its self-blend in one batch: optim.batch_size "
                         f"must be even, got {o['batch_size']}")

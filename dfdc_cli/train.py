@@ -248,7 +248,7 @@ def train(
     registration = Registration(r, run_dir, data.split.how, say, enabled=main)
     loop = TrainLoop(stepper, data.train_loader, data.sampler, rt, seed=int(t["seed"]),
                      epochs=int(o["epochs"]), show_progress=show_progress, hooks=[
-                         Validation(data.val_loader, int(t["val_every"])),
+                         Validation(data.val_loader, int(t["val_every"]), str(t.get("select", "val_loss"))),
                          checkpoints,
                          EpochLog(run_dir, say, enabled=main),
                          StopAfter(int(t["stop_after"]), run_dir, say),

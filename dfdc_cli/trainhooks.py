@@ -72,22 +72,28 @@ def balanced_log_loss(y: np.ndarray, p: np.ndarray) -> float:
 
 class Validation(Hook):
     """Every ``every`` epochs and after the last: the validation columns of the epoch's row. Then the
-    best epoch: the lowest validation loss (every epoch counts as best when there is no validation
-    side, ``loader`` None)."""
+    best epoch, by ``select``: the lowest validation loss, the highest validation AUC, or simply the
+    latest epoch (every epoch counts as best when there is no validation side, ``loader`` None).
 
-    def __init__(self, loader, every: int):
-        self.loader, self.every = loader, max(1, int(every))
+    ``last`` is for runs whose validation loss says little about the goal: a self-blend detector's
+    loss on held-out self-blends climbs while it grows confident, though its AUC still improves."""
+
+    def __init__(self, loader, every: int, select: str = "val_loss"):
+        self.loader, self.every, self.select = loader, max(1, int(every)), str(select)
 
     def after_epoch(self, loop: TrainLoop) -> None:
         row, n = loop.row, loop.epoch + 1
         if self.loader is not None and (n % self.every == 0 or n == loop.epochs):
             self._validate(loop, row)
-        if self.loader is None:
+        if self.loader is None or self.select == "last":
             is_best = True
+        elif self.select == "val_auc":
+            auc = row.get("val_auc", math.nan)
+            is_best = not math.isnan(auc) and auc > loop.best.get("val_auc", -math.inf)
         else:
             is_best = not math.isnan(row["val_loss"]) and row["val_loss"] < loop.best["val_loss"]
         if is_best:
-            loop.best = {"epoch": n, "val_loss": float(row["val_loss"])}
+            loop.best = {"epoch": n, "val_loss": float(row["val_loss"]), "val_auc": float(row.get("val_auc", math.nan))}
             row["best"] = True
 
     def _validate(self, loop: TrainLoop, row: dict) -> None:

@@ -451,3 +451,28 @@ def test_train_2d_member_end_to_end(tiny_index, tmp_path):
     expected = trainhooks.balanced_log_loss(y, p)
     assert res.history[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
     assert log["val_loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_validation_hook_selects_best_by_loss_auc_or_last():
+    import math
+    from types import SimpleNamespace
+
+    from dfdc_cli.trainhooks import Validation
+
+    rows = [{"val_loss": 0.60, "val_auc": 0.70}, {"val_loss": 0.55, "val_auc": 0.65},
+            {"val_loss": 0.80, "val_auc": 0.90}, {"val_loss": 0.90, "val_auc": 0.85}]
+
+    def best_epoch(select: str) -> int:
+        hook = Validation(loader=object(), every=10**6, select=select)  # rows given: no validation pass
+        loop = SimpleNamespace(epochs=10**6, best={"epoch": 0, "val_loss": math.inf})
+        for e, row in enumerate(rows):
+            loop.epoch, loop.row = e, dict(row)
+            hook.after_epoch(loop)
+        return loop.best["epoch"]
+
+    assert best_epoch("val_loss") == 2
+    assert best_epoch("val_auc") == 3
+    assert best_epoch("last") == 4
+    with pytest.raises(UserError, match="train.select must be one of val_loss, val_auc, last"):
+        recipes.resolve_recipe(member="mc3_112", overrides={"train": {"select": "best"}})
+    assert recipes.resolve_recipe(member="resnet18_160")["train"]["select"] == "last"
