@@ -106,7 +106,7 @@ def tiny_recipe(index: Path, **over) -> dict:
 def test_builtin_recipes_resolve():
     from models.specs import MEMBERS
 
-    assert set(recipes.available_recipes()) == set(MEMBERS) | {"resnet18_128", "resnet18_160"}  # + the built-in model candidates
+    assert set(recipes.available_recipes()) == set(MEMBERS) | {"resnet18_160"}  # + the built-in model
     for name in MEMBERS:
         r = recipes.resolve_recipe(member=name)
         assert r["model"]["member"] == name
