@@ -61,9 +61,11 @@ def main() -> None:
         os.environ["DEEPFAKE_EXTRACT_HOLD_MB"] = str(args.hold_mb)
 
     from dfdc_cli import extract as X
+    from dfdc_cli.extract.pool import mp_context
+    from dfdc_cli.inputs import collect_inputs
 
     params = X.DEFAULT_PARAMS if args.preset == "default" else X.PRESETS[args.preset]
-    jobs = X.collect_inputs([args.folder])
+    jobs = collect_inputs([args.folder])
     paths = [j.path for j in jobs]
     if not paths:
         raise SystemExit(f"no videos under {args.folder}")
@@ -81,7 +83,7 @@ def main() -> None:
     # (a fork server with torch preloaded), started and warmed before the clock starts, as the
     # extractor's fork server is by then too.
     best = None
-    ctx = X._mp_context()
+    ctx = mp_context()
     ex = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
     if ex is not None:
         list(ex.map(_noop, range(workers * 4)))

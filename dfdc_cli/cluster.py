@@ -4,7 +4,7 @@ Ray (an optional extra: ``pip install "deepfake[ray]"``) schedules the work; thi
 the tool's per-video jobs onto it:
 
 * ``extract``: each video is one Ray task running the local path's per-video job
-  (:func:`dfdc_cli.extract._safe_process`: cache lookup, decode, detect, crop, write the store
+  (:func:`dfdc_cli.extract.job.safe_process`: cache lookup, decode, detect, crop, write the store
   entry). The driver gets each video's result as it finishes and settles it exactly as a local
   run does (same progress bar, same index rows, index written atomically by the driver), so an
   interrupted cluster run resumes like a local one. A task whose worker dies is retried
@@ -123,7 +123,7 @@ def _extract_job(path: str, out_dir: str, params, detectors: Sequence) -> tuple:
     """One video, on a Ray worker: the local path's per-video job; detection in this process or,
     given detector actors, in one of them (picked by the path, so retries go to the same one)."""
     global _local_detect
-    from . import extract as X
+    from .extract.job import LazyDetect, safe_process
 
     _one_thread()
     if detectors:
@@ -134,15 +134,15 @@ def _extract_job(path: str, out_dir: str, params, detectors: Sequence) -> tuple:
             return ray.get(actor.detect.remote(images, tuple(thresholds), factor, min_face_size))
     else:
         if _local_detect is None:
-            _local_detect = X._LazyDetect("cpu")
+            _local_detect = LazyDetect("cpu")
         detect = _local_detect
-    return X._safe_process(path, out_dir, params, detect)
+    return safe_process(path, out_dir, params, detect)
 
 
 class DetectorActor:
     """MTCNN on one device, serving the tasks' detection requests batched across videos: the
     requests that arrive while a batch runs (or within ``wait_s`` of the first) form the next one
-    (:func:`dfdc_cli.extract.detect_batched`, the local CUDA path's batching)."""
+    (:func:`dfdc_cli.extract.pool.detect_batched`, the local CUDA path's batching)."""
 
     def __init__(self, device: str = "cuda", batch_size: int = 64, wait_s: float = 0.005):
         from concurrent.futures import ThreadPoolExecutor
@@ -162,10 +162,13 @@ class DetectorActor:
 
         import numpy as np
 
+        from .extract.pool import DetectSettings
+
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         # Arrays from Ray's object store are read-only; torch wants writable ones.
-        self.queue.append(([np.array(im) for im in images], (tuple(thresholds), factor, min_face_size), fut))
+        settings = DetectSettings(tuple(thresholds), factor, min_face_size)
+        self.queue.append(([np.array(im) for im in images], settings, fut))
         if not self.flushing:
             self.flushing = True
             loop.create_task(self._flush())
@@ -177,7 +180,7 @@ class DetectorActor:
     async def _flush(self) -> None:
         import asyncio
 
-        from .extract import detect_batched
+        from .extract.pool import detect_batched
 
         loop = asyncio.get_running_loop()
         try:

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 
 from . import augment
 from .errors import UserError
-from .index import has_index, read_tubes, resolve_index
+from .index import FRAMES_2D, has_index, read_tubes, resolve_index
 
 FAKE, REAL = "FAKE", "REAL"
 FAKES_MODES = ("real", "self-blended", "mixed")
@@ -435,7 +435,7 @@ class ClipDataset(Dataset):
         aug: Optional[Mapping[str, Any]] = None,
         pad: str = "loop",
         selfblend: Optional[Mapping[str, Any]] = None,
-        frames_2d: int = 32,
+        frames_2d: int = FRAMES_2D,
     ):
         self.paths = tubes["tube_path"].astype(str).tolist()
         self.paths_2d = (

@@ -27,24 +27,25 @@ frame alone (tests/test_detect.py checks it). Known, deliberate differences, all
   pytorch skips its crop without dropping the box, misaligning the rest of the batch;
 * ties of equal final score are broken like numpy's small-array argsort (later candidate first).
 
-Conventions of the output (``FrameFaces``): coordinates are float pixels of the input frame
-(x to the right, y down; a box may extend a little past the frame edges -- clip it yourself);
-boxes are ``x1, y1, x2, y2``; landmarks are five ``(x, y)`` points in MTCNN order: the eye on the
-image's left, the other eye, nose tip, left mouth corner, right mouth corner; faces are ordered
-by descending probability.
+Conventions of the output (:class:`dfdc_cli.index.Faces`, one per frame): coordinates are float
+pixels of the input frame (x to the right, y down; a box may extend a little past the frame edges
+-- clip it yourself); boxes are ``x1, y1, x2, y2``; landmarks are five ``(x, y)`` points in MTCNN
+order: the eye on the image's left, the other eye, nose tip, left mouth corner, right mouth
+corner; faces are ordered by descending probability.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, nms
+
+from .index import Faces
 
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
 DEFAULT_FACTOR = 0.709
@@ -57,24 +58,6 @@ DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
 # R-Net / O-Net see at most this many crops per forward pass (bounds memory, not results:
 # checked bit for bit against 4096 on DFDC frames; 4096 R-Net crops took ~0.9 GB on CPU).
 _NET_CHUNK = 512
-
-
-@dataclass
-class FrameFaces:
-    """The faces found in one frame (k may be 0)."""
-
-    boxes: np.ndarray  # (k, 4) float32: x1, y1, x2, y2 in input-frame pixels
-    probs: np.ndarray  # (k,) float32: O-Net face probability, descending
-    landmarks: np.ndarray  # (k, 5, 2) float32: (x, y) of eye, eye, nose, mouth corner, mouth corner
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    @staticmethod
-    def empty() -> "FrameFaces":
-        return FrameFaces(
-            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +333,7 @@ def _cascade(frames: torch.Tensor, nets, thresholds, factor: float, min_face_siz
 
 class FaceDetector:
     """Batched MTCNN. ``detect`` takes same-sized uint8 RGB frames and returns one
-    ``FrameFaces`` per frame, in input order.
+    ``Faces`` per frame, in input order.
 
     Thresholds, pyramid factor and minimum face size are the defaults of every ``detect`` call
     and can be overridden per call; ``batch_size`` frames go through the cascade together
@@ -387,7 +370,7 @@ class FaceDetector:
         factor: Optional[float] = None,
         min_face_size: Optional[float] = None,
         batch_size: Optional[int] = None,
-    ) -> list[FrameFaces]:
+    ) -> list[Faces]:
         thresholds = self.thresholds if thresholds is None else _check_thresholds(thresholds)
         factor = self.factor if factor is None else float(factor)
         min_face_size = self.min_face_size if min_face_size is None else float(min_face_size)
@@ -410,7 +393,7 @@ class FaceDetector:
             if f.shape != shape:
                 raise ValueError(f"all frames must have the same size: {f.shape} != {shape}")
 
-        out: list[FrameFaces] = []
+        out: list[Faces] = []
         with torch.inference_mode():
             for start in range(0, len(seq), batch_size):
                 chunk = seq[start : start + batch_size]
@@ -423,7 +406,7 @@ class FaceDetector:
                 points = points.cpu().numpy().astype(np.float32, copy=False)
                 pos = 0
                 for c in counts:  # results are grouped by image, in image order
-                    out.append(FrameFaces(boxes[pos : pos + c], probs[pos : pos + c], points[pos : pos + c]))
+                    out.append(Faces(boxes[pos : pos + c], probs[pos : pos + c], points[pos : pos + c]))
                     pos += c
         return out
 

@@ -10,13 +10,19 @@ An index folder holds two CSV tables:
 Each tube is stored as two files:
 
 ``<stem>.mp4``  every frame of the span, cropped to the union box, zero-padded bottom/right to a
-                square and resized to 256x256; H.264 (crf 23), source fps.
+                square and resized to 256x256 (``TUBE_SIZE``); H.264 (crf 23), source fps.
 ``<stem>.npz``  the per-frame track, all in SOURCE pixels (see :class:`Track`).
-``<stem>_2d.mp4`` (optional) the 2D member's input: the first 32 frames of the span, each a square
-                crop of side 1.2 x the 90th percentile of the track's box size around the
+``<stem>_2d.mp4`` (optional) the 2D member's input: the first 32 (``FRAMES_2D``) frames of the
+                span, each a square crop of side 1.2 x the 90th percentile of the track's box size around the
                 interpolated box centre, resized to 256x256 (cubic).
 
-Tables are written atomically; paths in ``tube_path``/``track_path`` are absolute.
+Tables are written atomically; paths in ``tube_path``/``track_path`` are absolute. One function
+merges rows into them (:func:`write_index`, and :class:`IndexWriter` while a run goes); readers give
+tables (:func:`read_index`) or typed records (:func:`read_records`).
+
+This module also owns the facts every stage shares: the tube side and the 2D frame count, the
+per-frame track of a tube (:class:`Track`) and the faces of one frame (:class:`Faces`, what the
+detector returns and the tube rule takes).
 
 Job arrays (``--shard K/N``) write their own part of the tables, ``videos.part-K-of-N.csv`` and
 ``tubes.part-K-of-N.csv``, so that shards sharing a folder never write the same file. Readers
@@ -29,9 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,6 +50,10 @@ VIDEOS_CSV = "videos.csv"
 TUBES_CSV = "tubes.csv"
 LOCK_FILE = ".index.lock"
 _PART = re.compile(r"^videos\.part-(\d+)-of-(\d+)\.csv$")
+
+TUBE_SIZE = 256  # side of the tube frames and of the 2D crops (the seed's)
+FRAMES_2D = 32  # the 2D pathway's crops: the first 32 frames of each tube (what the 2D member scores)
+INDEX_EVERY_S = 2.0  # a run brings its index up to date at most this often (IndexWriter)
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
@@ -86,7 +98,7 @@ class TubeRecord:
     part: str = ""
     tube_path: str = ""
     track_path: str = ""
-    tube2d_path: str = ""  # 2D pathway crops (first 32 frames, square 1.2x boxes), when extracted
+    tube2d_path: str = ""  # 2D pathway crops (first FRAMES_2D frames, square 1.2x boxes), when extracted
     key: str = ""
 
 
@@ -100,7 +112,7 @@ class Track:
 
     Boxes and landmarks are interpolated (linearly) between sampled detections and held constant
     before the first / after the last one; ``detected`` marks the frames that had a real detection.
-    Tube pixel = (source pixel - (x1, y1)) * 256 / side, with side = max(x2 - x1, y2 - y1).
+    Tube pixel = (source pixel - (x1, y1)) * size / side, with side = max(x2 - x1, y2 - y1).
     """
 
     frames: np.ndarray  # (n,) int64 source frame indices
@@ -109,7 +121,7 @@ class Track:
     probs: np.ndarray  # (n,) float32, detection probability; NaN where not detected
     detected: np.ndarray  # (n,) bool
     crop_box: np.ndarray  # (4,) int64 union box x1, y1, x2, y2
-    size: int = 256  # side of the tube frames
+    size: int = TUBE_SIZE  # side of the tube frames
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:
@@ -126,6 +138,27 @@ class Track:
         x1, y1, x2, y2 = (float(v) for v in self.crop_box)
         side = max(x2 - x1, y2 - y1)
         return (np.asarray(xy, dtype=np.float32) - np.array([x1, y1], np.float32)) * (self.size / side)
+
+
+@dataclass
+class Faces:
+    """The faces found in one frame (k may be 0): what :class:`dfdc_cli.detect.FaceDetector` returns
+    (in the pixels of the frame it was given) and :func:`dfdc_cli.tubes.find_tubes` takes (in source
+    pixels). Boxes are ``x1, y1, x2, y2`` (a box may extend a little past the frame edges);
+    landmarks are five ``(x, y)`` points in MTCNN order: the eye on the image's left, the other eye,
+    nose tip, left mouth corner, right mouth corner; the detector orders faces by descending
+    probability."""
+
+    boxes: np.ndarray  # (k, 4) float32
+    probs: np.ndarray  # (k,) float32: O-Net face probability
+    landmarks: np.ndarray  # (k, 5, 2) float32
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.boxes).shape[0])
+
+    @staticmethod
+    def empty() -> "Faces":
+        return Faces(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
 
 
 def write_table(path: str | Path, rows: list, columns: list[str]) -> None:
@@ -229,6 +262,116 @@ def read_videos(index_dir: str | Path) -> pd.DataFrame:
 
 def read_tubes(index_dir: str | Path) -> pd.DataFrame:
     return read_index(index_dir)[1]
+
+
+_CASTS = {"int": int, "float": float, "str": str}
+
+
+def _typed(cls, row: dict):
+    """One table row as a record of ``cls``, each field cast to its declared type (an empty or
+    missing number: the field's default)."""
+    out = {}
+    for f in fields(cls):
+        v = row.get(f.name, "")
+        empty = isinstance(v, str) and v == "" or isinstance(v, float) and np.isnan(v)
+        if empty and f.type != "str":
+            continue
+        out[f.name] = "" if empty else _CASTS[f.type](v)
+    return cls(**out)
+
+
+def read_records(index_dir: str | Path) -> tuple[list[VideoRecord], list[TubeRecord]]:
+    """The rows of :func:`read_index` as typed records."""
+    videos, tubes = read_index(index_dir)
+    return ([_typed(VideoRecord, r) for r in videos.to_dict("records")],
+            [_typed(TubeRecord, r) for r in tubes.to_dict("records")])
+
+
+def write_index(out_dir: str | Path, videos: Sequence[VideoRecord], tubes: Sequence[TubeRecord],
+                fresh: bool = False, shard: Optional[tuple[int, int]] = None) -> None:
+    """Merge rows into ``out_dir``'s tables: each of ``videos`` replaces the rows of the same video
+    and all its tubes; a tube of a video not among ``videos`` (a self-blended copy added beside its
+    real tube) replaces the row of the same ``tube_path``. ``fresh`` drops the rows already there.
+    A shard's rows go to its own part of the tables (:func:`table_paths`). Holds the folder's lock:
+    runs and shards writing into one folder at once never lose each other's rows."""
+    videos_csv, tubes_csv = table_paths(out_dir, shard)
+    new_v = pd.DataFrame([asdict(v) for v in videos], columns=VIDEO_COLUMNS)
+    new_t = pd.DataFrame([asdict(t) for t in tubes], columns=TUBE_COLUMNS)
+    done = set(new_v["video"].astype(str))
+    added = set(new_t.loc[~new_t["video"].astype(str).isin(done), "tube_path"].astype(str))
+    with index_lock(out_dir):
+        if not fresh:
+            old_v, old_t = read_table(videos_csv, VIDEO_COLUMNS), read_table(tubes_csv, TUBE_COLUMNS)
+            if len(old_v):
+                old_v = old_v[~old_v["video"].astype(str).isin(done)]
+                new_v = pd.concat([old_v.reindex(columns=VIDEO_COLUMNS), new_v], ignore_index=True)
+            if len(old_t):
+                gone = old_t["video"].astype(str).isin(done) | old_t["tube_path"].astype(str).isin(added)
+                new_t = pd.concat([old_t[~gone].reindex(columns=TUBE_COLUMNS), new_t], ignore_index=True)
+        # Tubes first: a video's row is never in the index before its tubes' rows.
+        write_table(tubes_csv, new_t.to_dict("records"), TUBE_COLUMNS)
+        if len(videos) or fresh:  # (tubes alone leave the videos' table as it is)
+            write_table(videos_csv, new_v.to_dict("records"), VIDEO_COLUMNS)
+
+
+class IndexWriter:
+    """Brings ``out_dir``'s index up to date as a run's videos finish, so that the finished videos
+    of a killed run are in the index without a rerun.
+
+    Each :meth:`add` merges the run's rows into the tables (:func:`write_index`, atomic) unless
+    the last merge was less than ``every`` seconds ago (longer for big tables: at most a tenth of
+    the time goes to merging; 0: at every video); then a timer thread merges them when that time
+    is up. :meth:`close` merges what is left and raises what a timed merge could not write."""
+
+    def __init__(self, out_dir: Path, fresh: bool = False, every: Optional[float] = None,
+                 shard: Optional[tuple[int, int]] = None):
+        self.out_dir, self.fresh, self.shard = out_dir, fresh, shard
+        self.every = INDEX_EVERY_S if every is None else float(every)
+        self.rows: dict[int, tuple[VideoRecord, list[TubeRecord]]] = {}
+        self.lock = threading.Lock()
+        self.timer: Optional[threading.Timer] = None
+        self.dirty = False
+        self.last = 0.0  # when the last merge ended
+        self.cost = 0.0  # how long it took
+        self.error: Optional[OSError] = None
+
+    def add(self, key: int, video: VideoRecord, tubes: list[TubeRecord]) -> None:
+        with self.lock:
+            self.rows[key] = (video, tubes)
+            self.dirty = True
+            wait = self.last + max(self.every, 10 * self.cost) - time.time() if self.every > 0 else 0.0
+            if wait <= 0:
+                self._merge()
+            elif self.timer is None:
+                self.timer = threading.Timer(wait, self._timed)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _timed(self) -> None:
+        with self.lock:
+            self.timer = None
+            if self.dirty:
+                try:
+                    self._merge()
+                except OSError as exc:
+                    self.error = exc  # reported by close(), which tries again
+
+    def _merge(self) -> None:
+        t0 = time.time()
+        done = [self.rows[k] for k in sorted(self.rows)]
+        write_index(self.out_dir, [v for v, _ in done], [t for _, ts in done for t in ts], fresh=self.fresh,
+                    shard=self.shard)
+        self.dirty = False
+        self.last = time.time()
+        self.cost = self.last - t0
+
+    def close(self) -> None:
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.dirty or self.error is not None:
+                self._merge()
 
 
 def merge_parts(index_dir: str | Path) -> tuple[list[tuple[int, int]], int, int]:

@@ -7,11 +7,14 @@ extension and skipping hidden files and folders (names starting with "."). Every
 meets gets a line: a folder that cannot be read becomes an input of its own with the reason as its
 error; a dangling link named like a video is kept (reading it says why it fails); a symbolic link
 back to a folder being walked (a loop) is reported once, as a note, and not followed.
+
+:func:`collect_inputs` adds what a DFDC ``metadata.json`` beside a video says (label, original).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +141,52 @@ def _walk_folder(root: Path, skip: Optional[Path], on_note: Callable[[str], None
                 on_note(f"{child}: {missing_reason(child)}, skipped")
         stack.extend(reversed(children))
     return found
+
+
+@dataclass
+class VideoInput:
+    """One video of a batch, with what its folder's DFDC metadata says of it."""
+
+    path: str  # absolute
+    label: str = ""
+    original: str = ""
+    part: str = ""
+    error: str = ""  # known before reading it (a folder that cannot be read)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def _load_metadata(folder: Path, cache: dict) -> dict:
+    if folder not in cache:
+        meta = {}
+        mp = folder / "metadata.json"
+        if mp.is_file():
+            try:
+                raw = json.loads(mp.read_text())
+                if isinstance(raw, dict):
+                    meta = {k: v for k, v in raw.items() if isinstance(v, dict)}
+            except (OSError, ValueError):
+                meta = {}
+        cache[folder] = meta
+    return cache[folder]
+
+
+def collect_inputs(paths: Iterable[str | Path], exclude: Optional[Path] = None,
+                   default_label: str = "", on_note: Optional[Callable[[str], None]] = None) -> list[VideoInput]:
+    """Video files from files and folders (:func:`walk`: recursive, the shared
+    video extensions, hidden files skipped, duplicates dropped), in the given order. A DFDC
+    ``metadata.json`` beside a video gives its label and original; ``part`` is the video's folder
+    name. Paths that do not exist and folders that cannot be read are kept (they get an error
+    status). ``default_label`` labels the videos that no metadata.json labels (e.g. a folder of
+    real videos for self-blended training)."""
+    metas: dict = {}
+    out = []
+    for f in walk(paths, exclude=exclude, on_note=on_note):
+        qp = f.path
+        meta = _load_metadata(qp.parent, metas).get(qp.name, {}) if not f.error and qp.parent.is_dir() else {}
+        label = str(meta.get("label") or default_label).upper()
+        out.append(VideoInput(str(qp), label, str(meta.get("original") or ""), qp.parent.name, f.error))
+    return out
+

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from .errors import UserError
+from .index import FRAMES_2D, TUBE_SIZE
 
 # The canonical five points (left eye, right eye, nose, left and right mouth corner) in a unit face
 # frame whose x and y run 0..1 over a tight face crop (the widely used 112-px alignment template / 112).
@@ -438,7 +439,7 @@ def track_tube_geometry(track) -> tuple[np.ndarray, np.ndarray]:
     return lm.astype(np.float32), bx.astype(np.float32)
 
 
-def track_2d_geometry(track, n: int = 32, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def track_2d_geometry(track, n: int = FRAMES_2D, size: int = TUBE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks (n', 5, 2) and boxes (n', 4) in the pixels of the 2D pathway's crops
     (``<stem>_2d.mp4``: the first ``n`` frames, square crops of ``tubes.box_2d_crops``, ``size`` px)."""
     from .tubes import box_2d_crops

@@ -14,7 +14,8 @@ frame ``s * every``), in SOURCE pixels (displayed orientation). Steps (docs/meth
 6. tubes ranked by mean detection probability (best detection of the component per sampled frame),
    the best ``max_faces`` kept (0: all).
 
-Each tube also gets its per-frame :class:`~dfdc_cli.index.Track`: the component's best detection
+The faces of a sampled frame are a :class:`~dfdc_cli.index.Faces`. Each tube also gets its
+per-frame :class:`~dfdc_cli.index.Track`: the component's best detection
 per sampled frame, boxes and landmarks interpolated linearly in between (held before the first
 and after the last detection).
 """
@@ -28,22 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .index import Track
-
-TUBE_SIZE = 256
-
-
-@dataclass
-class Faces:
-    """Detections of one sampled frame in source pixels (duck-compatible with detect.FrameFaces)."""
-
-    boxes: np.ndarray  # (k, 4) float x1, y1, x2, y2
-    probs: np.ndarray  # (k,)
-    landmarks: np.ndarray  # (k, 5, 2)
-
-    def __len__(self) -> int:
-        return int(np.asarray(self.boxes).shape[0])
-
+from .index import FRAMES_2D, TUBE_SIZE, Track
 
 @dataclass
 class Tube:
@@ -241,7 +227,7 @@ def _track(dets: dict, every: int, first: int, last: int, box) -> Track:
     )
 
 
-def box_2d_crops(track: Track, n: int = 32, scale: float = 1.2, q: float = 90.0) -> np.ndarray:
+def box_2d_crops(track: Track, n: int = FRAMES_2D, scale: float = 1.2, q: float = 90.0) -> np.ndarray:
     """The 2D pathway's square crop boxes (n', 4) float for the first ``n`` frames of a track:
     side = ``scale`` x the ``q``-th percentile of the track's box size (max of width and height,
     over its detected frames), centred on the (interpolated) box centre."""

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from dfdc_cli import detect as D
-from dfdc_cli.detect import FaceDetector, FrameFaces
+from dfdc_cli.detect import FaceDetector
+from dfdc_cli.index import Faces
 
 # Coordinates must agree with facenet-pytorch to this many pixels (observed: ~1e-4 at most,
 # from float rounding of the crop resampling and batched convolutions).
@@ -59,7 +60,7 @@ def _reference(img: np.ndarray, thresholds=(0.6, 0.7, 0.7), factor=0.709, min_fa
     return tuple(np.asarray(a, dtype=np.float64) for a in (boxes, probs, points))
 
 
-def _assert_same(mine: FrameFaces, ref, tol=PX_TOL):
+def _assert_same(mine: Faces, ref, tol=PX_TOL):
     boxes, probs, points = ref
     assert len(mine) == len(boxes), (mine, boxes)
     np.testing.assert_allclose(mine.boxes, boxes, atol=tol, rtol=0)
@@ -67,14 +68,14 @@ def _assert_same(mine: FrameFaces, ref, tol=PX_TOL):
     np.testing.assert_allclose(mine.landmarks, points, atol=tol, rtol=0)
 
 
-def _assert_faces_equal(a: FrameFaces, b: FrameFaces, tol=PX_TOL):
+def _assert_faces_equal(a: Faces, b: Faces, tol=PX_TOL):
     assert len(a) == len(b)
     np.testing.assert_allclose(a.boxes, b.boxes, atol=tol, rtol=0)
     np.testing.assert_allclose(a.probs, b.probs, atol=PROB_TOL, rtol=0)
     np.testing.assert_allclose(a.landmarks, b.landmarks, atol=tol, rtol=0)
 
 
-def _check_shapes(f: FrameFaces):
+def _check_shapes(f: Faces):
     k = len(f)
     assert f.boxes.shape == (k, 4) and f.boxes.dtype == np.float32
     assert f.probs.shape == (k,) and f.probs.dtype == np.float32

@@ -209,7 +209,7 @@ def test_interrupted_run_resumes(tmp_path, gen_videos, monkeypatch):
         calls.append((Path(path).name, r["cached"]))
         return r
 
-    monkeypatch.setattr(X, "process_video", spy)
+    monkeypatch.setattr("dfdc_cli.extract.job.process_video", spy)
     res = X.extract([two, gen_videos / "no_face.mp4"], out, TRAIN, workers=1, progress=False, quiet=True)
     assert calls == [("no_face.mp4", False)]  # the finished video is not processed again
     assert res.cached == 1 and len(res.tubes) == 2
@@ -350,10 +350,10 @@ def test_iter_extract_hands_over_each_video_as_it_is_done(tmp_path, gen_videos, 
         calls.append(Path(path).name)
         return real(path, *a, **k)
 
-    monkeypatch.setattr(X, "process_video", spy)
+    monkeypatch.setattr("dfdc_cli.extract.job.process_video", spy)
     paths = [gen_videos / "two_faces.mp4", bad_videos / "empty.mp4", gen_videos / "gap_face.mp4", bad_videos / "text.mp4"]
     seen = []
-    monkeypatch.setattr(X, "INDEX_EVERY_S", 0.0)  # each finished video merged into the index at once
+    monkeypatch.setattr("dfdc_cli.index.INDEX_EVERY_S", 0.0)  # each finished video merged into the index at once
     for d in X.iter_extract(paths, out, TRAIN, workers=1, progress=False, quiet=True):
         seen.append((d.index, d.video.name, d.video.status, d.cached, len(d.tubes), list(calls)))
         # the index is up to date as each video is handed over (a killed run loses nothing)
@@ -375,7 +375,7 @@ def test_iter_extract_stopped_early_indexes_what_it_handed_over(tmp_path, gen_vi
 
     with pytest.raises(UserError, match="unknown device"):  # at the call, before any iteration
         X.iter_extract([gen_videos], tmp_path / "out", TRAIN, device="tpu")
-    monkeypatch.setattr(X, "process_video", lambda *a, **k: pytest.fail("nothing is processed after close()"))
+    monkeypatch.setattr("dfdc_cli.extract.job.process_video", lambda *a, **k: pytest.fail("nothing is processed after close()"))
     run = X.iter_extract([bad_videos / "empty.mp4", gen_videos / "two_faces.mp4"], tmp_path / "out", TRAIN,
                          workers=1, progress=False, quiet=True)
     first = next(run)

@@ -37,7 +37,7 @@ def test_one_walker_one_extension_list_for_extract_and_scan(tmp_path):
     assert names == ["a.mp4", "b.MOV", "c.3gp", "e.m2ts", "sub/d.mkv"]  # sorted by path, no hidden, videos only
     assert not notes and all(not f.error for f in found)
     # extract and scan take exactly the same inputs (scan used to miss .3gp, .mts, .m2ts, .ogv)
-    assert [Path(v.path) for v in X.collect_inputs([d])] == scaninput.expand_paths([d]) == [f.path for f in found]
+    assert [Path(v.path) for v in inputs.collect_inputs([d])] == scaninput.expand_paths([d]) == [f.path for f in found]
     assert not any(hasattr(m, "VIDEO_EXTS") for m in (scan, scaninput, X))
 
 
@@ -106,7 +106,7 @@ def test_unreadable_folder_is_an_input_with_its_error(tmp_path, monkeypatch):
     ]
     # scan hands the same path to the extractor, which reports the same error for it
     assert scaninput.expand_paths([d]) == [d / "a" / "v.mp4", d / "locked"]
-    assert [Path(v.path) for v in X.collect_inputs(scaninput.expand_paths([d]))] == [d / "a" / "v.mp4", d / "locked"]
+    assert [Path(v.path) for v in inputs.collect_inputs(scaninput.expand_paths([d]))] == [d / "a" / "v.mp4", d / "locked"]
 
 
 def test_a_file_that_vanished_after_listing(tmp_path):

@@ -355,9 +355,7 @@ def test_scan_cli_end_to_end(tmp_path, monkeypatch, capsys, carphone, bikes, tin
         "filename,label", f"carphone_pristine.mp4,{car['p_fake']:.6f}", "bikes.mp4,0.500000", "notes.mp4,0.500000"]
 
     # Second run: tubes come from the cache; only readable videos -> exit 0 (no face counts as scanned).
-    import dfdc_cli.extract as X
-
-    monkeypatch.setattr(X, "_run_pool", lambda *a, **k: pytest.fail("no worker needed for cache hits"))
+    monkeypatch.setattr("dfdc_cli.extract.run.run_pool", lambda *a, **k: pytest.fail("no worker needed for cache hits"))
     code, out2, err = run_cli(monkeypatch, capsys, "scan", carphone, bikes, "--members", "mc3_112",
                               "--workers", "1", "--json", js)
     assert code == 0, err

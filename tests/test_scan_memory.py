@@ -26,6 +26,7 @@ def forbid(monkeypatch, module, name: str, why: str) -> None:
 def test_scan_in_memory_is_resumable_and_keeps_tubes_on_request(tmp_path, monkeypatch, carphone,
                                                                  tiny_members):
     import dfdc_cli.extract as X
+    import dfdc_cli.extract.job as XJ
     import dfdc_cli.video as V
     from dfdc_cli.paths import scan_tubes_dir
 
@@ -73,8 +74,8 @@ def test_scan_in_memory_is_resumable_and_keeps_tubes_on_request(tmp_path, monkey
 
     with monkeypatch.context() as mp:
         mp.setattr(V, "decode_iter", counted_decode)
-        forbid(mp, X, "_find", "the tube geometry is cached: no detection")
-        forbid(mp, X, "_detect_pass", "the tube geometry is cached: no detection")
+        forbid(mp, XJ, "_find", "the tube geometry is cached: no detection")
+        forbid(mp, XJ, "_detect_pass", "the tube geometry is cached: no detection")
         both = scan(["mc3_112", "seresnext50_2d"])
     assert calls["n"] == 1 and both.cached_members == ["mc3_112"]
     assert both.members["mc3_112"] == first.members["mc3_112"] and both.members["seresnext50_2d"] is not None

@@ -21,6 +21,7 @@ from dfdc_cli.index import (
     parts_of,
     read_videos,
     table_paths,
+    write_index,
 )
 from dfdc_cli.shard import parse_shard, part_path, select, shard_of
 
@@ -113,7 +114,7 @@ def _hammer(folder: str, k: int, rounds: int) -> None:
     """One shard writing its part again and again, one more video each time."""
     for i in range(1, rounds + 1):
         rows = [VideoRecord(video=f"/v/s{k}-{j}.mp4", name=f"s{k}-{j}.mp4", status="ok") for j in range(i)]
-        X.write_index(Path(folder), rows, [], shard=(k, 2))
+        write_index(Path(folder), rows, [], shard=(k, 2))
 
 
 def _merge_loop(folder: str, rounds: int) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dfdc_cli.tubes import Faces, box_2d_crops, build_mask, fill_gaps, find_tubes
+from dfdc_cli.index import Faces
+from dfdc_cli.tubes import box_2d_crops, build_mask, fill_gaps, find_tubes
 
 
 def faces(*dets):

@@ -36,7 +36,7 @@ def make_tube(folder, t: int = 25, size: int = 64, stem: str = "clip_0"):
 
 
 def test_contact_sheet_size(tmp_path):
-    from dfdc_cli.commands.tubes import render_sheet
+    from dfdc_cli.sheets import render_sheet
 
     frames = np.zeros((25, 64, 48, 3), np.uint8)  # non-square frames are letter-boxed
     sheet = render_sheet(frames, every=5, cols=3, thumb=64)  # frames 0,5,10,15,20: 2 rows of 3
@@ -61,7 +61,7 @@ def test_show_writes_png(tmp_path, monkeypatch, capsys):
 
 
 def test_show_overlay_draws_the_track(tmp_path):
-    from dfdc_cli.commands.tubes import load_track_geometry, load_tube_frames, render_sheet
+    from dfdc_cli.sheets import load_track_geometry, load_tube_frames, render_sheet
 
     tube = make_tube(tmp_path)
     frames = load_tube_frames(tube)

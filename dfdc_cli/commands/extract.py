@@ -195,11 +195,7 @@ def extract_cmd(
 
 def _self_blend(result, params, seed: int, quiet: bool) -> None:
     """Self-blended fakes of the run's REAL tubes, appended to the index beside them."""
-    from dataclasses import asdict
-
-    import pandas as pd
-
-    from ..index import TUBE_COLUMNS, index_lock, read_table, table_paths, write_table
+    from ..index import write_index
     from ..selfblend import self_blend_records
     from ..ui import console, progress, warn
 
@@ -212,14 +208,7 @@ def _self_blend(result, params, seed: int, quiet: bool) -> None:
         task = bar.add_task("self-blend", total=len(reals), status="")
         rows = self_blend_records(reals, out_dir, params, seed=seed,
                                   on_done=lambda rec, stats: bar.advance(task))
-    new = pd.DataFrame([asdict(r) for r in rows], columns=TUBE_COLUMNS)
-    tubes_csv = table_paths(result.out_dir, result.shard)[1]  # a shard's copies go to its own part
-    with index_lock(result.out_dir):
-        old = read_table(tubes_csv, TUBE_COLUMNS)
-        if len(old):
-            old = old[~old["tube_path"].astype(str).isin(set(new["tube_path"]))]
-            new = pd.concat([old.reindex(columns=TUBE_COLUMNS), new], ignore_index=True)
-        write_table(tubes_csv, new.to_dict("records"), TUBE_COLUMNS)
+    write_index(result.out_dir, [], rows, shard=result.shard)  # a shard's copies go to its own part
     if not quiet:
         console.print(f"self-blended: {len(rows)} fake tubes in {out_dir}")
 
