@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from .index import FRAMES_2D, TUBE_SIZE, Track
 
+
 @dataclass
 class Tube:
     tube_id: int

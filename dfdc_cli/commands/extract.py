@@ -128,35 +128,12 @@ def extract_cmd(
     from ..paths import default_tubes_dir
     from ..shard import parse_shard
 
-    if preset is None:
-        params = X.DEFAULT_PARAMS
-    else:
-        key = preset.strip().lower()
-        if key not in X.PRESETS:
-            raise UserError(f"--preset: unknown preset {preset!r} (choose from {', '.join(X.PRESETS)})")
-        params = X.PRESETS[key]
-    changes = {
-        "every": every,
-        "scale": scale,
-        "thresholds": _thresholds(thresholds),
-        "factor": factor,
-        "min_face_size": min_face_size,
-        "mask_downscale": mask_downscale,
-        "min_frames": min_frames,
-        "max_frames": max_frames,
-        "windows": windows,
-        "max_faces": max_faces,
-        "first_frames": first_frames,
-        "fallbacks": fallbacks,
-        "with_2d": with_2d,
-        "frames_2d": frames_2d,
-    }
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if long_side is not None:
-        changes["long_side"] = long_side if long_side > 0 else None
-    elif scale is not None:
-        changes["long_side"] = None  # an explicit --scale wins over a preset's long side
-    params = params.replace(**changes)
+    params = X.params_for(
+        preset, every=every, scale=scale, long_side=long_side, thresholds=_thresholds(thresholds), factor=factor,
+        min_face_size=min_face_size, mask_downscale=mask_downscale, min_frames=min_frames, max_frames=max_frames,
+        windows=windows, max_faces=max_faces, first_frames=first_frames, fallbacks=fallbacks, with_2d=with_2d,
+        frames_2d=frames_2d,
+    )
     if workers is not None and workers < 1:
         raise UserError("--workers must be >= 1")
     default_label = ""

@@ -31,7 +31,7 @@ with `deepfake scan`.
 from .crops import face_2d, square_face, tube_frames
 from .job import FILES, MEMORY, MEMORY_AND_FILES, MODES, process_video
 from .memory import available_memory, estimate_peak, hold_bytes, plan_workers
-from .params import DEFAULT_PARAMS, EXTRACTOR_VERSION, PRESETS, ExtractParams
+from .params import DEFAULT_PARAMS, EXTRACTOR_VERSION, PRESETS, ExtractParams, params_for
 from .pool import detect_batched
 from .run import ExtractResult, VideoDone, extract, iter_extract
 from .store import RESULT_JSON, lookup, records_for
@@ -39,6 +39,6 @@ from .store import RESULT_JSON, lookup, records_for
 __all__ = [
     "DEFAULT_PARAMS", "EXTRACTOR_VERSION", "FILES", "MEMORY", "MEMORY_AND_FILES", "MODES", "PRESETS", "RESULT_JSON",
     "ExtractParams", "ExtractResult", "VideoDone", "available_memory", "detect_batched", "estimate_peak", "extract",
-    "face_2d", "hold_bytes", "iter_extract", "lookup", "plan_workers", "process_video", "records_for",
+    "face_2d", "hold_bytes", "iter_extract", "lookup", "params_for", "plan_workers", "process_video", "records_for",
     "square_face", "tube_frames",
 ]

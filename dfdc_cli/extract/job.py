@@ -28,7 +28,6 @@ from .store import RESULT_JSON, lookup, new_result, tube_json
 DetectFn = Callable[[list, tuple, float, float], list]
 
 
-
 def local_detector(device: str = "cpu", batch_size: int = 16) -> DetectFn:
     """A detect function backed by an in-process :class:`~dfdc_cli.detect.FaceDetector`."""
     from ..detect import FaceDetector
@@ -247,8 +246,9 @@ class DetectClock:
         finally:
             self.seconds += time.time() - t
 
+
 def safe_process(path: str, out_dir: str, params: ExtractParams, detect,
-                  mode: str = FILES) -> tuple[Optional[dict], Optional[str]]:
+                 mode: str = FILES) -> tuple[Optional[dict], Optional[str]]:
     """process_video that never raises: (result, None) or (None, one-line reason)."""
     try:
         return process_video(path, out_dir, params, detect, mode), None
@@ -261,6 +261,7 @@ def safe_process(path: str, out_dir: str, params: ExtractParams, detect,
     except Exception as exc:  # noqa: BLE001 -- one video's failure never stops the batch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return None, f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
 
 class LazyDetect:
     """A detect function that loads MTCNN on first use (a run of cache hits never loads it)."""

@@ -127,6 +127,24 @@ PRESETS: dict[str, ExtractParams] = {
 DEFAULT_PARAMS = ExtractParams()
 
 
+def params_for(preset: Optional[str] = None, **changes) -> ExtractParams:
+    """A preset's parameters (None: :data:`DEFAULT_PARAMS`) with ``changes`` (those None left
+    out). An explicit ``scale`` wins over the preset's ``long_side``; ``long_side=0`` clears it."""
+    if preset is None:
+        params = DEFAULT_PARAMS
+    else:
+        key = preset.strip().lower()
+        if key not in PRESETS:
+            raise UserError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+        params = PRESETS[key]
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if "long_side" in changes:
+        changes["long_side"] = changes["long_side"] if changes["long_side"] > 0 else None
+    elif "scale" in changes:
+        changes["long_side"] = None
+    return params.replace(**changes)
+
+
 def fallback_attempts(params: ExtractParams):
     """The seed's fallbacks, in order: (stage, detection size multiplier, thresholds, max_faces)."""
     return (("2x", 2.0, params.thresholds, params.max_faces), ("low_thresholds", 1.0, FALLBACK_THRESHOLDS, 1))

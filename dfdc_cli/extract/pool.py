@@ -125,6 +125,8 @@ def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, 
             continue
         res, err = safe_process(msg.path, out_dir, params, detect, mode)
         results.put(Done(wid, msg.job_id, res, err))
+
+
 def mp_context():
     """Worker processes start from a fork server that has imported torch and the extractor once
     (per main process): starting a worker then takes milliseconds instead of seconds, and no

@@ -62,6 +62,7 @@ class ExtractResult:
     def n_errors(self) -> int:
         return sum(v.status == STATUS_ERROR for v in self.videos)
 
+
 def _out_dir(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir).expanduser().resolve()
     try:

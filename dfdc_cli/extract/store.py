@@ -26,6 +26,8 @@ from .params import EXTRACTOR_VERSION, ExtractParams
 
 STORE = "store"
 RESULT_JSON = "result.json"
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -88,6 +90,7 @@ def lookup(path: str | Path, out_dir: str | Path, params: ExtractParams,
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged entry is redone
     return sha, entry, None
+
 
 def new_result(frames, sha: str, params: ExtractParams, tubes: list, stage: str) -> dict:
     """result.json of a fresh extraction of decoded ``frames`` (its tubes' entries added when written)."""
