@@ -34,12 +34,13 @@ folds the parts into the main tables. Every write of a folder's tables holds the
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -267,24 +268,28 @@ def read_tubes(index_dir: str | Path) -> pd.DataFrame:
 _CASTS = {"int": int, "float": float, "str": str}
 
 
-def _typed(cls, row: dict):
-    """One table row as a record of ``cls``, each field cast to its declared type (an empty or
-    missing number: the field's default)."""
+def record_from(cls, row: Mapping):
+    """A record of ``cls`` (:class:`VideoRecord`, :class:`TubeRecord`) from a table row or a
+    result's dict: the fields found in ``row``, each cast to its declared type (a blank cell: ""
+    for a text field, the field's default for a number); other keys are ignored."""
     out = {}
     for f in fields(cls):
-        v = row.get(f.name, "")
-        empty = isinstance(v, str) and v == "" or isinstance(v, float) and np.isnan(v)
-        if empty and f.type != "str":
+        if f.name not in row:
             continue
-        out[f.name] = "" if empty else _CASTS[f.type](v)
+        v = row[f.name]
+        blank = isinstance(v, str) and v == "" or isinstance(v, float) and math.isnan(v)
+        if blank and f.type == "str":
+            out[f.name] = ""
+        elif not (blank and f.default is not MISSING):
+            out[f.name] = _CASTS[f.type](v)
     return cls(**out)
 
 
 def read_records(index_dir: str | Path) -> tuple[list[VideoRecord], list[TubeRecord]]:
     """The rows of :func:`read_index` as typed records."""
     videos, tubes = read_index(index_dir)
-    return ([_typed(VideoRecord, r) for r in videos.to_dict("records")],
-            [_typed(TubeRecord, r) for r in tubes.to_dict("records")])
+    return ([record_from(VideoRecord, r) for r in videos.to_dict("records")],
+            [record_from(TubeRecord, r) for r in tubes.to_dict("records")])
 
 
 def write_index(out_dir: str | Path, videos: Sequence[VideoRecord], tubes: Sequence[TubeRecord],

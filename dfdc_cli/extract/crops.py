@@ -106,7 +106,7 @@ class TubeOut:
             self.files["tube2d_file"] = f"{stem}_2d.mp4" if write else ""
             self.boxes_2d = box_2d_crops(t.track, n=params.frames_2d)
             self.n_2d = min(params.frames_2d, t.n_frames, len(self.boxes_2d))
-        self.writer = self.writer_2d = None
+        self.writers: dict = {}  # file key ("tube_file", "tube2d_file") -> its open VideoWriter
         size = params.size
         self.frames = np.empty((t.last_frame - t.first_frame + 1, size, size, 3), np.uint8) if keep else None
         self.frames_2d = (np.empty((self.n_2d, size, size, 3), np.uint8)
@@ -116,45 +116,39 @@ class TubeOut:
     def pixels(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
         return self.frames, self.frames_2d
 
-    def _open(self, name: str):
-        from ..video import VideoWriter
+    def _put(self, kind: str, kept: Optional[np.ndarray], k: int, frame: np.ndarray) -> None:
+        """Frame ``k`` of one output (``kind``: its file key): kept in memory and/or encoded."""
+        if kept is not None:
+            kept[k] = frame
+        if self.write:
+            if kind not in self.writers:
+                from ..video import VideoWriter
 
-        size = self.params.size
-        return VideoWriter(self.folder / name, size, size, self.fps, crf=self.params.crf)
+                size = self.params.size
+                self.writers[kind] = VideoWriter(self.folder / self.files[kind], size, size, self.fps,
+                                                 crf=self.params.crf)
+            self.writers[kind].write(frame)
 
     def feed(self, frames, i: int) -> None:
         t, size = self.t, self.params.size
         if not t.first_frame <= i <= t.last_frame:
             return
         k = i - t.first_frame
-        f3 = _square_tube_frame(frames, i, self.box, size, self.sq)
-        if self.frames is not None:
-            self.frames[k] = f3
-        if self.write:
-            if self.writer is None:
-                self.writer = self._open(self.files["tube_file"])
-            self.writer.write(f3)
+        self._put("tube_file", self.frames, k, _square_tube_frame(frames, i, self.box, size, self.sq))
         if k < self.n_2d:
-            f2 = _frame_2d(frames, i, self.boxes_2d[k], size)
-            if self.frames_2d is not None:
-                self.frames_2d[k] = f2
-            if self.write:
-                if self.writer_2d is None:
-                    self.writer_2d = self._open(self.files["tube2d_file"])
-                self.writer_2d.write(f2)
-                if k == self.n_2d - 1:
-                    self.writer_2d.close()
+            self._put("tube2d_file", self.frames_2d, k, _frame_2d(frames, i, self.boxes_2d[k], size))
+            if k == self.n_2d - 1 and "tube2d_file" in self.writers:
+                self.writers["tube2d_file"].close()
         if i == t.last_frame:
-            if self.writer is not None:
-                self.writer.close()
+            if "tube_file" in self.writers:
+                self.writers["tube_file"].close()
             if self.save_track:
                 t.track.size = size
                 t.track.save(self.folder / self.files["track_file"])
 
     def abort(self) -> None:
-        for w in (self.writer, self.writer_2d):
-            if w is not None:
-                w.abort()
+        for w in self.writers.values():
+            w.abort()
 
 
 def write_tubes(folder: Optional[Path], tubes: list, source, params: ExtractParams, fps: float,

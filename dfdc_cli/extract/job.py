@@ -27,6 +27,9 @@ from .store import RESULT_JSON, lookup, new_result, tube_json
 # (images, thresholds, factor, min_face_size) -> one dfdc_cli.index.Faces per image
 DetectFn = Callable[[list, tuple, float, float], list]
 
+FILES, MEMORY, MEMORY_AND_FILES = "files", "memory", "memory+files"  # where the tube pixels go
+MODES = (FILES, MEMORY, MEMORY_AND_FILES)
+
 
 def local_detector(device: str = "cpu", batch_size: int = 16) -> DetectFn:
     """A detect function backed by an in-process :class:`~dfdc_cli.detect.FaceDetector`."""
@@ -137,9 +140,6 @@ def _redecode(path, n: int):
     if frames is None or len(frames) < n:
         raise VideoError(f"the second decode ended after {0 if frames is None else len(frames)} of {n} frames")
 
-FILES, MEMORY, MEMORY_AND_FILES = "files", "memory", "memory+files"  # where the tube pixels go
-MODES = (FILES, MEMORY, MEMORY_AND_FILES)
-
 
 def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, detect: Optional[DetectFn],
                   mode: str = FILES) -> dict:
@@ -152,7 +152,7 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
     In the memory modes a stored entry is decoded and cropped again (no detection).
 
     Memory stays bounded whatever the video's length: frames are held only while they fit the
-    hold budget (:func:`hold_bytes`, less when memory is short); a longer video is decoded a
+    hold budget (:func:`.memory.hold_bytes`, less when memory is short); a longer video is decoded a
     second time to crop its tubes."""
     from .. import atomic
 

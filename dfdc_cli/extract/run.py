@@ -230,24 +230,10 @@ def _iter_jobs(
             raise Interrupted(line, stop.signum) from None
 
 
-def extract(
-    paths: Sequence[str | Path],
-    out_dir: str | Path,
-    params: ExtractParams = DEFAULT_PARAMS,
-    *,
-    device: str = "cpu",
-    workers: Optional[int] = None,
-    fresh: bool = False,
-    progress: bool = True,
-    quiet: bool = False,
-    summary: bool = True,
-    write: bool = True,
-    detect_in_main: Optional[bool] = None,
-    default_label: str = "",
-    shard: Optional[tuple[int, int]] = None,
-    executor: Optional[Callable] = None,
-) -> ExtractResult:
-    """Extract face tubes from ``paths`` (files and folders) into ``out_dir``.
+def extract(paths: Sequence[str | Path], out_dir: str | Path, params: ExtractParams = DEFAULT_PARAMS, *,
+            summary: bool = True, **options) -> ExtractResult:
+    """Extract face tubes from ``paths`` (files and folders) into ``out_dir``: :func:`iter_extract`'s
+    run (``options``: its keywords, but for ``notes``, ``mode`` and ``need_pixels``), collected.
 
     Returns this run's index rows (in input order); also merges them into ``out_dir``'s
     ``videos.csv`` / ``tubes.csv`` (unless ``write=False``; ``fresh`` drops the rows already
@@ -256,18 +242,16 @@ def extract(
     the workers decode and crop while the main process detects, batched across videos
     (``detect_in_main`` forces that split on or off). Never raises for a bad video:
     its row has status error and the reason. Terminal output: ``progress`` bar, one line per failed
-    video, ``summary`` table; ``quiet`` silences all three. :func:`iter_extract` is the same run,
-    handing over each video as it is done; ``shard`` and ``executor`` are explained there.
+    video, ``summary`` table; ``quiet`` silences all three.
     """
+    unknown = {"notes", "mode", "need_pixels"} & options.keys()
+    if unknown:
+        raise TypeError(f"extract() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
     t0 = time.time()
     out_dir = _out_dir(out_dir)
     done: list[VideoDone] = []
     notes: list[str] = []
-    run = iter_extract(
-        paths, out_dir, params, device=device, workers=workers, fresh=fresh, progress=progress, quiet=quiet,
-        write=write, detect_in_main=detect_in_main, default_label=default_label, notes=notes, shard=shard,
-        executor=executor,
-    )
+    run = iter_extract(paths, out_dir, params, notes=notes, **options)
     with contextlib.closing(run):
         done.extend(run)
     done.sort(key=lambda d: d.index)
@@ -279,9 +263,9 @@ def extract(
         seconds=time.time() - t0,
         frames_decoded=sum(d.video.n_frames for d in done if not d.cached),
         notes=notes,
-        shard=shard,
+        shard=options.get("shard"),
     )
-    if summary and not quiet:
+    if summary and not options.get("quiet"):
         _summary(out)
     return out
 

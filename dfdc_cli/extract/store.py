@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import VideoError
-from ..index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, TubeRecord, VideoRecord
+from ..index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, TubeRecord, VideoRecord, record_from
 from ..inputs import VideoInput, missing_reason
 from .params import EXTRACTOR_VERSION, ExtractParams
 
@@ -129,48 +129,17 @@ def records_for(inp: VideoInput, res: Optional[dict], error: Optional[str], para
             [],
         )
     entry = Path(res["entry"])
-    key = entry.name
-    vrec = VideoRecord(
-        video=inp.path,
-        name=inp.name,
-        status=res["status"],
-        reason=res.get("reason", ""),
-        n_tubes=len(res["tubes"]),
-        n_frames=int(res["n_frames"]),
-        width=int(res["width"]),
-        height=int(res["height"]),
-        fps=float(res["fps"]),
-        label=inp.label,
-        original=inp.original,
-        part=inp.part,
-        key=key,
-        seconds=round(float(res.get("seconds", 0.0)), 3),
-    )
-    trecs = []
-    for t in res["tubes"]:
-        trecs.append(
-            TubeRecord(
-                video=inp.path,
-                name=inp.name,
-                tube_id=int(t["tube_id"]),
-                first_frame=int(t["first_frame"]),
-                last_frame=int(t["last_frame"]),
-                n_frames=int(t["n_frames"]),
-                x1=int(t["x1"]),
-                y1=int(t["y1"]),
-                x2=int(t["x2"]),
-                y2=int(t["y2"]),
-                mean_prob=float(t["mean_prob"]),
-                max_prob=float(t["max_prob"]),
-                n_detections=int(t["n_detections"]),
-                label=inp.label,
-                original=inp.original,
-                part=inp.part,
-                tube_path=str(entry / t["tube_file"]) if t.get("tube_file") else "",
-                track_path=str(entry / t["track_file"]),
-                tube2d_path=str(entry / t["tube2d_file"]) if t.get("tube2d_file") else "",
-                key=key,
-            )
-        )
+    where = {"video": inp.path, "name": inp.name, "label": inp.label, "original": inp.original, "part": inp.part,
+             "key": entry.name}
+    vrec = record_from(VideoRecord, {**res, **where, "n_tubes": len(res["tubes"]),
+                                     "seconds": round(float(res.get("seconds", 0.0)), 3)})
+    trecs = [
+        record_from(TubeRecord, {
+            **t, **where,
+            "tube_path": str(entry / t["tube_file"]) if t.get("tube_file") else "",
+            "track_path": str(entry / t["track_file"]),
+            "tube2d_path": str(entry / t["tube2d_file"]) if t.get("tube2d_file") else "",
+        })
+        for t in res["tubes"]
+    ]
     return vrec, trecs
-
