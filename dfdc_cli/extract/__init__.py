@@ -25,12 +25,13 @@ Where things are:
 =================  ==============================================================================
 
 The inputs of a batch (files, folders, DFDC metadata labels) are :mod:`dfdc_cli.inputs`'s, shared
-with `deepfake scan`.
+with `deepfake scan`. The names below are the package's API; a test that replaces a function
+patches it in the module that calls it (e.g. ``dfdc_cli.extract.job.process_video``).
 """
 
 from .crops import face_2d, square_face, tube_frames
 from .job import FILES, MEMORY, MEMORY_AND_FILES, MODES, process_video
-from .memory import available_memory, estimate_peak, hold_bytes, plan_workers
+from .memory import estimate_peak, plan_workers
 from .params import DEFAULT_PARAMS, EXTRACTOR_VERSION, PRESETS, ExtractParams, params_for
 from .pool import detect_batched
 from .run import ExtractResult, VideoDone, extract, iter_extract
@@ -38,7 +39,7 @@ from .store import RESULT_JSON, lookup, records_for
 
 __all__ = [
     "DEFAULT_PARAMS", "EXTRACTOR_VERSION", "FILES", "MEMORY", "MEMORY_AND_FILES", "MODES", "PRESETS", "RESULT_JSON",
-    "ExtractParams", "ExtractResult", "VideoDone", "available_memory", "detect_batched", "estimate_peak", "extract",
-    "face_2d", "hold_bytes", "iter_extract", "lookup", "params_for", "plan_workers", "process_video", "records_for",
+    "ExtractParams", "ExtractResult", "VideoDone", "detect_batched", "estimate_peak", "extract",
+    "face_2d", "iter_extract", "lookup", "params_for", "plan_workers", "process_video", "records_for",
     "square_face", "tube_frames",
 ]

@@ -142,6 +142,14 @@ def mp_context():
     return ctx
 
 
+class Dead(NamedTuple):
+    """A worker that died: the job it held (None when idle) and its exit code."""
+
+    wid: int
+    job_id: Optional[int]
+    exitcode: Optional[int]
+
+
 class Pool:
     """Worker processes with their own task queues (so detection answers reach the right one)."""
 
@@ -172,12 +180,12 @@ class Pool:
         self.busy[wid] = job_id
         self.tasks[wid].put(Job(job_id, path))
 
-    def dead(self) -> list[tuple[int, Optional[int], Optional[int]]]:
-        """Workers that died: (wid, job it held, exit code); they are replaced."""
+    def dead(self) -> list[Dead]:
+        """Workers that died; they are replaced."""
         out = []
         for wid, p in list(self.procs.items()):
             if not p.is_alive():
-                out.append((wid, self.busy.get(wid), p.exitcode))
+                out.append(Dead(wid, self.busy.get(wid), p.exitcode))
                 del self.procs[wid], self.tasks[wid], self.busy[wid]
                 if threading.main_thread().is_alive():  # (at exit, multiprocessing ends them: let it)
                     self.spawn()
@@ -218,14 +226,14 @@ def detect_batched(detector, requests: Sequence[tuple[list, DetectSettings]]) ->
     local GPU path's main process and the Ray detector actors.)"""
     answers: list = [None] * len(requests)
     groups: dict = {}
-    for i, (images, kw) in enumerate(requests):
+    for i, (images, settings) in enumerate(requests):
         size = images[0].shape if images else None
-        groups.setdefault((size, kw), []).append(i)
-    for (size, kw), idx in groups.items():
-        thresholds, factor, min_face = kw
+        groups.setdefault((size, settings), []).append(i)
+    for (size, settings), idx in groups.items():
         allimgs = [im for i in idx for im in requests[i][0]]
         try:
-            faces = detector.detect(allimgs, thresholds=thresholds, factor=factor, min_face_size=min_face) if allimgs else []
+            faces = detector.detect(allimgs, thresholds=settings.thresholds, factor=settings.factor,
+                                    min_face_size=settings.min_face_size) if allimgs else []
             err = None
         except Exception as exc:  # noqa: BLE001 -- reported to each video of the batch
             faces, err = None, f"{type(exc).__name__}: {exc}"
@@ -297,16 +305,16 @@ def run_pool(
             # gets control: it may take a while with each result.
             if det_reqs:
                 _serve_detections(pool, det_reqs, detector)
-            for wid, j, code in pool.dead():
-                if j is None:
+            for d in pool.dead():
+                if d.job_id is None:
                     continue
                 running -= 1
-                crashes[j] = crashes.get(j, 0) + 1
-                if crashes[j] < 2:
-                    pending.append(j)  # one retry in a fresh worker
+                crashes[d.job_id] = crashes.get(d.job_id, 0) + 1
+                if crashes[d.job_id] < 2:
+                    pending.append(d.job_id)  # one retry in a fresh worker
                 else:
-                    why = " -9: killed, out of memory?" if code == -9 else f" {code}"
-                    finished.append(Outcome(j, None, f"worker process crashed (exit code{why})"))
+                    why = " -9: killed, out of memory?" if d.exitcode == -9 else f" {d.exitcode}"
+                    finished.append(Outcome(d.job_id, None, f"worker process crashed (exit code{why})"))
             fill()
             yield from finished
         completed = True
