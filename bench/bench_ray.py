@@ -34,9 +34,10 @@ def main() -> None:
     from dfdc_cli import extract as X
     from dfdc_cli.cluster import ExtractExecutor, local_priority
     from dfdc_cli.index import read_tubes, read_videos
+    from dfdc_cli.inputs import collect_inputs
 
     params = X.DEFAULT_PARAMS if args.preset == "default" else X.PRESETS[args.preset]
-    n = len(X.collect_inputs(args.paths))
+    n = len(collect_inputs(args.paths))
 
     def rows(out: Path):
         v = read_videos(out).drop(columns=["seconds"]).sort_values("video").to_dict("records")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from .errors import UserError
+from .index import FRAMES_2D  # the 2D member sees the first 32 frames of its crops
 
 CROP_3D = 224  # 3D members see the centre 224x224 of the 256x256 tube (resized for the 112 members)
-FRAMES_2D = 32  # the 2D member sees the first 32 frames of its crops
 
 NO_MODEL_HELP = (
     "no trained model is registered. Get one with `deepfake train ...` (see `deepfake train --help`) "
