@@ -222,11 +222,10 @@ def test_models_list_marks_the_builtin(tmp_path, monkeypatch):
 
 
 def test_extract_frames_2d_option_keys_the_cache():
-    from dfdc_cli.extract import ExtractParams
-    from dfdc_cli.index import FRAMES_2D
+    from dfdc_cli.extract import N_2D, ExtractParams
 
     base = ExtractParams(with_2d=True)
-    assert base.frames_2d == FRAMES_2D
+    assert base.frames_2d == N_2D
     # the default leaves the cache key as it was before the option existed (caches stay valid) ...
     d = base.to_dict()
     del d["frames_2d"]
