@@ -177,6 +177,27 @@ def test_shipped_builtin_loads_and_scores_a_generated_clip():
     assert model.spec.name == builtin.member()
     clip = torch.randint(0, 256, (1, 3, 8, model.res, model.res), dtype=torch.uint8)
     assert 0 < float(model.predict(clip)) < 1
+    # shipped only past the bar, and it says how it was measured
+    val = builtin.info()["validation"]
+    assert val["level"] == "video" and val["roc_auc"] >= 0.70 and val["n_fake"] > 0
+    assert val["ci"]["roc_auc"]["lo"] <= val["roc_auc"] <= val["ci"]["roc_auc"]["hi"]
+
+
+def test_fresh_install_scan_gives_a_verdict_from_the_builtin_model(carphone, monkeypatch, capsys, tmp_path):
+    if builtin.info() is None:
+        pytest.skip("this checkout ships no built-in model")
+    from cli_util import run_cli
+
+    from models import store
+
+    assert store.members() == []  # an empty data folder: nothing registered
+    code, out, err = run_cli(monkeypatch, capsys, "scan", carphone, "--json", tmp_path / "scan.json")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "scan.json").read_text())
+    (video,) = doc["videos"]
+    assert video["status"] == "ok" and video["verdict"] in ("REAL", "FAKE") and 0 < video["p_fake"] < 1
+    assert doc["builtin"] is True and doc["model_card"] == builtin.CARD
+    assert f"built-in model {builtin.member()}" in out + err
 
 
 def test_scan_uses_builtin_only_when_nothing_is_registered(tmp_path, monkeypatch):
@@ -222,10 +243,11 @@ def test_models_list_marks_the_builtin(tmp_path, monkeypatch):
 
 
 def test_extract_frames_2d_option_keys_the_cache():
-    from dfdc_cli.extract import N_2D, ExtractParams
+    from dfdc_cli.extract import ExtractParams
+    from dfdc_cli.index import FRAMES_2D
 
     base = ExtractParams(with_2d=True)
-    assert base.frames_2d == N_2D
+    assert base.frames_2d == FRAMES_2D
     # the default leaves the cache key as it was before the option existed (caches stay valid) ...
     d = base.to_dict()
     del d["frames_2d"]

@@ -29,7 +29,6 @@ with `deepfake scan`. The names below are the package's API; a test that replace
 patches it in the module that calls it (e.g. ``dfdc_cli.extract.job.process_video``).
 """
 
-from ..index import FRAMES_2D as N_2D  # the name tests/test_frame_model.py imports; index.FRAMES_2D is the fact
 from .crops import face_2d, square_face, tube_frames
 from .job import FILES, MEMORY, MEMORY_AND_FILES, MODES, process_video
 from .memory import estimate_peak, plan_workers
@@ -39,7 +38,7 @@ from .run import ExtractResult, VideoDone, extract, iter_extract
 from .store import RESULT_JSON, lookup, records_for
 
 __all__ = [
-    "DEFAULT_PARAMS", "EXTRACTOR_VERSION", "FILES", "MEMORY", "MEMORY_AND_FILES", "MODES", "N_2D", "PRESETS", "RESULT_JSON",
+    "DEFAULT_PARAMS", "EXTRACTOR_VERSION", "FILES", "MEMORY", "MEMORY_AND_FILES", "MODES", "PRESETS", "RESULT_JSON",
     "ExtractParams", "ExtractResult", "VideoDone", "detect_batched", "estimate_peak", "extract",
     "face_2d", "iter_extract", "lookup", "params_for", "plan_workers", "process_video", "records_for",
     "square_face", "tube_frames",
