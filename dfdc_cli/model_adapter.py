@@ -10,20 +10,14 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+from models.archs import arch_names, get_arch
+
 from .errors import UserError
 
 # Where `init = "pretrained"` looks for the seed's starting weights: the data folder's ``pretrained/``
-# and torch hub's checkpoint cache, under these file names. torchvision's three (mc3, r2plus1d, r3d18;
-# the names its weights API gives) are downloaded into that cache when found in neither; the others
-# are never downloaded.
-PRETRAINED_FILES: dict[str, tuple[str, ...]] = {
-    "mc3": ("mc3_18-a90a0ba3.pth",),
-    "r2plus1d": ("r2plus1d_18-91a641e6.pth",),
-    "r3d18": ("r3d_18-b3b3357e.pth",),
-    "i3d": ("rgb_charades.pt", "rgb_imagenet.pt"),
-    "r3d34": ("resnet-34-kinetics.pth",),
-    "seresnext50": ("se_resnext50_32x4d-a260b3a4.pth", "seresnext50_32x4d.safetensors", "seresnext50_32x4d.pth"),
-}
+# and torch hub's checkpoint cache, under the file names of each architecture's record (models.archs).
+# torchvision's three (mc3, r2plus1d, r3d18) are downloaded into that cache when found in neither.
+PRETRAINED_FILES: dict[str, tuple[str, ...]] = {a: get_arch(a).pretrained_files for a in arch_names()}
 
 
 def pretrained_dirs() -> list[Path]:

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import platformdirs
 
-APP = "deepfake"
-ENV_DATA = "DEEPFAKE_DATA_DIR"
+# The data folder and the model store's place are the model package's (it is used without the CLI).
+from models.paths import APP, ENV_DATA, data_dir, models_dir  # noqa: F401
+
 ENV_CACHE = "DEEPFAKE_CACHE_DIR"
-
-
-def data_dir() -> Path:
-    """Persistent data: extracted training tubes and the model registry."""
-    return Path(os.environ.get(ENV_DATA) or platformdirs.user_data_dir(APP)).expanduser()
 
 
 def cache_dir() -> Path:
@@ -39,11 +35,6 @@ def scan_tubes_dir() -> Path:
 def scan_scores_dir() -> Path:
     """Member scores of scanned tubes (:mod:`dfdc_cli.scorecache`): what makes a scan resumable."""
     return cache_dir() / "scan-scores"
-
-
-def models_dir() -> Path:
-    """The model registry's weights: one folder per imported or trained model."""
-    return data_dir() / "models"
 
 
 def runs_dir() -> Path:

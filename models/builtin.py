@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import torch
 
-from dfdc_cli.errors import UserError
+from .errors import UserError
 
 CARD = "README.md#built-in-model"  # where `scan` points for the model card
 META = "builtin.json"
@@ -68,10 +68,10 @@ def load(device: Optional[Union[str, torch.device]] = None, where: Optional[Path
 def export(weights: Union[str, Path], member_name: str, out_dir: Union[str, Path], extra: Optional[dict] = None) -> Path:
     """Write ``weights`` (a trainer checkpoint or state_dict of ``member_name``) as the built-in model:
     ``out_dir/<member>.pt`` in half precision (after a strict load check) and ``builtin.json``."""
-    from dfdc_cli.atomic import atomic_path, write_text
+    from .atomic import atomic_path, write_text
 
-    from .checkpoint import extract_state_dict, load_strict, read_checkpoint
-    from .registry import build_net, normalize_keys
+    from .checkpoint import extract_state_dict, read_checkpoint
+    from .registry import build_net, load_strict, normalize_keys
     from .specs import get_spec
 
     spec = get_spec(member_name)

@@ -1,4 +1,6 @@
-"""Reading checkpoint files safely and loading them strictly, with one-line errors a user can act on."""
+"""Reading checkpoint files safely, with one-line errors a user can act on, and describing how a
+state_dict differs from a network's (strict loading against the registered architectures is
+:func:`models.registry.load_strict`)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,13 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dfdc_cli.errors import UserError
+from .errors import UserError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -118,7 +119,8 @@ def describe_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Te
     return "; ".join(parts)
 
 
-def _differences(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]):
+def differences(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]):
+    """The keys of ``sd`` that differ from ``own``: (shape mismatches, missing, unexpected)."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
@@ -129,58 +131,7 @@ def mismatch_report(net: nn.Module, sd: Mapping[str, torch.Tensor]) -> str | Non
     """None when ``sd`` matches ``net``'s state_dict key for key and shape for shape, otherwise one line
     naming the first differences."""
     own = net.state_dict()
-    shapes, missing, unexpected = _differences(own, sd)
+    shapes, missing, unexpected = differences(own, sd)
     if not (missing or unexpected or shapes):
         return None
     return describe_mismatch(own, sd, shapes, missing, unexpected)
-
-
-@lru_cache(maxsize=None)
-def _meta_state_dict(arch: str, build_net) -> dict[str, torch.Tensor]:
-    """An architecture's state_dict on the meta device (shapes only, no memory), built once per
-    builder (tests swap in tiny networks)."""
-    with torch.device("meta"):
-        return build_net(arch).state_dict()
-
-
-def match_layouts(sd: Mapping[str, torch.Tensor]) -> tuple[list[str], str, str]:
-    """Which architectures' layouts ``sd`` matches exactly (networks built on the meta device).
-
-    Returns (matching architectures, the closest architecture, its mismatch line); the last two are
-    what to tell a user whose file matches none ("" when one matches)."""
-    from . import registry
-    from .specs import ARCHS
-
-    matches: list[str] = []
-    closest: tuple[int, str, str] = (1 << 30, "", "")
-    for arch in ARCHS:
-        own = _meta_state_dict(arch, registry.build_net)
-        shapes, missing, unexpected = _differences(own, sd)
-        n = len(shapes) + len(missing) + len(unexpected)
-        if n == 0:
-            matches.append(arch)
-        elif not matches and n < closest[0]:
-            closest = (n, arch, describe_mismatch(own, sd, shapes, missing, unexpected))
-    return (matches, "", "") if matches else ([], closest[1], closest[2])
-
-
-def guess_arch(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """The architecture whose fresh state_dict matches ``sd`` exactly, if any."""
-    matches = match_layouts(sd)[0]
-    return matches[0] if matches else None
-
-
-def check_layout(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
-    """A one-line :class:`UserError` unless ``sd`` loads strictly into ``net`` (which may live on the
-    meta device: only keys and shapes are compared)."""
-    problem = mismatch_report(net, sd)
-    if problem is not None:
-        guess = guess_arch(sd)
-        hint = f" (it is a {guess} checkpoint)" if guess else ""
-        raise UserError(f"{source} does not match {what}{hint}: {problem}")
-
-
-def load_strict(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
-    """``net.load_state_dict(sd, strict=True)`` with a one-line :class:`UserError` on any mismatch."""
-    check_layout(net, sd, source, what)
-    net.load_state_dict(sd, strict=True)

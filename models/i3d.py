@@ -1,6 +1,11 @@
 """I3D: Inception-v1 inflated to 3D (Carreira & Zisserman 2017), in the layout of the public PyTorch port
 (piergiaj/pytorch-i3d) that the seed trained from.
 
+This network is the project's own because no dependency provides it: torchvision's video models are
+ResNets (R3D, MC3, R(2+1)D) and timm has no 3D networks, and the layout and padding below must match
+the seed's checkpoints exactly. Its registry record (scaling x/255*2-1, 64-frame clips, 224 only) is in
+:mod:`models.archs`.
+
 Layout facts the seed's checkpoints depend on (``i3d_224`` / ``i3d_cutmix_224``):
 
 * ``logits`` is registered before the endpoint modules, so the state_dict starts with ``logits.*``;
@@ -168,3 +173,8 @@ class InceptionI3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.time_logits(x).mean(dim=2)
+
+
+def i3d() -> InceptionI3d:
+    """The seed's I3D members' network: 2 classes (index 0 = FAKE). Record in :mod:`models.archs`."""
+    return InceptionI3d(num_classes=2)

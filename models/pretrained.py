@@ -21,6 +21,10 @@ torchvision's files (MC3-18, R(2+1)D-18, R3D-18) are fetched by :func:`fetch_tor
 ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``) on first use, hash-checked as torch
 hub does; every other format is only ever read from a local file.
 
+What is architecture-specific (the head's key prefix, keys to ignore, the key-name mapping, the
+file names ``init = "pretrained"`` looks for, torchvision's weights entry) is in the architecture's
+record (:mod:`models.archs`).
+
 The classification head of a pretrained file (400 / 157 / 1000 classes) is dropped and stays freshly
 initialised; everything else must match key for key and shape for shape. BatchNorm
 ``num_batches_tracked`` buffers may be absent (old PyTorch saves).
@@ -37,23 +41,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from dfdc_cli.errors import UserError
-
+from .archs import get_arch
 from .checkpoint import describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
-
-HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
-    "i3d": ("logits.",),
-    "r3d34": ("fc.",),
-    "r3d18": ("fc.",),
-    "mc3": ("fc.",),
-    "r2plus1d": ("fc.",),
-    "seresnext50": ("fc.",),
-}
-
-# Keys of pretrained files that our networks have no counterpart for (ImageNet classifiers).
-_IGNORED_PREFIXES: dict[str, tuple[str, ...]] = {
-    "seresnext50": ("backbone.last_linear.", "last_linear."),
-}
+from .errors import UserError
 
 
 def _read_any(path: Path):
@@ -71,28 +61,8 @@ def _read_any(path: Path):
     return read_checkpoint(path)
 
 
-def _map_seresnext(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm (``conv1``, ``layerN.i.se.fc1``, ``fc``) or Cadene (``layer0.conv1``, ``se_module``,
-    ``last_linear``) key names -> our ``backbone.`` layout."""
-    if any(k.startswith("backbone.") for k in sd):
-        return sd
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k.startswith(("conv1.", "bn1.")):  # timm stem
-            out["backbone.layer0." + k] = v
-        elif k.startswith("layer0."):  # Cadene stem
-            out["backbone." + k] = v
-        elif k.startswith("layer"):
-            out["backbone." + k.replace(".se.", ".se_module.")] = v
-        elif k.startswith("fc."):  # timm's ImageNet classifier: our head has the same name
-            out[k] = v
-        else:
-            out[k] = v  # e.g. Cadene last_linear.*: ignored below
-    return out
-
-
 def _is_head(key: str, arch: str) -> bool:
-    return key.startswith(HEAD_PREFIXES[arch])
+    return key.startswith(get_arch(arch).head_prefixes)
 
 
 def pretrained_state_dict(net: nn.Module, arch: str, path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
@@ -102,10 +72,10 @@ def pretrained_state_dict(net: nn.Module, arch: str, path: Union[str, os.PathLik
         raise UserError(f"pretrained weights file not found: {path}")
     sd = extract_state_dict(_read_any(path), source=str(path))
     sd = strip_prefix(strip_prefix(sd, "module."), "net.")
-    if arch == "seresnext50":
-        sd = _map_seresnext(sd)
+    record = get_arch(arch)
+    sd = record.map_pretrained_keys(sd)
     own = net.state_dict()
-    ignored = _IGNORED_PREFIXES.get(arch, ())
+    ignored = record.ignored_prefixes
     take: dict[str, torch.Tensor] = {}
     unexpected, mismatched = [], []
     for k, v in sd.items():
@@ -142,8 +112,6 @@ def load_pretrained(net: nn.Module, arch: str, path: Union[str, os.PathLike]) ->
 # ---------------------------------------------------------------------------------------------
 # torchvision's Kinetics-400 weights (its weights API names the file; torch hub's cache holds it)
 
-_TORCHVISION_WEIGHTS = {"mc3": "MC3_18_Weights", "r2plus1d": "R2Plus1D_18_Weights", "r3d18": "R3D_18_Weights"}
-
 # A blocked network can leave a connection hanging rather than refused: give up after this long
 # without a byte (per socket operation, not for the whole 50-130 MB download).
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -151,8 +119,8 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 def torchvision_weights(arch: str):
     """torchvision's Kinetics-400 weights entry (a ``WeightsEnum`` member) for ``arch``, or None."""
-    name = _TORCHVISION_WEIGHTS.get(arch)
-    if name is None:
+    name = get_arch(arch).torchvision_weights
+    if not name:
         return None
     from torchvision.models import video
 

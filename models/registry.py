@@ -1,189 +1,38 @@
-"""The single place that builds an ensemble member: :func:`build` turns a :class:`MemberSpec` (or a member
-name) into a :class:`MemberModel`, which hides every convention of the seed's networks.
+"""The single place that builds an ensemble member and checks weights against a network.
 
-A :class:`MemberModel` takes clips as the tube store gives them - RGB, values 0..255 (uint8 or float),
-shape (B, 3, T, H, W) at the member's resolution - and
-
-* :meth:`MemberModel.fake_logit` returns the FAKE logit used for training (BCE-with-logits on it with
-  target 1 = FAKE is exactly the seed's 2-class cross-entropy, because for a softmax2 member
-  p(fake) = softmax(l)[0] = sigmoid(l0 - l1));
-* :meth:`MemberModel.predict` returns p(fake) (B,) in eval mode, with the seed's test-time handling
-  (3D: mean of p(fake) over the clip and its horizontal flip; 2D: every even-indexed frame flipped,
-  per-frame sigmoid, lower median over frames).
-
-Input scaling (x/255*2-1 for I3D, raw 0..255 for the 3D ResNet-34, ImageNet mean/std for torchvision
-members, BGR-indexed mean/std for the 2D member) is applied inside.
-
-The raw network (seed state_dict layout) is ``member.net``; save/load ``member.net.state_dict()``.
+:func:`build` turns a :class:`MemberSpec` (or a member name) into a :class:`~models.member.MemberModel`
+(RGB 0..255 clips in, FAKE logit / p(fake) out); :func:`build_net` gives an architecture's bare network
+from its :mod:`models.archs` record. :func:`load_strict` / :func:`check_layout` compare a state_dict with
+a network and say in one line what differs, naming the architecture the file is when it is another
+(:func:`match_layouts`: every registered layout, built on the meta device).
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
 
+from .archs import arch_names, get_arch
+from .checkpoint import (describe_mismatch, differences, extract_state_dict, mismatch_report, read_checkpoint,
+                         strip_prefix)
+from .errors import UserError
+from .member import IMAGENET_MEAN, IMAGENET_STD, MemberModel  # noqa: F401 - where callers import them from
 from .specs import MemberSpec, get_spec
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SpecLike = Union[MemberSpec, str]
 
 
 def build_net(arch: str) -> nn.Module:
-    """The bare network of an architecture, with a fresh (random) head, in the seed's layout."""
-    if arch == "i3d":
-        from .i3d import InceptionI3d
+    """The bare network of an architecture, with a fresh (random) head, in the seed's layout.
 
-        return InceptionI3d(num_classes=2)
-    if arch == "r3d34":
-        from .resnet3d import resnet3d
-
-        return resnet3d(34, shortcut_type="A", num_classes=2)
-    if arch in ("mc3", "r2plus1d", "r3d18"):
-        from torchvision.models import video
-
-        ctor = {"mc3": video.mc3_18, "r2plus1d": video.r2plus1d_18, "r3d18": video.r3d_18}[arch]
-        return ctor(num_classes=2)
-    if arch == "seresnext50":
-        from .senet2d import se_resnext50_32x4d
-
-        return se_resnext50_32x4d(num_classes=1, dropout=0.5)
-    from .specs import FRAME_ARCHS
-
-    if arch in FRAME_ARCHS:
-        return FrameNet(arch)
-    raise KeyError(f"unknown architecture {arch!r}")
-
-
-class FrameNet(nn.Module):
-    """A timm image network with one output, built from scratch (no weights can be downloaded here):
-    (B,3,H,W) -> the FAKE logit (B,), like the 2D member's head."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        import timm
-
-        self.body = timm.create_model(name, pretrained=False, num_classes=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)[:, 0]
-
-
-class MemberModel(nn.Module):
-    """One ensemble member: clip in, p(fake) out. See the module docstring for the conventions."""
-
-    def __init__(self, spec: MemberSpec, net: nn.Module) -> None:
-        super().__init__()
-        self.spec = spec
-        self.net = net
-        if spec.scaling in ("imagenet", "imagenet_bgr"):
-            # imagenet_bgr: the seed's 2D preprocessor flips RGB->BGR and then subtracts mean[i]/std[i]
-            # on channel i of the BGR array, i.e. the same numbers, indexed on BGR channels.
-            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        else:
-            mean, std = torch.zeros(3), torch.ones(3)
-        self.register_buffer("mean", mean.view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("std", std.view(1, 3, 1, 1, 1), persistent=False)
-        self.source: str = ""  # where the weights came from (a file, an init, a registry entry)
-        self.model_id: str = ""  # registry id when loaded from the store
-
-    # -- description -----------------------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
-
-    @property
-    def res(self) -> int:
-        return self.spec.res
-
-    def extra_repr(self) -> str:
-        return f"member={self.spec.name}, arch={self.spec.arch}, res={self.spec.res}"
-
-    # -- conventions ------------------------------------------------------------------------------
-    def _dtype(self) -> torch.dtype:
-        p = next(self.net.parameters(), None)
-        return torch.float32 if p is None else p.dtype
-
-    def preprocess(self, clip: torch.Tensor) -> torch.Tensor:
-        """RGB 0..255 clip (B,3,T,H,W) or frames (B,3,H,W) -> the network's input scaling (float)."""
-        if clip.dim() not in (4, 5) or clip.shape[1] != 3:
-            raise ValueError(f"{self.spec.name}: expected (B, 3, T, H, W) RGB clips, got shape {tuple(clip.shape)}")
-        four_d = clip.dim() == 4
-        x = clip.unsqueeze(2) if four_d else clip
-        dtype = self._dtype() if not torch.is_floating_point(x) else x.dtype
-        x = x.to(dtype)
-        scaling = self.spec.scaling
-        if scaling == "i3d":
-            x = x / 255.0 * 2.0 - 1.0
-        elif scaling == "raw":
-            pass
-        elif scaling in ("imagenet", "imagenet_bgr"):
-            if scaling == "imagenet_bgr":
-                x = x.flip(1)
-            x = (x / 255.0 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        else:
-            raise ValueError(f"unknown scaling {scaling!r}")
-        return x.squeeze(2) if four_d else x
-
-    def net_fake_logit(self, x: torch.Tensor) -> torch.Tensor:
-        """FAKE logit of already-scaled input. 3D: (B,3,T,H,W) -> (B,). 2D: (B,3,H,W) -> (B,), or
-        (B,3,T,H,W) -> (B,T) per frame."""
-        if self.spec.kind == "2d":
-            if x.dim() == 5:
-                b, c, t, h, w = x.shape
-                frames = x.transpose(1, 2).reshape(b * t, c, h, w)
-                return self.net(frames).reshape(b, t)
-            return self.net(x)
-        out = self.net(x)
-        if self.spec.output == "softmax2_fake0":
-            return out[:, 0] - out[:, 1]
-        return out[:, 0] if out.dim() == 2 else out
-
-    def fake_logit(self, clip: torch.Tensor) -> torch.Tensor:
-        """Training output: the FAKE logit of a raw RGB 0..255 clip (see :meth:`net_fake_logit`)."""
-        return self.net_fake_logit(self.preprocess(clip))
-
-    forward = fake_logit
-
-    def p_fake_2d(self, clip: torch.Tensor) -> torch.Tensor:
-        """The 2D member's test-time rule: p(fake) (B,) of raw RGB 0..255 clips (B,3,T,H,W).
-
-        Every even-indexed frame flipped horizontally, per-frame sigmoid, lower median over frames.
-        Runs in the module's current mode and grad state, so that :meth:`predict` (scan) and the
-        trainer's validation (under its autocast) score a tube by one and the same rule."""
-        if self.spec.kind != "2d":
-            raise ValueError(f"{self.spec.name}: p_fake_2d is the 2D member's rule, this member is {self.spec.kind}")
-        if clip.dim() != 5:  # (a lone frame (B,3,H,W) would have its rows taken for frames)
-            raise ValueError(f"{self.spec.name}: expected (B, 3, T, H, W) frame stacks, got shape {tuple(clip.shape)}")
-        x = self.preprocess(clip).clone()  # (preprocess may hand back the caller's tensor: flip a copy)
-        x[:, :, ::2] = x[:, :, ::2].flip(-1)  # the seed's notebook flips every even-indexed frame
-        p = torch.sigmoid(self.net_fake_logit(x).float())  # (B, T)
-        return p.median(dim=1).values  # torch.median: the LOWER middle value for even T
-
-    @torch.no_grad()
-    def predict(self, clip: torch.Tensor) -> torch.Tensor:
-        """p(fake) (B,) of raw RGB 0..255 clips (B,3,T,H,W), with the seed's test-time handling.
-
-        Switches the module to eval mode (and leaves it there)."""
-        if clip.dim() == 4:
-            clip = clip.unsqueeze(0)
-        self.eval()
-        if self.spec.kind == "2d":
-            return self.p_fake_2d(clip)
-        x = self.preprocess(clip)
-        p = torch.sigmoid(self.net_fake_logit(x).float())
-        if self.spec.flip_tta:
-            p = (p + torch.sigmoid(self.net_fake_logit(x.flip(-1)).float())) / 2
-        return p
+    Everything here builds networks through this name, so tests and the benchmark can swap in tiny
+    stand-ins by replacing it (``monkeypatch.setattr(models.registry, "build_net", ...)``)."""
+    return get_arch(arch).build()
 
 
 def build(spec: SpecLike, *, init: Optional[Union[str, os.PathLike]] = None,
@@ -208,8 +57,6 @@ def build(spec: SpecLike, *, init: Optional[Union[str, os.PathLike]] = None,
         load_pretrained(net, spec.arch, init)
         model.source = f"init:{Path(init).name}"
     if weights is not None:
-        from .checkpoint import extract_state_dict, load_strict, read_checkpoint
-
         sd = extract_state_dict(read_checkpoint(weights), source=str(weights))
         load_strict(net, normalize_keys(sd), str(weights), f"member {spec.name} ({spec.arch})")
         model.source = str(weights)
@@ -221,10 +68,56 @@ def build(spec: SpecLike, *, init: Optional[Union[str, os.PathLike]] = None,
 def normalize_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip the prefixes a full checkpoint may carry: ``module.`` (DataParallel) and ``net.`` (a
     :class:`MemberModel`'s own state_dict)."""
-    from .checkpoint import strip_prefix
-
     return strip_prefix(strip_prefix(sd, "module."), "net.")
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@lru_cache(maxsize=None)
+def _meta_state_dict(arch: str, builder) -> dict[str, torch.Tensor]:
+    """An architecture's state_dict on the meta device (shapes only, no memory), built once per
+    builder (tests swap in tiny networks)."""
+    with torch.device("meta"):
+        return builder(arch).state_dict()
+
+
+def match_layouts(sd: Mapping[str, torch.Tensor]) -> tuple[list[str], str, str]:
+    """Which architectures' layouts ``sd`` matches exactly (networks built on the meta device).
+
+    Returns (matching architectures, the closest architecture, its mismatch line); the last two are
+    what to tell a user whose file matches none ("" when one matches)."""
+    matches: list[str] = []
+    closest: tuple[int, str, str] = (1 << 30, "", "")
+    for arch in arch_names():
+        own = _meta_state_dict(arch, build_net)
+        shapes, missing, unexpected = differences(own, sd)
+        n = len(shapes) + len(missing) + len(unexpected)
+        if n == 0:
+            matches.append(arch)
+        elif not matches and n < closest[0]:
+            closest = (n, arch, describe_mismatch(own, sd, shapes, missing, unexpected))
+    return (matches, "", "") if matches else ([], closest[1], closest[2])
+
+
+def guess_arch(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The architecture whose fresh state_dict matches ``sd`` exactly, if any."""
+    matches = match_layouts(sd)[0]
+    return matches[0] if matches else None
+
+
+def check_layout(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """A one-line :class:`UserError` unless ``sd`` loads strictly into ``net`` (which may live on the
+    meta device: only keys and shapes are compared)."""
+    problem = mismatch_report(net, sd)
+    if problem is not None:
+        guess = guess_arch(sd)
+        hint = f" (it is a {guess} checkpoint)" if guess else ""
+        raise UserError(f"{source} does not match {what}{hint}: {problem}")
+
+
+def load_strict(net: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """``net.load_state_dict(sd, strict=True)`` with a one-line :class:`UserError` on any mismatch."""
+    check_layout(net, sd, source, what)
+    net.load_state_dict(sd, strict=True)

@@ -10,6 +10,11 @@ subsampled with stride s (``avg_pool3d`` of kernel 1) and zero channels are appe
 ``downsample.*`` keys. We build the zeros on the input's device and dtype (the reference builds a CPU
 float32 tensor unless the input is a CUDA float tensor). Type ``"B"`` uses a 1x1x1 conv + BN projection
 (``downsample.0/1``).
+
+This network is the project's own because torchvision's ``VideoResNet`` cannot express it: torchvision
+has a 3x7x7 stem without max pool and only projection (type-B) shortcuts, while the seed's R3D-34 has a
+7x7x7 stem, a max pool and parameter-free type-A shortcuts. Its registry record (raw 0..255 input) is in
+:mod:`models.archs`.
 """
 
 from __future__ import annotations
@@ -163,3 +168,9 @@ def resnet3d(depth: int, shortcut_type: str = "B", num_classes: int = 400) -> Re
     block, layers = _DEPTHS[depth]
     return ResNet3d(block, layers, shortcut_type=shortcut_type, num_classes=num_classes)
 
+
+
+def r3d34() -> ResNet3d:
+    """The seed's ``r3d34_224`` network: type-A shortcuts, 2 classes (index 0 = FAKE). Record in
+    :mod:`models.archs`."""
+    return resnet3d(34, shortcut_type="A", num_classes=2)

@@ -1,27 +1,21 @@
-"""What each ensemble member is: the single table that `train`, `scan` and `eval` read.
+"""What each ensemble member is: the table of the seed's eight members (names, released file names,
+labels, reference layouts) that `train`, `scan` and `eval` read, and the general ``<arch>_<res>`` form.
 
 A member's conventions (input scaling, which softmax index is FAKE, sigmoid vs softmax, test-time
-flip, clip length) live here and are applied inside the model wrapper, so callers only ever see
-"clip in, p(fake) out".
+flip, clip length) are its architecture's (:mod:`models.archs`), copied into its :class:`MemberSpec`
+and applied inside the model wrapper (:mod:`models.member`), so callers only ever see "clip in,
+p(fake) out".
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Literal
 
-Arch = Literal["i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50", "resnet18", "efficientnet_b0",
-               "mobilenetv3_large_100", "regnetx_004"]
-Scaling = Literal["i3d", "raw", "imagenet", "imagenet_bgr"]
-Output = Literal["softmax2_fake0", "sigmoid"]
+# (the architecture records and their resolutions, re-exported for the member table's readers)
+from .archs import FRAME_ARCHS, FRAME_RESOLUTIONS, RESOLUTIONS, arch_names, get_arch  # noqa: F401
 
-# Small per-frame networks (timm, built from scratch) for a frame model trained here on self-blended
-# fakes (the built-in model): names as timm spells them.
-FRAME_ARCHS: tuple[str, ...] = ("resnet18", "efficientnet_b0", "mobilenetv3_large_100", "regnetx_004")
-ARCHS: tuple[str, ...] = ("i3d", "r3d18", "r3d34", "mc3", "r2plus1d", "seresnext50") + FRAME_ARCHS
-RESOLUTIONS: tuple[int, ...] = (112, 224, 256)
-FRAME_RESOLUTIONS: tuple[int, ...] = (112, 128, 160, 192, 224, 256)
+ARCHS: tuple[str, ...] = arch_names()  # names as `train --arch` spells them
 
 
 @dataclass(frozen=True)
@@ -48,22 +42,15 @@ class MemberSpec:
         return self.kind == "3d"
 
 
-_ARCH_DEFAULTS: dict[str, dict] = {
-    "i3d": dict(clip_frames=64, scaling="i3d", output="softmax2_fake0", flip_tta=True, kind="3d"),
-    "r3d18": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
-    "r3d34": dict(clip_frames=32, scaling="raw", output="softmax2_fake0", flip_tta=True, kind="3d"),
-    "mc3": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
-    "r2plus1d": dict(clip_frames=32, scaling="imagenet", output="softmax2_fake0", flip_tta=True, kind="3d"),
-    "seresnext50": dict(clip_frames=32, scaling="imagenet_bgr", output="sigmoid", flip_tta=False, kind="2d"),
-    # Frame models are scored like the 2D member (its 2D crops, median over 32 frames).
-    **{a: dict(clip_frames=32, scaling="imagenet", output="sigmoid", flip_tta=False, kind="2d") for a in FRAME_ARCHS},
-}
-
-
 def _member(name: str, arch: str, res: int, reference: str, description: str, released_file: str = "",
             label: str = "") -> MemberSpec:
     return MemberSpec(name=name, arch=arch, res=res, reference=reference, description=description,
-                      released_file=released_file, label=label, **_ARCH_DEFAULTS[arch])
+                      released_file=released_file, label=label, **_conventions(arch))
+
+
+def _conventions(arch: str) -> dict:
+    a = get_arch(arch)
+    return dict(clip_frames=a.clip_frames, scaling=a.scaling, output=a.output, flip_tta=a.flip_tta, kind=a.kind)
 
 
 # The seed's eight ensemble members (docs/method.md §2), in the order of the seed's notebook, with the
@@ -118,7 +105,7 @@ def get_spec(name: str) -> MemberSpec:
     if name in MEMBERS:
         return MEMBERS[name]
     arch, _, res = name.rpartition("_")
-    if arch in _ARCH_DEFAULTS and res.isdigit():
+    if arch in ARCHS and res.isdigit():
         return spec_for(arch, int(res))
     known = ", ".join(list(MEMBERS) + [f"{a}_<res>" for a in ARCHS])
     raise KeyError(f"unknown member {name!r}; known: {known}")
@@ -126,14 +113,13 @@ def get_spec(name: str) -> MemberSpec:
 
 def spec_for(arch: str, res: int, name: str | None = None) -> MemberSpec:
     """The general ``--arch A --res R`` form used by `deepfake train`."""
-    if arch not in _ARCH_DEFAULTS:
+    if arch not in ARCHS:
         raise KeyError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
-    allowed = FRAME_RESOLUTIONS if arch in FRAME_ARCHS else RESOLUTIONS
-    if res not in allowed:
-        raise KeyError(f"unsupported resolution {res} for {arch}; choose from {', '.join(map(str, allowed))}")
-    if arch == "i3d" and res != 224:
-        # The I3D head pools a fixed 2x7x7 window, which is only a full map at 224.
-        raise KeyError("i3d needs --res 224 (its head pools a fixed 7x7 map)")
+    record = get_arch(arch)
+    if res not in record.resolutions:
+        why = f" ({record.resolution_note})" if record.resolution_note else ""
+        raise KeyError(f"unsupported resolution {res} for {arch}{why}; choose from "
+                       f"{', '.join(map(str, record.resolutions))}")
     seed = next((m for m in MEMBERS.values() if m.arch == arch and m.res == res), None)
     if seed is not None:
         return replace(seed, name=name or seed.name) if name else seed

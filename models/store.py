@@ -26,11 +26,11 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 
-from dfdc_cli import paths
-from dfdc_cli.atomic import atomic_dir, write_text
-from dfdc_cli.errors import UserError
-
-from .checkpoint import check_layout, extract_state_dict, load_strict, read_bytes, read_checkpoint, sha256_file
+from . import paths
+from .atomic import atomic_dir, write_text
+from .errors import UserError
+from .checkpoint import extract_state_dict, read_bytes, read_checkpoint, sha256_file
+from .registry import check_layout, load_strict, match_layouts
 from .specs import MEMBERS, MemberSpec, get_spec
 
 WEIGHTS = "weights.pt"
@@ -319,8 +319,8 @@ def identify(path: Union[str, os.PathLike], obj: Any, sd: Mapping[str, torch.Ten
     of the same run - or the member a `deepfake train` checkpoint records tells which. Raises
     :class:`AmbiguousCheckpoint` (with the candidates) when nothing does, :class:`UserError` when no
     layout fits."""
-    from .checkpoint import match_layouts
-    from .specs import RESOLUTIONS, named_as_released
+    from .archs import get_arch
+    from .specs import named_as_released
 
     path = Path(path)
     archs, closest, why = match_layouts(sd)
@@ -343,7 +343,7 @@ def identify(path: Union[str, os.PathLike], obj: Any, sd: Mapping[str, torch.Ten
         return by_name[0]
     arch = "/".join(archs)
     if not candidates:  # an architecture no seed member uses: the weights do not say the resolution
-        names = tuple(f"{archs[0]}_{r}" for r in RESOLUTIONS)
+        names = tuple(f"{archs[0]}_{r}" for r in get_arch(archs[0]).resolutions)
         raise AmbiguousCheckpoint(
             f"{path} has the {arch} layout, which no seed member uses, and its input size is not in the "
             f"weights: import it with --as {' or --as '.join(names)}", names)

@@ -36,5 +36,7 @@ class Tiny2d(nn.Module):
 
 
 def tiny_net(arch: str) -> nn.Module:
-    """A stand-in for :func:`models.registry.build_net`."""
-    return Tiny2d() if arch == "seresnext50" else Tiny3d()
+    """A stand-in for :func:`models.registry.build_net`: the architecture record's tiny variant."""
+    from .archs import get_arch
+
+    return get_arch(arch).build_tiny()

@@ -7,14 +7,16 @@ from typing import List, Optional
 
 import typer
 
+from models.archs import help_text
+
 from ..runtime import DEVICE_HELP, PRECISION_HELP
 
 def train_cmd(
     member: Optional[str] = typer.Option(
         None, "--member", "-m", help="Seed member to train (i3d_224, i3d_cutmix_224, r3d34_224, mc3_112, mc3_224, "
         "r2plus1d_112, r2plus1d_cutmix_112, seresnext50_2d); its recipe ships with the tool.", show_default=False),
-    arch: Optional[str] = typer.Option(None, "--arch", help="General form: architecture (i3d, r3d18, r3d34, mc3, "
-                                       "r2plus1d, seresnext50); needs --res.", show_default=False),
+    arch: Optional[str] = typer.Option(None, "--arch", help=f"General form: architecture, needs --res: {help_text()}.",
+                                       show_default=False),
     res: Optional[int] = typer.Option(None, "--res", help="General form: input resolution (112, 224, 256).",
                                       show_default=False),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="A recipe TOML applied over the member's recipe.",
