@@ -112,8 +112,10 @@ def register_best(recipe: Mapping, run_dir: Path, weights: Path, val_loss: float
         if (run_dir / name).is_file():
             try:
                 shutil.copyfile(run_dir / name, Path(entry.path) / name)
-            except OSError:  # pragma: no cover - the registry entry stands without the copies
-                pass
+            except OSError as exc:  # the registry entry stands without the copies: say what is missing
+                from .ui import warn
+
+                warn(f"{entry.path}: {name} not copied beside the registered weights ({exc})")
     return entry
 
 

@@ -12,6 +12,22 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _as_if_created(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp make private (0600/0700) entries; the finished file or folder gets the
+    permissions a plain open()/mkdir() would have given it, so results, indexes and registered
+    weights stay readable by the user's group and tools as usual."""
+    os.chmod(path, mode & ~_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
@@ -22,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _as_if_created(tmp_path, 0o666)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -49,6 +66,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _as_if_created(tmp, 0o777)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -31,3 +31,18 @@ def test_one_error_class_for_the_cli_and_the_models():
     from models.errors import UserError as ModelUserError
 
     assert UserError is ModelUserError  # the CLI's one-line error handling catches what models raise
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from models.atomic import _UMASK, atomic_dir, write_text
+
+    write_text(tmp_path / "a.txt", "x")
+    with atomic_dir(tmp_path / "entry") as d:
+        (d / "f").write_text("y")
+    # not mkstemp's private 0600 / mkdtemp's 0700: what open() and mkdir() give under this umask
+    assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o666 & ~_UMASK
+    assert stat.S_IMODE(os.stat(tmp_path / "entry").st_mode) == 0o777 & ~_UMASK
+    assert (tmp_path / "a.txt").read_text() == "x" and (tmp_path / "entry" / "f").read_text() == "y"

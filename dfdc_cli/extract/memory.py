@@ -60,7 +60,7 @@ def available_memory() -> Optional[int]:
         if limit != "max":
             left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
             avail = left if avail is None else min(avail, left)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # no cgroup v2 memory limit on this machine: the system figure stands
         pass
     return avail
 
