@@ -19,7 +19,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-CLIP = 0.001  # the seed's clip: p in [0.001, 0.999]
+from .ensemble import CLIP_LO
+
+CLIP = CLIP_LO  # the seed's clip: p in [0.001, 0.999], the ensemble's own
 
 
 def _arrays(y, p) -> tuple[np.ndarray, np.ndarray]:

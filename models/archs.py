@@ -93,6 +93,14 @@ def help_text() -> str:
     return "; ".join(f"{a.name}: {a.description}" for a in _REGISTRY.values())
 
 
+def resolution_help() -> str:
+    """The input resolutions as the CLI's ``--res`` help lists them, grouped by architecture."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for a in _REGISTRY.values():
+        groups.setdefault(tuple(a.resolutions), []).append(a.name)
+    return "; ".join(f"{', '.join(map(str, res))} for {', '.join(names)}" for res, names in groups.items())
+
+
 # ---------------------------------------------------------------------------------------------------
 # The seed's architectures (docs/method.md §2)
 

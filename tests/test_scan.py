@@ -371,7 +371,10 @@ def Path_name(p: str) -> str:
     return Path(p).name
 
 
-def test_scan_without_models_says_how_to_get_one(monkeypatch, capsys, carphone):
+def test_scan_without_models_says_how_to_get_one(monkeypatch, capsys, carphone, tmp_path):
+    from models import builtin
+
+    monkeypatch.setattr(builtin, "folder", lambda: tmp_path)  # an installation that ships no built-in model
     code, out, err = run_cli(monkeypatch, capsys, "scan", carphone)
     assert code == 2
     assert "deepfake train" in err and "deepfake models import" in err

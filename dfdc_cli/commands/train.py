@@ -7,17 +7,17 @@ from typing import List, Optional
 
 import typer
 
-from models.archs import help_text
+from models.archs import help_text, resolution_help
+from models.specs import MEMBERS
 
 from ..runtime import DEVICE_HELP, PRECISION_HELP
 
 def train_cmd(
     member: Optional[str] = typer.Option(
-        None, "--member", "-m", help="Seed member to train (i3d_224, i3d_cutmix_224, r3d34_224, mc3_112, mc3_224, "
-        "r2plus1d_112, r2plus1d_cutmix_112, seresnext50_2d); its recipe ships with the tool.", show_default=False),
+        None, "--member", "-m", help=f"Seed member to train ({', '.join(MEMBERS)}); its recipe ships with the tool.", show_default=False),
     arch: Optional[str] = typer.Option(None, "--arch", help=f"General form: architecture, needs --res: {help_text()}.",
                                        show_default=False),
-    res: Optional[int] = typer.Option(None, "--res", help="General form: input resolution (112, 224, 256).",
+    res: Optional[int] = typer.Option(None, "--res", help=f"General form: input resolution ({resolution_help()}).",
                                       show_default=False),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="A recipe TOML applied over the member's recipe.",
                                           show_default=False),
