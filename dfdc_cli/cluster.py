@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from .errors import UserError
+from .runtime import one_thread
 
 INSTALL = 'Ray is not installed: pip install "deepfake[ray]"  (needed for --ray)'
 
@@ -100,19 +101,6 @@ def _describe_failure(exc: BaseException, tries: int) -> str:
     return f"Ray: {what}: {_first_line(exc)}"
 
 
-def _one_thread() -> None:
-    """Ray gives a task one CPU: one torch / OpenCV thread, as the local workers use."""
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
-
-
 # ----------------------------------------------------------------------------------------------
 # Extraction
 
@@ -125,7 +113,7 @@ def _extract_job(path: str, out_dir: str, params, detectors: Sequence) -> tuple:
     global _local_detect
     from .extract.job import LazyDetect, safe_process
 
-    _one_thread()
+    one_thread()
     if detectors:
         ray = require_ray()
         actor = detectors[sum(path.encode()) % len(detectors)]
@@ -149,7 +137,7 @@ class DetectorActor:
 
         from .detect import FaceDetector
 
-        _one_thread()
+        one_thread()
         self.detector = FaceDetector(device=device, batch_size=batch_size)
         self.wait_s = wait_s
         self.queue: list = []

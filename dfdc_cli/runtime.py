@@ -22,6 +22,17 @@ PRECISION_HELP = "auto | fp32 | bf16 | fp16 (mixed precision on a GPU; a CPU alw
 _ALIASES = {"off": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 
 
+def one_thread() -> None:
+    """One torch and one OpenCV thread: for a worker given one core (extract's process pool, a Ray
+    task), where more threads per worker only contend with the other workers. (Not for forked
+    DataLoader workers: ``cv2.setNumThreads`` hangs there, see ``data.worker_init``.)"""
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
 def resolve_device(device: Optional[str] = "auto") -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; an unavailable or unknown device is a
     one-line error naming it."""

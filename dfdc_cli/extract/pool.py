@@ -89,19 +89,12 @@ def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, 
     a DetectRequest, whose DetectAnswer comes back on this worker's task queue."""
     import signal
 
-    import torch
-
     from ..lifecycle import watch_parent
+    from ..runtime import one_thread
 
     watch_parent()  # never outlive the main process, however it dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
-    torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001
-        pass
+    one_thread()
     counter = [0]
 
     def remote_detect(images, thresholds, factor, min_face_size):
