@@ -4,6 +4,7 @@ columns when they fit, a compact second table when asked."""
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -135,3 +136,22 @@ def test_print_results_hint_and_second_table(monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "p(fake) per member" in out and "I3D-CM" in out and "--members-table" not in err
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_eval_table_uses_short_labels_where_whole_names_do_not_fit():
+    from rich.console import Console
+
+    from dfdc_cli.commands.evaluate import _needs_short_names, metrics_table
+
+    fig = {"log_loss": 0.5, "roc_auc": 0.7, "average_precision": 0.6, "accuracy": 0.6,
+           "balanced_accuracy": 0.6, "eer": 0.3, "n": 3, "n_fake": 2, "n_real": 1, "notes": []}
+    level = {"r2plus1d_112": fig, "r2plus1d_cutmix_112": fig, "ensemble": fig}
+
+    def render(width: int) -> str:
+        con = Console(width=width, record=True, file=io.StringIO())
+        con.print(metrics_table(level, "video level", _needs_short_names(level, width)))
+        return con.export_text()
+
+    narrow, wide = render(80), render(160)
+    assert "R21D " in narrow and "R21D-CM" in narrow and "r2plus1" not in narrow  # no look-alike truncations
+    assert "r2plus1d_cutmix_112" in wide and "R21D-CM" not in wide

@@ -75,18 +75,35 @@ def register(app: typer.Typer) -> None:
         meta = report_meta(scanner.describe(), val, metadata or [], index, es.missing, bootstrap, seed)
         out_dir = out or default_out_dir()
         write_report(out_dir, results, es.labels, report, meta)
-        console.print(metrics_table(report["video"], "video level"))
-        console.print(metrics_table(report["tube"], "tube level"))
+        short = _needs_short_names(report["video"], console.width)
+        console.print(metrics_table(report["video"], "video level", short))
+        console.print(metrics_table(report["tube"], "tube level", short))
+        if short:
+            from .scan import member_label
+
+            names = [n for n in report["video"] if member_label(n) != n]
+            err_console.print("models: " + ", ".join(f"{member_label(n)} = {n}" for n in names), highlight=False)
         c = report["counts"]
         err_console.print(
             f"{c['videos']} videos ({c['fake']} FAKE, {c['real']} REAL): {c['no_face']} no face, "
             f"{c['error']} failed (scored 0.5); {c['tubes']} tubes. Report: {out_dir}", highlight=False)
 
 
-def metrics_table(level, title: str):
+# The metric and count columns need about this many characters beside the model column.
+_METRIC_COLUMNS_WIDTH = 72
+
+
+def _needs_short_names(level, width: int) -> bool:
+    """Whole member names where they fit; otherwise short labels (R21D-CM), as scan's table does,
+    rather than truncations that make two members look alike (r2plus1…)."""
+    return max((len(n) for n in level), default=0) + _METRIC_COLUMNS_WIDTH > width
+
+
+def metrics_table(level, title: str, short: bool = False):
     from rich.table import Table
 
     from ..evaluate import COLUMNS, ENSEMBLE, summary_rows
+    from .scan import member_label
 
     t = Table(title=f"deepfake eval, {title}", title_justify="left")
     t.add_column("model")
@@ -95,5 +112,5 @@ def metrics_table(level, title: str):
     t.add_column("n (F/R)", justify="right")
     for row in summary_rows(level):
         style = "bold" if row[0] == ENSEMBLE else None
-        t.add_row(*row, style=style)
+        t.add_row(member_label(row[0]) if short else row[0], *row[1:], style=style)
     return t
