@@ -63,9 +63,9 @@ def check_precision(precision: Optional[str]) -> str:
 
 
 def effective_precision(device: str, precision: Optional[str], auto: str = "fp16") -> str:
-    """The precision a run really computes in: fp32 off CUDA; ``auto`` on CUDA is ``auto`` (scan and
-    eval: fp16, the more precise half format for inference; training passes ``bf16``, whose range
-    needs no loss scaling, and falls back to fp16 on GPUs without bf16)."""
+    """The precision a run really computes in: fp32 off CUDA; on CUDA ``auto`` becomes the caller's
+    ``auto`` (scan and eval: fp16, the more precise half format for inference; training passes
+    ``bf16``, whose range needs no loss scaling), and bf16 falls back to fp16 on GPUs without it."""
     p = check_precision(precision)
     if not str(device).startswith("cuda"):
         return "fp32"

@@ -24,7 +24,7 @@ import torch
 from .atomic import atomic_path, write_text
 from .errors import UserError
 from .model_adapter import unwrap, register_best, weights_state_dict
-from .runtime import Runtime
+from .runtime import Runtime, autocast
 from .trainloop import Hook, Progress, Stepper, TrainLoop, _to_input, rate, rng_state, set_rng_state
 
 # ----------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def evaluate(model, loader, rt: Runtime,
     ys, ps, n_items = [], [], 0
     for x, y in loader:
         x = _to_input(x, rt.device)
-        with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
+        with autocast(rt.device.type, rt.amp_dtype):
             out = model.p_fake_2d(x) if two_d else model(x)  # 2D: p(fake) already, in float32
         p = out if two_d else torch.sigmoid(out.float().reshape(-1))
         ps.append(p.cpu().numpy())

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import augment
-from .runtime import Runtime
+from .runtime import Runtime, autocast
 
 
 def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -51,7 +51,7 @@ class Stepper:
             x, y2, lam, _perm, _boxes = augment.cutmix3d(x, y, rng, float(self.aug.get("cutmix_alpha", 1.0)))
         elif self.kind == "2d":
             x, y2, lam, _k = augment.mix2d(x.float(), y, rng, self.aug)
-        with torch.autocast(rt.device.type, dtype=rt.amp_dtype or torch.float32, enabled=rt.amp_dtype is not None):
+        with autocast(rt.device.type, rt.amp_dtype):
             logits = self.model(x)
         logits = logits.float().reshape(-1)
         if lam is None:
