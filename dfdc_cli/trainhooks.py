@@ -153,7 +153,10 @@ class Checkpointer(Hook):
 
     def resume(self, loop: TrainLoop, folder: Path) -> None:
         """Restore ``folder/last.pt`` into the run's parts and ``loop`` (which continues after its epoch)."""
-        ck = torch.load(Path(folder) / "last.pt", map_location="cpu", weights_only=False)
+        from models.checkpoint import numpy_globals, read_checkpoint
+
+        # A run folder is a file the user hands over: a safe load, never a pickle that runs code.
+        ck = read_checkpoint(Path(folder) / "last.pt", allow=tuple(numpy_globals()))
         unwrap(self.model).load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])

@@ -45,15 +45,29 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return path.read_bytes()
 
 
-def read_checkpoint(path: str | os.PathLike, data: bytes | None = None) -> Any:
+def numpy_globals() -> list:
+    """The numpy types a trainer checkpoint pickles (the numpy RNG state, numpy scalars in the
+    history): allow-listed by name for a safe load, so no other global can run."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    kinds = (np.bool_, np.uint8, np.uint32, np.int32, np.int64, np.float16, np.float32, np.float64)
+    return [np.ndarray, np.dtype, _reconstruct, scalar, *{type(np.dtype(k)) for k in kinds}]
+
+
+def read_checkpoint(path: str | os.PathLike, data: bytes | None = None, allow: tuple = ()) -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with clear errors for missing,
     truncated, corrupt or non-tensor (arbitrary pickle) files. ``data``: the file's bytes, when the
-    caller has already read them (:func:`read_bytes`)."""
+    caller has already read them (:func:`read_bytes`). ``allow``: further types the safe load may
+    rebuild (e.g. :func:`numpy_globals` for a trainer's ``last.pt``); nothing else is ever run."""
     path = Path(path).expanduser()
     if data is None:
         _check_file(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allow)):
             warnings.simplefilter("ignore")
             return torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
