@@ -85,13 +85,50 @@ def to_json(results: Sequence[VideoScan], meta: Mapping) -> dict:
     return {"tool": f"deepfake {__version__}", **dict(meta), "videos": [r.to_dict() for r in results]}
 
 
+def distinct_names(paths: Sequence[str]) -> list[str]:
+    """Per path: its file name, or, where two different paths share a name, the shortest end of
+    the path that tells it from the others (``a/clip.mp4``, ``b/clip.mp4``); the same file given
+    twice keeps its name."""
+    parts = [Path(p).parts or (str(p),) for p in paths]
+    by_name: dict[str, set[tuple[str, ...]]] = {}
+    for ps in parts:
+        by_name.setdefault(ps[-1], set()).add(ps)
+    out = []
+    for ps in parts:
+        others = [o for o in by_name[ps[-1]] if o != ps]
+        k = 1
+        while k < len(ps) and any(o[-k:] == ps[-k:] for o in others):
+            k += 1
+        out.append(str(Path(*ps[-k:])))
+    return out
+
+
+def display_names(results: Sequence[VideoScan]) -> list[str]:
+    """The names a scan shows and writes: :func:`distinct_names` of the videos (a result without
+    a path keeps its name)."""
+    shown = distinct_names([r.video or r.name for r in results])
+    return [s if r.video else r.name for s, r in zip(shown, results)]
+
+
 def submission_rows(results: Sequence[VideoScan]) -> list[tuple[str, float]]:
-    """DFDC submission: (filename, p(fake)); the prior 0.5 for videos without a verdict."""
-    return [(r.name, float(r.p_fake)) for r in results]
+    """DFDC submission: (filename, p(fake)); the prior 0.5 for videos without a verdict. Two
+    videos with one name get their distinguishing paths (:func:`display_names`)."""
+    return [(n, float(r.p_fake)) for n, r in zip(display_names(results), results)]
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """CSV through the csv module, so that names with commas, quotes or line breaks read back whole."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def write_submission(path: str | Path, results: Sequence[VideoScan]) -> None:
     from .atomic import write_text
 
-    lines = ["filename,label"] + [f"{n},{p:.6f}" for n, p in submission_rows(results)]
-    write_text(path, "\n".join(lines) + "\n")
+    write_text(path, csv_text(["filename", "label"], [(n, f"{p:.6f}") for n, p in submission_rows(results)]))

@@ -95,8 +95,11 @@ def merge_outputs(folder: str | Path) -> list[Merged]:
     ``NAME.json|csv``, then remove the parts (under the folder's index lock). JSON: the first
     part's header with every part's ``videos``; CSV (a DFDC submission): every part's rows. Rows
     are sorted by video path (JSON) or file name (CSV)."""
+    import csv
+
     from .atomic import write_json, write_text
     from .index import index_lock
+    from .scanresult import csv_text
 
     folder = Path(folder)
     out = []
@@ -118,12 +121,16 @@ def merge_outputs(folder: str | Path) -> list[Merged]:
             else:
                 header, body = None, []
                 for _, p in parts:
-                    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+                    try:
+                        with open(p, newline="") as f:
+                            lines = [row for row in csv.reader(f) if row]
+                    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+                        raise UserError(f"{p}: cannot read ({exc})") from None
                     if lines:
                         header = header or lines[0]
                         body.extend(lines[1:])
                 body.sort()
-                write_text(target, "\n".join([header or "filename,label", *body]) + "\n")
+                write_text(target, csv_text(header or ["filename", "label"], body))
                 rows = len(body)
             for _, p in parts:
                 p.unlink(missing_ok=True)

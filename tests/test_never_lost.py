@@ -53,3 +53,68 @@ def test_models_import_never_runs_code(tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "models", "import", f)
     assert code != 0 and "mc3_112.pt" in err and "Traceback" not in err
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 7, 9. The submission CSV reads back whole; two videos with one name can be told apart
+
+
+def _result(video: str, p: float = 0.25):
+    from dfdc_cli.scanresult import VideoScan
+
+    return VideoScan(video=video, name=Path(video).name, status="ok", p_fake=p, verdict="REAL")
+
+
+def test_submission_csv_round_trips_names_with_commas_quotes_and_newlines(tmp_path):
+    import pandas as pd
+
+    from dfdc_cli.scanresult import write_submission
+
+    names = ["a,b.mp4", 'say "cheese".mp4', "two\nlines.mp4", "plain.mp4"]
+    write_submission(tmp_path / "sub.csv", [_result(f"/v/{n}", 0.1 * i) for i, n in enumerate(names)])
+    back = pd.read_csv(tmp_path / "sub.csv")
+    assert list(back["filename"]) == names
+    assert list(back["label"]) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_shard_merge_keeps_quoted_names_whole(tmp_path):
+    import pandas as pd
+
+    from dfdc_cli.scanresult import write_submission
+    from dfdc_cli.shard import merge_outputs
+
+    write_submission(tmp_path / "sub.part-1-of-2.csv", [_result("/v/x,y.mp4", 0.5)])
+    write_submission(tmp_path / "sub.part-2-of-2.csv", [_result("/v/a\nb.mp4", 0.25)])
+    (m,) = merge_outputs(tmp_path)
+    back = pd.read_csv(m.target)
+    assert sorted(back["filename"]) == sorted(["x,y.mp4", "a\nb.mp4"]) and m.rows == 2
+
+
+def test_same_name_in_two_folders_shows_the_shortest_distinguishing_path():
+    from dfdc_cli.scanresult import distinct_names
+
+    paths = ["/d/day1/cam/clip.mp4", "/d/day2/cam/clip.mp4", "/d/other.mp4", "/e/day1/cam/clip.mp4"]
+    assert distinct_names(paths) == ["d/day1/cam/clip.mp4", "day2/cam/clip.mp4", "other.mp4",
+                                     "e/day1/cam/clip.mp4"]
+    assert distinct_names(["/a/x.mp4", "/a/x.mp4"]) == ["x.mp4", "x.mp4"]  # the same file twice
+
+
+@pytest.mark.slow
+def test_scan_table_and_csv_tell_same_named_videos_apart(tmp_path, monkeypatch, capsys, carphone, tiny_members):
+    import shutil
+
+    import pandas as pd
+
+    for d in ("day1", "day2"):
+        (tmp_path / d).mkdir()
+        shutil.copy(carphone, tmp_path / d / "clip.mp4")
+    odd = tmp_path / "day1" / 'a,b "c".mp4'
+    shutil.copy(carphone, odd)
+    sub = tmp_path / "out" / "sub.csv"
+    sub.parent.mkdir()
+    code, out, err = run_cli(monkeypatch, capsys, "scan", tmp_path / "day1", tmp_path / "day2",
+                             "--workers", "1", "--csv", sub)
+    assert code == 0, err
+    back = pd.read_csv(sub)
+    assert sorted(back["filename"]) == sorted(['a,b "c".mp4', "day1/clip.mp4", "day2/clip.mp4"])
+    assert "day1/clip.mp4" in out and "day2/clip.mp4" in out

@@ -196,7 +196,9 @@ def _plain_table(title: Optional[str] = None):
 
 def table_layout(results, members, width: int) -> tuple[int, bool]:
     """(video column width, whether the member columns fit in the main table) at ``width``."""
-    longest = max([len(r.name) for r in results] + [len("video")])
+    from ..scanresult import display_names
+
+    longest = max([len(n) for n in display_names(results)] + [len("video")])
     notes = max([len(_note(r)) for r in results] + [len("note")])
     fixed = sum(_FIXED.values()) + min(notes, NOTE_MIN) + GAP * (len(_FIXED) + 1)
     name_w = min(longest, NAME_MAX)
@@ -211,6 +213,7 @@ def results_table(results, members, threshold: float, width: int = 80, inline_me
     middle-shortened one), faces, p(fake), verdict and note, and the members' scores (short labels)
     when they fit (``inline_members=None``) or when asked (True). Videos without a verdict show
     their prior in brackets, NO FACE / ERROR as the verdict, and the reason."""
+    from ..scanresult import display_names
     from ..ui import middle_ellipsis
 
     name_w, fits = table_layout(results, members, width)
@@ -224,7 +227,7 @@ def results_table(results, members, threshold: float, width: int = 80, inline_me
     t.add_column("p(fake)", justify="right", style="bold", no_wrap=True)
     t.add_column("verdict", no_wrap=True)
     t.add_column("note", overflow="fold", min_width=min(NOTE_MIN, width // 6))
-    for r in results:
+    for r, name in zip(results, display_names(results)):
         if r.verdict == "FAKE":
             v = "[red]FAKE[/red]"
         elif r.verdict == "REAL":
@@ -234,7 +237,7 @@ def results_table(results, members, threshold: float, width: int = 80, inline_me
         else:
             v = "[magenta]ERROR[/magenta]"
         p = fmt_p(r.p_fake) if r.verdict else f"({r.p_fake:.3f})"
-        t.add_row(middle_ellipsis(r.name, name_w), str(r.n_faces), *[fmt_p(r.members.get(m)) for m in shown],
+        t.add_row(middle_ellipsis(name, name_w), str(r.n_faces), *[fmt_p(r.members.get(m)) for m in shown],
                   p, v, _note(r))
     return t
 
@@ -243,8 +246,10 @@ def member_scores_tables(results, members, width: int = 80) -> list:
     """Compact tables of every member's p(fake) per video (short labels; the video name shortened
     to what the member columns leave): one table, or several when the members do not fit side by
     side at ``width``."""
+    from ..scanresult import display_names
     from ..ui import middle_ellipsis
 
+    names = display_names(results)
     widths = dict(zip(members, _member_widths(members)))
 
     def cols(group) -> int:
@@ -258,7 +263,7 @@ def member_scores_tables(results, members, width: int = 80) -> list:
         if n >= len(members) or all(NAME_MIN + cols(g) <= width for g in groups):
             break
         n += 1
-    longest = max([len(r.name) for r in results] + [len("video")])
+    longest = max([len(n) for n in names] + [len("video")])
     name_w = max(NAME_MIN, min(longest, NAME_MAX, width - max(cols(g) for g in groups)))
     tables = []
     for group in groups:
@@ -266,8 +271,8 @@ def member_scores_tables(results, members, width: int = 80) -> list:
         t.add_column("video", no_wrap=True, min_width=name_w)
         for m in group:
             t.add_column(member_label(m), justify="right", no_wrap=True)
-        for r in results:
-            t.add_row(middle_ellipsis(r.name, name_w), *[fmt_p(r.members.get(m)) for m in group])
+        for r, name in zip(results, names):
+            t.add_row(middle_ellipsis(name, name_w), *[fmt_p(r.members.get(m)) for m in group])
         tables.append(t)
     return tables
 
