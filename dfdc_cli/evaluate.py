@@ -346,6 +346,11 @@ def summary_rows(level: Mapping[str, Mapping]) -> list[list[str]]:
     return rows
 
 
+# Every file a report folder gets (dfdc_cli.outputs checks them against the inputs before a run).
+REPORT_FILES = ("metrics.json", "videos.csv", "tubes.csv", "scan.json", "roc.png", "calibration.png",
+                "summary.md", "summary.html")
+
+
 def write_report(out_dir: Path, results: Sequence[VideoScan], items: Sequence[Labelled], report: dict,
                  meta: Mapping) -> dict[str, Path]:
     """metrics.json, videos.csv, tubes.csv, roc.png, calibration.png, summary.md, summary.html,

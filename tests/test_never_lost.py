@@ -118,3 +118,80 @@ def test_scan_table_and_csv_tell_same_named_videos_apart(tmp_path, monkeypatch, 
     back = pd.read_csv(sub)
     assert sorted(back["filename"]) == sorted(['a,b "c".mp4', "day1/clip.mp4", "day2/clip.mp4"])
     assert "day1/clip.mp4" in out and "day2/clip.mp4" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# 1, 8, 2. Outputs never replace inputs, and are checked before any work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a scan or an eval starts scoring (the output check must come first)."""
+    import dfdc_cli.scan
+
+    def started(*_a, **_k):
+        pytest.fail("the work started before the output path was checked")
+
+    monkeypatch.setattr(dfdc_cli.scan, "make_scanner", started)
+
+
+def _one_error_line(err: str, *words: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("case", ["input", "other_video", "folder", "missing_folder", "twice", "input_in_folder"])
+def test_scan_refuses_an_output_path_before_any_work(case, tmp_path, monkeypatch, capsys, carphone, no_work):
+    import shutil
+
+    v, w = tmp_path / "v.mp4", tmp_path / "w.mp4"
+    shutil.copy(carphone, v)
+    shutil.copy(carphone, w)
+    (tmp_path / "adir").mkdir()
+    before = v.read_bytes()
+    args = {
+        "input": (["--csv", v, v, w], "input"),
+        "other_video": (["--csv", v, w], "existing video"),  # the issue's `scan --csv v.mp4 w.mp4`
+        "folder": (["--json", tmp_path / "adir", v], "folder"),
+        "missing_folder": (["--csv", tmp_path / "nope" / "s.csv", v], "does not exist"),
+        "twice": (["--csv", tmp_path / "s.out", "--json", tmp_path / "s.out", v], "same file"),
+        "input_in_folder": (["--json", w, tmp_path], "input"),
+    }[case]
+    code, out, err = run_cli(monkeypatch, capsys, "scan", *args[0])
+    assert code == 2
+    _one_error_line(err, args[1])
+    assert v.read_bytes() == before and w.read_bytes() == before
+
+
+def test_eval_report_never_lands_in_an_extract_index(tmp_path, monkeypatch, capsys, carphone, no_work):
+    import shutil
+
+    index = tmp_path / "tubes"
+    index.mkdir()
+    (index / "videos.csv").write_text("video,name,status,reason\n/x/a.mp4,a.mp4,ok,\n")
+    (index / "tubes.csv").write_text("video,name,tube_id,tube_path\n/x/a.mp4,a.mp4,0,/x/t0.mp4\n")
+    tables = {p.name: p.read_bytes() for p in index.iterdir() if p.suffix == ".csv"}
+    assert set(tables) == {"videos.csv", "tubes.csv"}
+    shutil.copy(carphone, tmp_path / "v.mp4")
+    val = tmp_path / "val.csv"
+    val.write_text("filename,label\nv.mp4,FAKE\n")
+    code, out, err = run_cli(monkeypatch, capsys, "eval", "--val", val, "--out", index)
+    assert code == 2
+    _one_error_line(err, str(index), "tube index")
+    assert {p.name: p.read_bytes() for p in index.iterdir() if p.suffix == ".csv"} == tables
+
+
+def test_extract_index_never_lands_in_an_eval_report(tmp_path, monkeypatch, capsys, carphone):
+    import dfdc_cli.extract as X
+
+    report = tmp_path / "report"
+    report.mkdir()
+    for name in ("metrics.json", "summary.md", "videos.csv", "tubes.csv"):
+        (report / name).write_text(name)
+    monkeypatch.setattr(X, "extract", lambda *a, **k: pytest.fail("extract started"))
+    code, out, err = run_cli(monkeypatch, capsys, "extract", carphone, "--out", report)
+    assert code == 2
+    _one_error_line(err, "eval")
+    assert (report / "videos.csv").read_text() == "videos.csv"

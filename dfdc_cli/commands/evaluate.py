@@ -60,11 +60,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..evaluate import (default_out_dir, eval_set, evaluate_results, label_results, report_meta,
                                 write_report)
+        from ..index import resolve_index, table_paths
+        from ..outputs import check_report_dir
         from ..scan import make_scanner
         from ..ui import console, err_console
         from .scan import scan_with_progress, split_members, warn_missing_2d
 
         es = eval_set(val, metadata or [], index)
+        out_dir = check_report_dir(out or default_out_dir(), "--out",
+                                   [*es.videos, *([val] if val else []), *(metadata or []),
+                                    *(table_paths(resolve_index(index)) if index is not None else ())])
         scanner = make_scanner(split_members(members), weights, 0.5, device, workers, batch_size, precision,
                                rescore=rescore, items=es.items)
         if es.items is not None:
@@ -73,7 +78,6 @@ def register(app: typer.Typer) -> None:
         label_results(results, es.labels)
         report = evaluate_results(results, es.labels, scanner.names, bootstrap=bootstrap, seed=seed)
         meta = report_meta(scanner.describe(), val, metadata or [], index, es.missing, bootstrap, seed)
-        out_dir = out or default_out_dir()
         write_report(out_dir, results, es.labels, report, meta)
         short = _needs_short_names(report["video"], console.width)
         console.print(metrics_table(report["video"], "video level", short))

@@ -149,6 +149,9 @@ def extract_cmd(
         blend_params = params_from_file(self_blend_params) if self_blend_params else SelfBlendParams()
     part = parse_shard(shard)
     out_dir = out if out is not None else default_tubes_dir()
+    from ..outputs import check_index_dir
+
+    check_index_dir(out_dir, "--out")
 
     def run():
         executor = None

@@ -55,6 +55,21 @@ def scan_with_progress(scanner, videos, desc: str) -> list:
     return results
 
 
+def check_outputs(outputs: dict, videos, index=None, more_inputs=()) -> None:
+    """Refuse, before any work, output files that would replace an input (a scanned video, the
+    index's tables) or an existing video, or that cannot be written."""
+    from ..outputs import check_distinct, check_output_file
+
+    inputs = [*videos, *more_inputs]
+    if index is not None:
+        from ..index import resolve_index, table_paths
+
+        inputs.extend(table_paths(resolve_index(index)))
+    for option, path in outputs.items():
+        check_output_file(path, option, inputs)
+    check_distinct(outputs)
+
+
 def warn_missing_2d(scanner, items) -> None:
     from ..scaninput import missing_2d_note
     from ..ui import warn
@@ -131,6 +146,7 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
         raise typer.Exit(0)
     json_out = part_path(json_out, part) if json_out is not None else None
     csv_out = part_path(csv_out, part) if csv_out is not None else None
+    check_outputs({"--json": json_out, "--csv": csv_out}, videos, index)
     scanner = make_scanner(split_members(members), weights, threshold, device, workers, batch_size, precision,
                            rescore=rescore, ray=ray is not None, items=items, keep_tubes=keep_tubes)
     if items is not None:
