@@ -39,8 +39,10 @@ def registered_members() -> list[str]:
 def available_members() -> list[str]:
     """The members scan uses by default: the registered ones; when none is registered, the built-in
     model shipped with the package (if any). A registered model always takes precedence."""
-    from models import builtin
+    from models import builtin, store
 
+    # A damaged registry must not make its models vanish and the built-in one judge instead.
+    store.check_intact()
     names = registered_members()
     if names:
         return names
@@ -58,11 +60,14 @@ def resolve_members(names: Optional[Sequence[str]]) -> list[str]:
         return found
     from models.specs import get_spec
 
+    from models import store
+
     for n in names:
         try:
             get_spec(n)
         except KeyError as exc:
             raise UserError(str(exc.args[0])) from None
+    store.check_intact([get_spec(n).name for n in names])
     return list(names)
 
 
@@ -160,6 +165,7 @@ def load_member(name: str, device) -> Member:
         spec = get_spec(name)
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
+    store.check_intact([spec.name])
     if store.active(spec.name) is None:
         from models import builtin
 

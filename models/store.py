@@ -115,6 +115,94 @@ def _active_id(member: str) -> Optional[str]:
     return text or None
 
 
+@dataclass
+class Damage:
+    """A part of the registry that cannot be read: which member, which file, and why."""
+
+    member: str
+    path: Path
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def _entry_problem(folder: Path) -> Optional[tuple[Path, str]]:
+    """Which file of a registered model's folder makes it unusable, and why (None when usable)."""
+    manifest = folder / MANIFEST
+    try:
+        m = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        return manifest, "is missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return manifest, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    except ValueError as exc:
+        return manifest, f"is not valid JSON ({exc})"
+    if not isinstance(m, dict):
+        return manifest, "is not a JSON object"
+    if m.get("model_id") != folder.name or m.get("member") != folder.parent.name:
+        return manifest, f"names {m.get('member')!r}/{m.get('model_id')!r}, not its own folder"
+    if _read_entry(folder, None) is None and (folder / WEIGHTS).is_file():
+        return manifest, "lacks fields of a registry entry"
+    if not (folder / WEIGHTS).is_file():
+        return folder / WEIGHTS, "is missing"
+    return None
+
+
+def damaged(member: Optional[str] = None) -> list[Damage]:
+    """Everything in the registry (of one member, or all) that cannot be read: a model folder whose
+    manifest is missing, unreadable or wrong, or whose weights are missing; an ``ACTIVE`` pointer
+    that cannot be read or names no usable model. Such damage is an error for whoever would use
+    that member, never a reason to quietly use something else."""
+    root = paths.models_dir()
+    if member is not None:
+        names = [_spec(member).name]
+    else:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
+    out: list[Damage] = []
+    for name in names:
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        ok: set[str] = set()
+        bad: set[str] = set()
+        for d in sorted(folder.iterdir()):
+            if not d.is_dir() or d.name.startswith("."):
+                continue
+            problem = _entry_problem(d)
+            if problem is None:
+                ok.add(d.name)
+            else:
+                bad.add(d.name)
+                out.append(Damage(name, *problem))
+        pointer = folder / ACTIVE
+        if pointer.exists() or pointer.is_symlink():
+            try:
+                text = pointer.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                out.append(Damage(name, pointer, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"))
+                continue
+            if not text:
+                out.append(Damage(name, pointer, "is empty (it should name the active model)"))
+            elif text not in ok and text not in bad:  # (a damaged entry it names is reported already)
+                shown = text if len(text) <= 40 and text.isprintable() else repr(text[:40])
+                out.append(Damage(name, pointer, f"names model {shown}, which is not a usable entry of {name}"))
+    return out
+
+
+def check_intact(member_names: Optional[Iterable[str]] = None) -> None:
+    """A one-line :class:`UserError` naming the damaged file when the registry of these members
+    (None: of every member) is damaged (:func:`damaged`)."""
+    found: list[Damage] = []
+    for n in (member_names if member_names is not None else [None]):
+        found.extend(damaged(n))
+    if found:
+        more = f" (and {len(found) - 1} more: `deepfake models list` shows them)" if len(found) > 1 else ""
+        raise UserError(f"the model registry is damaged: {found[0].line()}{more}; repair or remove it, or "
+                        "import the model again")
+
+
 def list_entries(member: Optional[str] = None) -> list[Entry]:
     """Registered models (of one member, or all), seed members first, oldest first within a member."""
     root = paths.models_dir()

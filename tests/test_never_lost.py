@@ -195,3 +195,48 @@ def test_extract_index_never_lands_in_an_eval_report(tmp_path, monkeypatch, caps
     assert code == 2
     _one_error_line(err, "eval")
     assert (report / "videos.csv").read_text() == "videos.csv"
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. A damaged registry is an error, never a silent change of judge
+
+
+@pytest.mark.parametrize("damage", ["manifest", "active", "weights"])
+def test_a_damaged_registry_stops_scan_instead_of_changing_the_judge(damage, tmp_path, monkeypatch, capsys,
+                                                                      bikes, tiny_members):
+    from models import store
+
+    e = store.active("mc3_112")
+    if damage == "manifest":
+        (e.path / "manifest.json").write_text('{"member": "mc3_112", "model_')  # truncated
+        named = e.path / "manifest.json"
+    elif damage == "active":
+        (e.path.parent / "ACTIVE").write_bytes(b"\x00\x17garbage\n")
+        named = e.path.parent / "ACTIVE"
+    else:
+        (e.path / "weights.pt").unlink()
+        named = e.path / "weights.pt"
+    code, out, err = run_cli(monkeypatch, capsys, "scan", bikes)
+    assert code == 2
+    _one_error_line(err, str(named), "damaged")
+    # naming the member does not get round it either
+    code, out, err = run_cli(monkeypatch, capsys, "scan", bikes, "--members", "mc3_112")
+    assert code == 2 and str(named) in err
+    code, out, err = run_cli(monkeypatch, capsys, "models", "list")
+    assert code == 0
+    row = next(ln for ln in out.splitlines() if ln.startswith("mc3_112"))
+    assert "damaged" in row
+    assert str(named) in err.replace("\n", "")
+
+
+def test_a_damaged_registry_with_nothing_else_registered_does_not_fall_back_on_the_builtin_model(
+        tmp_path, monkeypatch, capsys, bikes, tiny_members):
+    from models import builtin, paths, store
+
+    assert builtin.member(), "this installation ships a built-in model"
+    for m in tiny_members:
+        if m != "mc3_112":
+            store.remove(m, store.active(m).model_id)
+    (paths.models_dir() / "mc3_112" / "ACTIVE").write_text("not-a-model-id\n")
+    code, out, err = run_cli(monkeypatch, capsys, "scan", bikes)
+    assert code == 2 and "ACTIVE" in err and "judged by" not in err

@@ -26,17 +26,25 @@ def list_cmd(
     from models.specs import MEMBERS, get_spec
 
     entries = store.list_entries()
+    broken = store.damaged()
+    broken_members = {d.member for d in broken}
     by_member: dict[str, list] = {}
     for e in entries:
         by_member.setdefault(e.member, []).append(e)
-    names = list(MEMBERS) + [m for m in by_member if m not in MEMBERS]
+    names = list(MEMBERS) + [m for m in [*by_member, *sorted(broken_members)] if m not in MEMBERS]
+    names = list(dict.fromkeys(names))
     built_in = builtin.member()
     if built_in and built_in not in names:
         names.append(built_in)
     name_w = max(len(n) for n in names)
     caption = "* = active" if all_entries else ""
     if built_in:
-        in_use = "in use: nothing is registered" if not entries else "not in use: registered models take precedence"
+        if broken:
+            in_use = "not in use while the registry is damaged"
+        elif not entries:
+            in_use = "in use: nothing is registered"
+        else:
+            in_use = "not in use: registered models take precedence"
         caption = (caption + "; " if caption else "") + f"built in = ships with the package ({in_use}); card: {builtin.CARD}"
 
     table = _compact_table(f"Model registry: {paths.models_dir()}", caption or None)
@@ -61,6 +69,9 @@ def list_cmd(
                 vl = "" if e.val_loss is None else f"{e.val_loss:.4f}"
                 table.add_row(name, e.model_id + ("*" if e.active else ""), vl, e.date[:10],
                               _short_source(e.source, source_w))
+            for d in broken:
+                if d.member == name:
+                    table.add_row(name, "[red]damaged[/red]", "", "", _short_source(str(d.path), source_w))
             if name == built_in:
                 table.add_row(name, "built in", "", "", _short_source(str(builtin.folder()), source_w))
             elif not rows:
@@ -68,7 +79,9 @@ def list_cmd(
             continue
         act = next((e for e in rows if e.active), None)
         base = [name, f"{spec.arch}/{spec.res}", str(len(rows))]
-        if act is None and name == built_in:
+        if name in broken_members:
+            table.add_row(*base, "[red]damaged[/red]", "", "")
+        elif act is None and name == built_in:
             table.add_row(*base, "built in", "", "")
         elif act is None:
             table.add_row(*base, "[dim]none[/dim]", "", "")
@@ -76,6 +89,13 @@ def list_cmd(
             vl = "" if act.val_loss is None else f"{act.val_loss:.4f}"
             table.add_row(*base, act.model_id, vl, act.date[:10])
     console.print(table)
+    from dfdc_cli.ui import err_console
+
+    for d in broken:
+        err_console.print(f"[red]damaged[/red] {d.member}: {d.line()}", highlight=False, soft_wrap=True)
+    if broken:
+        err_console.print("scan and eval refuse a damaged member until it is repaired, removed or imported again",
+                          highlight=False)
 
 
 def _short_source(source: str, width: int) -> str:
