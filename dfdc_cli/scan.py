@@ -187,6 +187,27 @@ class _Feed:
 # The scanner
 
 
+def drop_non_finite(fresh: Sequence[dict[int, dict[str, float]]]) -> list[list[str]]:
+    """A member that gave NaN or Inf for a tube has no score for that video at all (it is an error
+    of that member on that video, not a number to average): its scores of the video are removed
+    from ``fresh`` (per video: tube id -> {member: p}), and per video the reasons are returned."""
+    import math
+
+    notes: list[list[str]] = []
+    for scores in fresh:
+        bad: dict[str, tuple[int, float]] = {}
+        for tid, per in sorted(scores.items()):
+            for m, p in per.items():
+                if not math.isfinite(p) and m not in bad:
+                    bad[m] = (tid, p)
+        for per in scores.values():
+            for m in bad:
+                per.pop(m, None)
+        notes.append([f"{m} gave {p} for face {tid} (not a finite p(fake)): left out of this video"
+                      for m, (tid, p) in bad.items()])
+    return notes
+
+
 class Scanner:
     """Loads the members once and scans videos in chunks, extraction overlapping the models.
 
@@ -363,6 +384,7 @@ class Scanner:
         tubes, errors = _collect_tubes(ex, futures)
         need = [{m.name for m in self.members if m.name not in cached[t.video_idx]} for t in tubes]
         fresh = _by_video(len(ex), tubes, self.score_tubes(tubes, need=need))
+        broken = drop_non_finite(fresh)
         self.scores.store(ex, keys, cached, fresh, errors)
         out = []
         for vi, e in enumerate(ex):
@@ -370,7 +392,11 @@ class Scanner:
             for m, tube_scores in cached[vi].items():
                 for tid, p in tube_scores.items():
                     merged.setdefault(int(tid), {})[m] = float(p)
-            out.append(self._result(e, merged, errors[vi], [m for m in self.names if m in cached[vi]]))
+            r = self._result(e, merged, errors[vi], [m for m in self.names if m in cached[vi]])
+            if broken[vi]:
+                note = "; ".join(broken[vi])
+                r.reason = f"{r.reason}; {note}" if r.reason else note
+            out.append(r)
         return out
 
     def scan_iter(self, paths: Sequence[str | Path]) -> Iterator[VideoScan]:

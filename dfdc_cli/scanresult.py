@@ -79,10 +79,23 @@ class Tally:
         return 1 if self.failed else 0
 
 
+def finite(obj):
+    """``obj`` with every NaN/Inf float replaced by None: strict JSON parsers refuse bare NaN."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def to_json(results: Sequence[VideoScan], meta: Mapping) -> dict:
     from . import __version__
 
-    return {"tool": f"deepfake {__version__}", **dict(meta), "videos": [r.to_dict() for r in results]}
+    return finite({"tool": f"deepfake {__version__}", **dict(meta), "videos": [r.to_dict() for r in results]})
 
 
 def distinct_names(paths: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -57,7 +58,10 @@ class ScoreCache:
             return {}
         try:
             raw = json.loads(path.read_text())
-            return {str(m): {int(t): float(p) for t, p in tubes.items()} for m, tubes in raw["scores"].items()}
+            got = {str(m): {int(t): float(p) for t, p in tubes.items()} for m, tubes in raw["scores"].items()}
+            if not all(math.isfinite(p) for tubes in got.values() for p in tubes.values()):
+                raise ValueError("a score is not a number")
+            return got
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self.warnings.append(f"score cache entry {path} is unreadable ({exc}); recomputed")
             return {}

@@ -280,6 +280,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def check_finite(sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """A one-line :class:`UserError` when a floating tensor holds NaN or Inf: such weights give NaN
+    scores (a broken training run, a damaged file), never a verdict."""
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            n = int((~torch.isfinite(v)).sum())
+            raise UserError(f"{what}: tensor {k} holds {n} NaN/Inf value(s); weights must be finite numbers")
+
+
 def register(
     member: Union[str, MemberSpec],
     weights: Union[Mapping[str, torch.Tensor], str, os.PathLike],
@@ -319,6 +328,7 @@ def register(
     with torch.device("meta"):
         net = build_net(spec.arch)
     check_layout(net, sd, what, f"member {spec.name} ({spec.arch})")
+    check_finite(sd, what)
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
     root = _member_dir(spec.name)

@@ -240,3 +240,62 @@ def test_a_damaged_registry_with_nothing_else_registered_does_not_fall_back_on_t
     (paths.models_dir() / "mc3_112" / "ACTIVE").write_text("not-a-model-id\n")
     code, out, err = run_cli(monkeypatch, capsys, "scan", bikes)
     assert code == 2 and "ACTIVE" in err and "judged by" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. NaN / Inf is an error of that member on that video, never a number in the output
+
+
+def test_a_member_giving_nan_is_an_error_for_that_member_and_video(tmp_path):
+    import json
+    import math
+
+    from test_scan import Brightness3d, fake_extractor, member, scanner
+    from torch import nn
+
+    from dfdc_cli.scanresult import to_json
+
+    class NanWhenBright(nn.Module):
+        """A broken network: NaN for tubes brighter than mid-grey, -Inf for the darkest."""
+
+        def __init__(self):
+            super().__init__()
+            self.k = nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3, 4))
+            logit = torch.where(m > 128, torch.full_like(m, math.nan), torch.zeros_like(m))
+            return torch.stack([logit, torch.zeros_like(m)], 1)
+
+    ext = fake_extractor(tmp_path, {"a.mp4": [60, 200], "d.mp4": [90], "e.mp4": [220]})
+    sc = scanner([member(Brightness3d(4.0), "mc3_112", "good"), member(NanWhenBright(), "r2plus1d_112", "broken")],
+                 extractor=ext)
+    a, d = sc.scan([tmp_path / "a.mp4", tmp_path / "d.mp4"])
+    # a: "broken" gave NaN for face 1: it has no score for the video (not a mean over the face it did)
+    assert a.status == "ok" and a.members["broken"] is None
+    assert "broken" in a.reason and "nan" in a.reason and "face 1" in a.reason
+    assert a.p_fake == pytest.approx(a.members["good"]) and all("broken" not in f.members for f in a.faces)
+    assert d.members["broken"] == pytest.approx(0.5) and not d.reason
+    # the only member gives NaN: an error with the reason, the prior, no verdict
+    sc2 = scanner([member(NanWhenBright(), "r2plus1d_112", "broken")], extractor=ext)
+    (e,) = sc2.scan([tmp_path / "e.mp4"])
+    assert e.status == "error" and "nan" in e.reason and e.p_fake == 0.5 and e.verdict is None
+    # strict JSON: no bare NaN anywhere
+    text = json.dumps(to_json([a, d, e], sc.describe()), allow_nan=False)
+    assert "NaN" not in text
+
+
+def test_models_import_refuses_non_finite_weights(tmp_path, monkeypatch, capsys):
+    from models_util import shared_state_dict
+
+    from models import store
+
+    sd = shared_state_dict("mc3_112")
+    key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
+    sd[key] = sd[key].clone()
+    sd[key][0] = float("nan")
+    f = tmp_path / "mc3_112_nan.pt"
+    torch.save(sd, f)
+    code, out, err = run_cli(monkeypatch, capsys, "models", "import", f, "--as", "mc3_112")
+    assert code != 0 and key in err and "NaN" in err and "Traceback" not in err
+    assert store.list_entries() == []

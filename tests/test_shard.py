@@ -147,6 +147,7 @@ def test_sharded_scans_merge_to_one_scans_results(tmp_path, monkeypatch, capsys,
     code, _, err = run_cli(monkeypatch, capsys, "scan", d, "--workers", "1", "--json", whole, "--csv", tmp_path / "whole.csv")
     assert code == 1, err
     res = tmp_path / "res"
+    res.mkdir()  # an output's folder must exist (a typo is refused before the work, not created)
     for k in (1, 2):
         run_cli(monkeypatch, capsys, "scan", d, "--workers", "1", "--shard", f"{k}/2", "--rescore",
                 "--json", res / "scan.json", "--csv", res / "sub.csv")
