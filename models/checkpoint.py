@@ -28,13 +28,62 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Files up to this size are never too large (every member's weights are smaller); above it the
+# cap below is worked out from the architectures' layouts.
+SIZE_FLOOR = 256 << 20
+# A trainer's last.pt holds the weights and about four copies more (optimiser moments, lookahead's
+# slow weights); anything beyond that, and a margin, is not a checkpoint of a member.
+_COPIES = 6
+_MARGIN = 64 << 20
+
+
+def size_cap() -> int:
+    """The largest checkpoint (bytes on disk, or unpacked from its zip) loaded at all: a few times the
+    largest registered architecture's fp32 weights. A bigger file is refused before it is read, so
+    neither a huge file nor a zip bomb can take the machine's memory."""
+    from .registry import largest_layout_bytes
+
+    return max(SIZE_FLOOR, _COPIES * largest_layout_bytes() + _MARGIN)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def _check_size(path: Path, size: int, what: str) -> None:
+    if size > SIZE_FLOOR:
+        cap = size_cap()
+        if size > cap:
+            raise UserError(f"{path} {what} {_gib(size)}, far more than any member's weights (the limit is "
+                            f"{_gib(cap)}); not loaded")
+
+
+def _check_unpacked(path: Path, source) -> None:
+    """A zip checkpoint (torch's format) is refused when its entries unpack to more than the cap."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(source):
+            return
+        with zipfile.ZipFile(source) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load says what is wrong with it
+    finally:
+        if hasattr(source, "seek"):
+            source.seek(0)
+    _check_size(path, total, "unpacks to")
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise UserError(f"checkpoint file not found: {path}")
     if not path.is_file():
         raise UserError(f"not a file: {path}")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise UserError(f"{path} is empty")
+    _check_size(path, size, "is")
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -66,10 +115,12 @@ def read_checkpoint(path: str | os.PathLike, data: bytes | None = None, allow: t
     path = Path(path).expanduser()
     if data is None:
         _check_file(path)
+    source = path if data is None else io.BytesIO(data)
+    _check_unpacked(path, source)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(allow)):
             warnings.simplefilter("ignore")
-            return torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)

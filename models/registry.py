@@ -83,6 +83,13 @@ def _meta_state_dict(arch: str, builder) -> dict[str, torch.Tensor]:
         return builder(arch).state_dict()
 
 
+def largest_layout_bytes() -> int:
+    """The fp32 size of the largest registered architecture's weights (from meta-device networks;
+    built once)."""
+    return max(sum(v.numel() * max(4, v.element_size()) for v in _meta_state_dict(a, build_net).values())
+               for a in arch_names())
+
+
 def match_layouts(sd: Mapping[str, torch.Tensor]) -> tuple[list[str], str, str]:
     """Which architectures' layouts ``sd`` matches exactly (networks built on the meta device).
 

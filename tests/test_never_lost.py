@@ -299,3 +299,63 @@ def test_models_import_refuses_non_finite_weights(tmp_path, monkeypatch, capsys)
     code, out, err = run_cli(monkeypatch, capsys, "models", "import", f, "--as", "mc3_112")
     assert code != 0 and key in err and "NaN" in err and "Traceback" not in err
     assert store.list_entries() == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. A file far larger than any member's weights is refused before it is read
+
+
+@pytest.fixture
+def never_read(monkeypatch):
+    """Fail when the file is read whole or handed to torch.load."""
+    real = Path.read_bytes
+    big: list[Path] = []
+
+    def read_bytes(self):
+        if any(self == b for b in big):
+            pytest.fail(f"{self} was read")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    return big
+
+
+def test_size_cap_follows_the_largest_layout():
+    from models.checkpoint import size_cap
+    from models.registry import largest_layout_bytes
+
+    largest = largest_layout_bytes()
+    assert largest > 200e6  # r3d34's weights, ~253 MB in fp32
+    assert 4 * largest < size_cap() < 10 * largest
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path, monkeypatch, capsys, never_read):
+    from models.checkpoint import size_cap
+
+    f = tmp_path / "huge.pt"
+    with open(f, "wb") as fh:  # sparse: 3 GB long, nothing on disk
+        fh.truncate(max(3 << 30, size_cap() + 1))
+    never_read.append(f)
+    code, out, err = run_cli(monkeypatch, capsys, "models", "import", f, "--as", "mc3_112")
+    assert code != 0 and "huge.pt" in err and "limit" in err and "Traceback" not in err
+
+
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path, monkeypatch, capsys, never_read):
+    import struct
+    import zipfile
+
+    from models.checkpoint import size_cap
+
+    f = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("bomb/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("bomb/data/0", b"\0" * 64)
+    # The central directory says the tensor unpacks to more than the cap (as a deflated bomb's does).
+    raw = bytearray(f.read_bytes())
+    at = raw.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", raw, at + 24, min(size_cap() + 1, 0xFFFFFFFE))
+    f.write_bytes(bytes(raw))
+    assert sum(i.file_size for i in zipfile.ZipFile(f).infolist()) > size_cap()
+    code, out, err = run_cli(monkeypatch, capsys, "models", "import", f, "--as", "mc3_112")
+    assert code != 0 and "bomb.pt" in err and "unpacks to" in err and "Traceback" not in err
