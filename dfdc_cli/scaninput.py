@@ -133,6 +133,7 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     import contextlib
 
     from . import extract as X
+    from .extract.job import REBUILT
     from .paths import scan_tubes_dir
     from .ui import warn
 
@@ -150,6 +151,8 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
             for done in run:
                 handed += 1
                 e = _extracted(done.video, done.tubes)
+                if REBUILT in e.reason:
+                    warn(f"{e.video}: {next(n for n in e.reason.split('; ') if REBUILT in n)}")
                 e.pixels = done.pixels
                 e.key = video_key(done.video.key) if done.video.key else ""
                 on_video(done.index, e)

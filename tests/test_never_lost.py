@@ -359,3 +359,31 @@ def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path, monkeypatch, caps
     assert sum(i.file_size for i in zipfile.ZipFile(f).infolist()) > size_cap()
     code, out, err = run_cli(monkeypatch, capsys, "models", "import", f, "--as", "mc3_112")
     assert code != 0 and "bomb.pt" in err and "unpacks to" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. A damaged cache entry is rebuilt, not a lasting failure
+
+
+@pytest.mark.slow
+def test_a_truncated_track_in_the_scan_cache_is_rebuilt(tmp_path, monkeypatch, capsys, carphone, tiny_members):
+    import json
+
+    from dfdc_cli.paths import scan_tubes_dir
+
+    js = tmp_path / "scan.json"
+    code, out, err = run_cli(monkeypatch, capsys, "scan", carphone, "--workers", "1", "--json", js)
+    assert code == 0, err
+    first = json.loads(js.read_text())["videos"][0]
+    (npz,) = list(scan_tubes_dir().rglob("tube0.npz"))
+    npz.write_bytes(npz.read_bytes()[:100])  # truncated
+    for _ in range(2):  # --rescore must not keep failing either
+        code, out, err = run_cli(monkeypatch, capsys, "scan", carphone, "--workers", "1", "--rescore", "--json", js)
+        assert code == 0, err
+        v = json.loads(js.read_text())["videos"][0]
+        assert v["status"] == "ok" and v["p_fake"] == pytest.approx(first["p_fake"], abs=1e-6)
+        if _ == 0:
+            assert "rebuilt" in v["reason"] and "tube0.npz" in v["reason"]
+            assert "warning" in err and "rebuilt" in err
+        else:
+            assert "rebuilt" not in v["reason"] + err  # the entry is whole again

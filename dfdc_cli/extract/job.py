@@ -159,11 +159,21 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
     t0 = time.time()
     path = Path(path)
     sha, entry, cached = lookup(path, out_dir, params, need_files=mode != MEMORY)
+    rebuilt = ""
     if cached is not None:
-        if mode != FILES and cached.get("status") == STATUS_OK:
+        if mode == FILES or cached.get("status") != STATUS_OK:
+            return cached
+        try:
             cached["pixels"] = _crop_again(path, cached, entry, params)
+        except DamagedEntry as exc:
+            # A cache entry that cannot be read is dropped and made again, never a lasting failure.
+            import shutil
+
+            shutil.rmtree(entry, ignore_errors=True)
+            rebuilt = f"{REBUILT} ({exc})"
+        else:
             cached["seconds"] = time.time() - t0
-        return cached
+            return cached
     if detect is None:
         detect = LazyDetect()
     clock = DetectClock(detect)
@@ -206,11 +216,20 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
             if not result_path.is_file():  # another process finished the same entry first: fine
                 raise
         res.update(entry=str(entry), cached=False, seconds=time.time() - t0)
+        if rebuilt:  # said in this run's result (the stored entry is a clean one)
+            res["reason"] = "; ".join(x for x in (res.get("reason"), rebuilt) if x)
         if mode != FILES:
             res["pixels"] = {o.t.tube_id: o.pixels for o in outs}
         return res
     finally:
         frames.release()
+
+
+REBUILT = "damaged cache entry rebuilt"
+
+
+class DamagedEntry(Exception):
+    """A stored entry's file cannot be read (the entry is rebuilt)."""
 
 
 def _crop_again(path: Path, res: dict, entry: Path, params: ExtractParams) -> dict:
@@ -222,10 +241,16 @@ def _crop_again(path: Path, res: dict, entry: Path, params: ExtractParams) -> di
 
     tubes = []
     for t in res["tubes"]:
-        first, last = int(t["first_frame"]), int(t["last_frame"])
-        tubes.append(SimpleNamespace(
-            tube_id=int(t["tube_id"]), box=[int(t[k]) for k in ("x1", "y1", "x2", "y2")], first_frame=first,
-            last_frame=last, n_frames=last - first + 1, track=Track.load(entry / t["track_file"])))
+        try:
+            first, last = int(t["first_frame"]), int(t["last_frame"])
+            track = Track.load(entry / t["track_file"])
+            box = [int(t[k]) for k in ("x1", "y1", "x2", "y2")]
+        except Exception as exc:  # noqa: BLE001 - numpy/zipfile raise many kinds on a damaged file
+            what = t.get("track_file", "result.json") if isinstance(t, dict) else "result.json"
+            raise DamagedEntry(f"{entry / what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                               ) from None
+        tubes.append(SimpleNamespace(tube_id=int(t["tube_id"]), box=box, first_frame=first, last_frame=last,
+                                     n_frames=last - first + 1, track=track))
     end = max((t.last_frame for t in tubes), default=-1) + 1
     fps = float(res.get("fps") or 0) or 30.0
     outs = write_tubes(None, tubes, _redecode(path, end), params, fps, write=False, keep=True, save_track=False)
