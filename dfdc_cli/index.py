@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .errors import UserError
 
 VIDEOS_CSV = "videos.csv"
 TUBES_CSV = "tubes.csv"
@@ -319,6 +320,10 @@ def write_index(out_dir: str | Path, videos: Sequence[VideoRecord], tubes: Seque
             write_table(videos_csv, new_v.to_dict("records"), VIDEO_COLUMNS)
 
 
+class IndexWriteError(UserError):
+    """The index tables could not be written at the end of a run (disk full, read-only folder)."""
+
+
 class IndexWriter:
     """Brings ``out_dir``'s index up to date as a run's videos finish, so that the finished videos
     of a killed run are in the index without a rerun.
@@ -346,7 +351,10 @@ class IndexWriter:
             self.dirty = True
             wait = self.last + max(self.every, 10 * self.cost) - time.time() if self.every > 0 else 0.0
             if wait <= 0:
-                self._merge()
+                try:
+                    self._merge()
+                except OSError as exc:  # a full or read-only disk: the batch goes on, close() retries
+                    self._failed(exc)
             elif self.timer is None:
                 self.timer = threading.Timer(wait, self._timed)
                 self.timer.daemon = True
@@ -359,7 +367,7 @@ class IndexWriter:
                 try:
                     self._merge()
                 except OSError as exc:
-                    self.error = exc  # reported by close(), which tries again
+                    self._failed(exc)
 
     def _merge(self) -> None:
         t0 = time.time()
@@ -370,13 +378,33 @@ class IndexWriter:
         self.last = time.time()
         self.cost = self.last - t0
 
+    def _failed(self, exc: OSError) -> None:
+        """Remember a failed merge (close() tries again); say it once, in one line."""
+        first = self.error is None
+        self.error = exc
+        self.last = time.time()  # not again at once: at the next timed merge, or at close()
+        if first:
+            from .ui import warn
+
+            warn(f"{self._what(exc)}; the run goes on and tries again at its end")
+
+    def _what(self, exc: OSError) -> str:
+        return (f"the tube index {table_paths(self.out_dir, self.shard)[0]} could not be written "
+                f"({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''})")
+
     def close(self) -> None:
+        """Merge what is left; :class:`IndexWriteError` (one line) when the tables cannot be written."""
         with self.lock:
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
             if self.dirty or self.error is not None:
-                self._merge()
+                try:
+                    self._merge()
+                except OSError as exc:
+                    raise IndexWriteError(f"{self._what(exc)}; the videos done are kept in the tube store "
+                                          f"(run the same command again to index them)") from None
+                self.error = None
 
 
 def merge_parts(index_dir: str | Path) -> tuple[list[tuple[int, int]], int, int]:

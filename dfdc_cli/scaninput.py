@@ -133,7 +133,8 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     import contextlib
 
     from . import extract as X
-    from .extract.job import REBUILT
+    from .extract.job import NOT_CACHED, REBUILT
+    from .index import IndexWriteError
     from .paths import scan_tubes_dir
     from .ui import warn
 
@@ -151,12 +152,13 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
             for done in run:
                 handed += 1
                 e = _extracted(done.video, done.tubes)
-                if REBUILT in e.reason:
-                    warn(f"{e.video}: {next(n for n in e.reason.split('; ') if REBUILT in n)}")
+                for note in e.reason.split("; "):
+                    if note.startswith((REBUILT, NOT_CACHED)):
+                        warn(f"{e.video}: {note}")
                 e.pixels = done.pixels
                 e.key = video_key(done.video.key) if done.video.key else ""
                 on_video(done.index, e)
-    except OSError as exc:
+    except (OSError, IndexWriteError) as exc:
         # Past the last video only the index merge is left; scan never reads that index (the
         # store entries are the cache), so a failure to write it costs no verdict.
         if handed < len(paths):

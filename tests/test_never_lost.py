@@ -387,3 +387,70 @@ def test_a_truncated_track_in_the_scan_cache_is_rebuilt(tmp_path, monkeypatch, c
             assert "warning" in err and "rebuilt" in err
         else:
             assert "rebuilt" not in v["reason"] + err  # the entry is whole again
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. A full or read-only disk: the batch goes on, each failure is one line, what can be written is
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Folders (added to the returned list) where every atomic write fails with ENOSPC, as on a full
+    or read-only disk (tests run as root, whom chmod does not stop)."""
+    import errno
+    import os
+    import tempfile
+
+    full: list[Path] = []
+
+    def guard(real):
+        def make(*a, dir=None, **k):
+            if dir is not None and any(Path(dir).resolve().is_relative_to(f.resolve()) for f in full):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dir))
+            return real(*a, dir=dir, **k)
+        return make
+
+    monkeypatch.setattr(tempfile, "mkstemp", guard(tempfile.mkstemp))
+    monkeypatch.setattr(tempfile, "mkdtemp", guard(tempfile.mkdtemp))
+    return full
+
+
+@pytest.mark.slow
+def test_scan_goes_on_without_a_full_cache_and_writes_what_it_can(tmp_path, monkeypatch, capsys, carphone, bikes,
+                                                                 tiny_members, full_disk):
+    import json
+
+    import pandas as pd
+
+    from dfdc_cli.paths import cache_dir
+
+    first = tmp_path / "first.json"
+    code, out, err = run_cli(monkeypatch, capsys, "scan", carphone, "--workers", "1", "--json", first)
+    assert code == 0, err
+    p_car = json.loads(first.read_text())["videos"][0]["p_fake"]
+    full = tmp_path / "full"
+    full.mkdir()
+    full_disk.extend([cache_dir(), full])
+    sub, js = tmp_path / "sub.csv", full / "scan.json"
+    code, out, err = run_cli(monkeypatch, capsys, "scan", carphone, bikes, "--workers", "1", "--rescore",
+                             "--json", js, "--csv", sub)
+    assert code == 1 and "Traceback" not in err, err
+    back = pd.read_csv(sub)  # the CSV is written although the JSON could not be
+    assert list(back["filename"]) == ["carphone_pristine.mp4", "bikes.mp4"]
+    assert back["label"][0] == pytest.approx(p_car, abs=1e-5)
+    assert not js.exists()
+    lines = [ln for ln in err.splitlines() if "No space left" in ln]
+    assert any(str(js) in ln and "--json" in ln for ln in lines), err
+    assert any("bikes.mp4" in ln and "not stored in the cache" in ln for ln in lines), err  # new: not cached
+    assert any("score cache" in ln for ln in lines), err
+
+
+@pytest.mark.slow
+def test_extract_into_a_full_folder_fails_each_video_in_one_line(tmp_path, monkeypatch, capsys, carphone, full_disk):
+    out_dir = tmp_path / "tubes"
+    out_dir.mkdir()
+    full_disk.append(out_dir)
+    code, out, err = run_cli(monkeypatch, capsys, "extract", carphone, "--out", out_dir, "--workers", "1")
+    assert code != 0 and "Traceback" not in err, err
+    assert any("carphone_pristine.mp4" in ln and "No space left" in ln for ln in err.splitlines()), err
+    assert any("videos.csv" in ln and "No space left" in ln for ln in err.splitlines()), err

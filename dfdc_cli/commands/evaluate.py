@@ -25,7 +25,8 @@ Writes a report folder: metrics.json, videos.csv, tubes.csv, scan.json, roc.png,
 summary.md and summary.html.
 
 Videos with no face or that cannot be read keep p = 0.5 at video level (as the seed's submission
-did) and are counted in the report. Exit code 0 when the report was written, 2 on a usage problem.
+did) and are counted in the report. Exit code 0 when the report was written, 1 when a file of it could not be
+written (a full disk: one line says which), 2 on a usage problem.
 """
 
 
@@ -78,7 +79,15 @@ def register(app: typer.Typer) -> None:
         label_results(results, es.labels)
         report = evaluate_results(results, es.labels, scanner.names, bootstrap=bootstrap, seed=seed)
         meta = report_meta(scanner.describe(), val, metadata or [], index, es.missing, bootstrap, seed)
-        write_report(out_dir, results, es.labels, report, meta)
+        try:
+            write_report(out_dir, results, es.labels, report, meta)
+        except OSError as exc:  # a full disk: the tables below are still shown
+            from ..ui import fail_line
+
+            fail_line(str(exc.filename or out_dir), f"the report is incomplete ({exc.strerror or exc})")
+            report_failed = True
+        else:
+            report_failed = False
         short = _needs_short_names(report["video"], console.width)
         console.print(metrics_table(report["video"], "video level", short))
         console.print(metrics_table(report["tube"], "tube level", short))
@@ -91,6 +100,8 @@ def register(app: typer.Typer) -> None:
         err_console.print(
             f"{c['videos']} videos ({c['fake']} FAKE, {c['real']} REAL): {c['no_face']} no face, "
             f"{c['error']} failed (scored 0.5); {c['tubes']} tubes. Report: {out_dir}", highlight=False)
+        if report_failed:
+            raise typer.Exit(1)
 
 
 # The metric and count columns need about this many characters beside the model column.

@@ -55,6 +55,25 @@ def scan_with_progress(scanner, videos, desc: str) -> list:
     return results
 
 
+def write_outputs(outputs) -> bool:
+    """Write each (option, path, writer) whose path is given; one that fails (a full disk) is one
+    line naming the file and the reason, and the others are still written. True when all were."""
+    from ..ui import err_console, fail_line
+
+    ok = True
+    for option, path, write in outputs:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except OSError as exc:
+            fail_line(str(path), f"{option} not written ({exc.strerror or exc})")
+            ok = False
+        else:
+            err_console.print(f"wrote {path}", highlight=False)
+    return ok
+
+
 def check_outputs(outputs: dict, videos, index=None, more_inputs=()) -> None:
     """Refuse, before any work, output files that would replace an input (a scanned video, the
     index's tables) or an existing video, or that cannot be written."""
@@ -161,13 +180,11 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     if t.cached:
         err_console.print(f"{t.cached} videos reused scores from the score cache (--rescore recomputes them)",
                           highlight=False)
-    if json_out is not None:
-        write_json(json_out, to_json(results, scanner.describe()))
-        err_console.print(f"wrote {json_out}", highlight=False)
-    if csv_out is not None:
-        write_submission(csv_out, results)
-        err_console.print(f"wrote {csv_out}", highlight=False)
-    raise typer.Exit(t.exit_code)
+    written = write_outputs([
+        ("--json", json_out, lambda p: write_json(p, to_json(results, scanner.describe()))),
+        ("--csv", csv_out, lambda p: write_submission(p, results)),
+    ])
+    raise typer.Exit(t.exit_code if written else 1)
 
 
 def fmt_p(p) -> str:

@@ -212,11 +212,22 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
                     "write": round(time.time() - t1, 3),  # crop + encode (+ the second decode)
                 }
                 atomic.write_json(tmp / RESULT_JSON, res)
-        except OSError:
-            if not result_path.is_file():  # another process finished the same entry first: fine
+        except OSError as exc:
+            if result_path.is_file():  # another process finished the same entry first: fine
+                pass
+            elif mode == FILES:
                 raise
+            else:
+                # A full or read-only cache: the scan goes on without storing this video (its tubes
+                # are cropped again, in memory only), and says so.
+                source = ((i, frames) for i in range(end)) if held else _redecode(path, end)
+                outs = write_tubes(None, tubes, source, params, fps, write=False, keep=True,
+                                   save_track=False) if tubes else []
+                res["tubes"] = [tube_json(o.t, o.files) for o in outs]
+                rebuilt = "; ".join(x for x in (rebuilt, f"{NOT_CACHED} ({exc.filename or entry}: "
+                                                          f"{exc.strerror or exc})") if x)
         res.update(entry=str(entry), cached=False, seconds=time.time() - t0)
-        if rebuilt:  # said in this run's result (the stored entry is a clean one)
+        if rebuilt:  # said in this run's result (the stored entry, if any, is a clean one)
             res["reason"] = "; ".join(x for x in (res.get("reason"), rebuilt) if x)
         if mode != FILES:
             res["pixels"] = {o.t.tube_id: o.pixels for o in outs}
@@ -226,6 +237,7 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
 
 
 REBUILT = "damaged cache entry rebuilt"
+NOT_CACHED = "not stored in the cache"
 
 
 class DamagedEntry(Exception):

@@ -22,6 +22,7 @@ from ..index import (
     STATUS_NO_FACE,
     STATUS_OK,
     VIDEOS_CSV,
+    IndexWriteError,
     IndexWriter,
     TubeRecord,
     VideoRecord,
@@ -218,7 +219,12 @@ def _iter_jobs(
         if bar is not None:
             bar.stop()
         if index is not None:
-            index.close()
+            try:
+                index.close()
+            except IndexWriteError as exc:
+                if stop is None:
+                    raise
+                ui.warn(str(exc))  # the interruption's own line follows
         if stop is not None:
             # What was done and how to go on, for the one line the CLI prints.
             done = sum(counts.values())
