@@ -138,20 +138,77 @@ def test_print_results_hint_and_second_table(monkeypatch, capsys):
     assert max(len(line) for line in out.splitlines()) <= 80
 
 
-def test_eval_table_uses_short_labels_where_whole_names_do_not_fit():
-    from rich.console import Console
+def eval_report(members, bootstrap: int) -> dict:
+    """The metrics of ``members`` + the ensemble on 24 labelled videos, through eval's own arithmetic."""
+    from dfdc_cli.evaluate import evaluate_results
+    from dfdc_cli.scanresult import FaceScore, VideoScan
+    from dfdc_cli.evaluate import Labelled
+    from pathlib import Path
 
-    from dfdc_cli.commands.evaluate import _needs_short_names, metrics_table
+    import numpy as np
 
-    fig = {"log_loss": 0.5, "roc_auc": 0.7, "average_precision": 0.6, "accuracy": 0.6,
-           "balanced_accuracy": 0.6, "eer": 0.3, "n": 3, "n_fake": 2, "n_real": 1, "notes": []}
-    level = {"r2plus1d_112": fig, "r2plus1d_cutmix_112": fig, "ensemble": fig}
+    rng = np.random.default_rng(0)
+    results, items = [], []
+    for i in range(24):
+        label = i % 2
+        scores = {m: round(float(np.clip(0.35 + 0.2 * label + rng.normal(0, 0.2), 0.01, 0.99)), 3) for m in members}
+        p = sum(scores.values()) / len(scores)
+        face = FaceScore(tube_id=0, first_frame=0, last_frame=99, n_frames=100, box=[0, 0, 50, 50],
+                         mean_prob=0.99, members=scores, p_fake=p)
+        results.append(VideoScan(video=f"/v/{i}.mp4", name=f"{i}.mp4", status="ok", n_faces=1, faces=[face],
+                                 members=scores, p_fake=p, p_fake_raw=p, verdict="FAKE" if p >= 0.5 else "REAL"))
+        items.append(Labelled(Path(f"/v/{i}.mp4"), f"{i}.mp4", label))
+    return evaluate_results(results, items, members, bootstrap=bootstrap, seed=0)
 
-    def render(width: int) -> str:
-        con = Console(width=width, record=True, file=io.StringIO())
-        con.print(metrics_table(level, "video level", _needs_short_names(level, width)))
-        return con.export_text()
 
-    narrow, wide = render(80), render(160)
-    assert "R21D " in narrow and "R21D-CM" in narrow and "r2plus1" not in narrow  # no look-alike truncations
-    assert "r2plus1d_cutmix_112" in wide and "R21D-CM" not in wide
+def line_of(text: str, first: str) -> str:
+    return next(ln.rstrip() for ln in text.splitlines() if ln.split()[:1] == [first])
+
+
+def eval_text(report, width: int) -> tuple[str, bool]:
+    from dfdc_cli.commands.evaluate import metrics_tables
+
+    tables, short = metrics_tables(report, width)
+    return render(*tables, width=width), short
+
+
+def test_eval_table_at_80_columns_puts_intervals_on_their_own_line():
+    from dfdc_cli.commands.scan import member_label
+
+    report = eval_report(EIGHT, bootstrap=50)
+    text, short = eval_text(report, 80)
+    lines = text.splitlines()
+    assert "…" not in text  # nothing cut: no "resnet…", "[0.22…", "(81F/1…"
+    assert short  # eight whole names and six intervals do not fit 80
+    for level in ("video", "tube"):
+        for name, fig in report[level].items():
+            # each model is one line: its label, its six figures, its count ...
+            row = next(re.split(r"\s+", ln.strip()) for ln in lines if ln.split()[:1] == [member_label(name)])
+            assert row[1:] == [f"{fig[k]:.3f}" for k in ("log_loss", "roc_auc", "average_precision", "accuracy",
+                                                       "balanced_accuracy", "eer")] + [str(fig["n"])]
+    # ... and the line under it holds its intervals and its FAKE/REAL counts
+    ens = report["video"]["ensemble"]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("ensemble"))
+    ci = lines[at + 1].split()
+    assert ci[:2] == ["95%", "CI"] and ci[-1] == f"{ens['n_fake']}F/{ens['n_real']}R"
+    assert ci[3] == f"{ens['ci']['roc_auc']['lo']:.2f}\u2013{ens['ci']['roc_auc']['hi']:.2f}"
+
+
+def test_eval_table_keeps_whole_names_and_intervals_beside_the_figures_where_they_fit():
+    report = eval_report(["r2plus1d_112", "r2plus1d_cutmix_112"], bootstrap=50)
+    wide, short = eval_text(report, 200)
+    assert not short and "r2plus1d_cutmix_112" in wide and "95% CI" not in wide
+    auc = report["video"]["r2plus1d_112"]
+    assert f"{auc['roc_auc']:.3f} [{auc['ci']['roc_auc']['lo']:.3f}, {auc['ci']['roc_auc']['hi']:.3f}]" in wide
+    # narrower, the intervals move to a line of their own before names are shortened ...
+    middle, short = eval_text(report, 100)
+    assert not short and "r2plus1d_cutmix_112" in middle and "95% CI" in middle and "…" not in middle
+    # ... and at 80 the names become short labels, not look-alike truncations (r2plus1…)
+    narrow, short = eval_text(report, 80)
+    assert short and "R21D-CM" in narrow and "r2plus1" not in narrow and "…" not in narrow
+    # without intervals, a model and its counts to a line
+    plain, short = eval_text(eval_report(["r2plus1d_112", "r2plus1d_cutmix_112"], bootstrap=0), 80)
+    assert "95% CI" not in plain and "…" not in plain
+    assert line_of(plain, "R21D-CM").endswith("  24 (12F/12R)")
+    plain, short = eval_text(eval_report(["i3d_224"], bootstrap=0), 80)
+    assert not short and line_of(plain, "i3d_224").endswith("  24 (12F/12R)")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import typer
 
@@ -88,9 +89,9 @@ def register(app: typer.Typer) -> None:
             report_failed = True
         else:
             report_failed = False
-        short = _needs_short_names(report["video"], console.width)
-        console.print(metrics_table(report["video"], "video level", short))
-        console.print(metrics_table(report["tube"], "tube level", short))
+        tables, short = metrics_tables(report, console.width)
+        for table in tables:
+            console.print(table)
         if short:
             from .scan import member_label
 
@@ -104,28 +105,61 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-# The metric and count columns need about this many characters beside the model column.
-_METRIC_COLUMNS_WIDTH = 72
+def metrics_tables(report: dict, width: int) -> tuple[list, bool]:
+    """The video- and tube-level tables, in the first layout whose widest line fits ``width``:
+    each model on one line with whole names; else each interval on a line of its own under its
+    figure (as scan keeps a row to a line); else that with short labels (R21D-CM) rather than
+    truncations that make two members look alike (r2plus1…). Returns the tables and whether they
+    use short labels (the caller prints the legend)."""
+    from rich.console import Console
+
+    levels = [(report["video"], "video level"), (report["tube"], "tube level")]
+    measure = Console(width=10_000, file=io.StringIO())
+    layouts = [(False, False), (False, True), (True, True)]
+    for short, split in layouts:
+        tables = [metrics_table(level, title, short, split) for level, title in levels]
+        if all(measure.measure(t).maximum <= width for t in tables):
+            return tables, short
+    return tables, short  # the narrowest layout, wrapped by rich where even that does not fit
 
 
-def _needs_short_names(level, width: int) -> bool:
-    """Whole member names where they fit; otherwise short labels (R21D-CM), as scan's table does,
-    rather than truncations that make two members look alike (r2plus1…)."""
-    return max((len(n) for n in level), default=0) + _METRIC_COLUMNS_WIDTH > width
+def _interval(fig: Mapping, key: str) -> str:
+    """``lo–hi`` of a figure's bootstrap interval (two decimals: six columns fit 80), or ""."""
+    from ..evaluate import _num
+
+    ci = fig.get("ci", {}).get(key)
+    if not ci or _num(ci.get("lo")) is None:
+        return ""
+    return f"{ci['lo']:.2f}–{ci['hi']:.2f}"
 
 
-def metrics_table(level, title: str, short: bool = False):
+def metrics_table(level: Mapping[str, Mapping], title: str, short: bool = False, split: bool = False):
+    """One level's metrics, a model to a row. ``short``: the members' short labels. ``split``:
+    the 95% intervals on a dim line of their own under each model's figures (and the counts of
+    FAKE/REAL there), instead of beside each figure."""
+    from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    from ..evaluate import COLUMNS, ENSEMBLE, summary_rows
-    from .scan import member_label
+    from ..evaluate import COLUMNS, ENSEMBLE, fmt, summary_rows
+    from .scan import _plain_table, member_label
 
-    t = Table(title=f"deepfake eval, {title}", title_justify="left")
-    t.add_column("model")
+    split = split and any(_interval(fig, k) for fig in level.values() for k, _ in COLUMNS)
+    t = _plain_table(f"deepfake eval, {title}")
+    if split:  # one space between columns: eight columns of intervals fit 80
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
+                  title=t.title, title_justify="left", title_style="bold")
+    t.add_column("model", no_wrap=True)
     for _, h in COLUMNS:
-        t.add_column(h, justify="right")
-    t.add_column("n (F/R)", justify="right")
-    for row in summary_rows(level):
-        style = "bold" if row[0] == ENSEMBLE else None
-        t.add_row(member_label(row[0]) if short else row[0], *row[1:], style=style)
+        t.add_column(h, justify="right", no_wrap=True)
+    t.add_column("n (F/R)" if not split else "n", justify="right", no_wrap=True)
+    for row, (name, fig) in zip(summary_rows(level), level.items()):
+        label = member_label(name) if short else name
+        style = "bold" if name == ENSEMBLE else None
+        if not split:
+            t.add_row(label, *row[1:], style=style)
+            continue
+        t.add_row(label, *[fmt(fig.get(k), 3) for k, _ in COLUMNS], str(fig["n"]), style=style)
+        t.add_row(Text("  95% CI", style="dim"), *[Text(_interval(fig, k), style="dim") for k, _ in COLUMNS],
+                  Text(f"{fig['n_fake']}F/{fig['n_real']}R", style="dim"))
     return t
