@@ -26,17 +26,18 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     # Test-module functions (the dying job below) travel to the workers by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    C.local_priority()
-    for attempt in range(2):  # Ray gives its processes 30 s to start, which a busy CI box can miss
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            break
-        except Exception:  # noqa: BLE001 - once more, then the error
-            ray.shutdown()
-            if attempt:
-                raise
-    yield ray
-    ray.shutdown()
+    with C.local_cluster() as temp_dir:  # loopback ports and a temporary folder, as `--ray local`
+        for attempt in range(2):  # Ray gives its processes 30 s to start, which a busy CI box can miss
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         _node_ip_address=C.LOOPBACK, _temp_dir=str(temp_dir))
+                break
+            except Exception:  # noqa: BLE001 - once more, then the error
+                ray.shutdown()
+                if attempt:
+                    raise
+        yield ray
+        ray.shutdown()
 
 
 def test_ray_extract_gives_the_local_index_and_resumes(ray_cluster, tmp_path, small_batch, small_batch_index, monkeypatch, capsys):
@@ -125,3 +126,144 @@ def test_without_ray_the_flag_says_how_to_install(monkeypatch, capsys, tmp_path,
     code, out, err = run_cli(monkeypatch, capsys, "extract", small_batch, "--out", tmp_path, "--ray", "local")
     assert code == 2
     assert 'pip install "deepfake[ray]"' in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# A local cluster is private: loopback ports, its own temporary folder, removed at the end
+
+LOCAL_RUN = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from dfdc_cli import cluster as C
+def worker_pid():
+    return os.getpid()
+with C.connect("local", 1) as ray:
+    pid = ray.get(ray.remote(worker_pid).remote())  # a worker has started and listens too
+    print("running", pid, flush=True)
+    sys.stdin.readline()
+print("stopped", flush=True)
+"""
+
+
+def _listening_sockets() -> dict[int, str]:
+    """inode -> address of every TCP socket listening on this machine (from /proc/net)."""
+    import ipaddress
+
+    out = {}
+    for name, v6 in (("tcp", False), ("tcp6", True)):
+        try:
+            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] != "0A":  # LISTEN
+                continue
+            hexip = f[1].split(":")[0]
+            # the address is stored as 32-bit words in the host's (little-endian) byte order
+            raw = b"".join(bytes.fromhex(hexip[i:i + 8])[::-1] for i in range(0, len(hexip), 8))
+            out[int(f[9])] = str(ipaddress.ip_address(raw))
+    return out
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _is_loopback(addr: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(addr)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from /proc (Linux)")
+def test_local_cluster_listens_on_loopback_only_and_removes_its_temp_folder(tmp_path):
+    import subprocess
+    import time
+
+    pytest.importorskip("ray")
+    repo = Path(__file__).resolve().parents[1]
+    import shutil
+    import tempfile
+
+    # a short folder of its own (a socket path has at most 107 bytes), watched for what Ray leaves
+    tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp" if os.path.isdir("/tmp") else None))
+    env = dict(os.environ, TMPDIR=str(tmp))
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL_RUN.format(repo=str(repo))], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("running"), proc.stderr.read()[-3000:]
+        worker = int(line.split()[1])
+        ray_procs = _descendants(proc.pid)
+        assert worker in ray_procs
+        listening = _listening_sockets()
+        ours = {inode: listening[inode] for p in ray_procs | {proc.pid} for inode in _socket_inodes(p)
+                if inode in listening}
+        # the GCS, the raylet and the worker at least, each on a loopback address only
+        assert len(ours) >= 3, ours
+        assert all(_is_loopback(a) for a in ours.values()), sorted(set(ours.values()))
+        # Ray's session files are in this run's own folder
+        (private,) = list(tmp.iterdir())
+        assert private.name.startswith("deepfake-ray-") and list(private.glob("session_*/logs"))
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "stopped" in out, err[-3000:]
+        t0 = time.time()
+        while (set(ray_procs) & _descendants(1)) and time.time() - t0 < 30:
+            ray_procs = {p for p in ray_procs if Path(f"/proc/{p}").exists()}
+            time.sleep(0.5)
+        assert list(tmp.iterdir()) == []  # nothing left behind in the temporary folder
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        shutil.rmtree(tmp, ignore_errors=True)  # (the test's own folder, checked empty above)
+
+
+def test_a_long_temp_folder_falls_back_on_a_short_one(monkeypatch, tmp_path):
+    import tempfile
+
+    long = tmp_path / ("x" * 60)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    with C.local_cluster() as temp_dir:
+        assert temp_dir.is_dir() and len(str(temp_dir)) + 64 <= 107 and long not in temp_dir.parents
+        (temp_dir / "session_x" / "logs").mkdir(parents=True)
+        (temp_dir / "session_x" / "logs" / "raylet.out").write_text("log")
+        assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert not temp_dir.exists()  # removed with what Ray wrote in it
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") is None  # the environment as it was
