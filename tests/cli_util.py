@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 
 
-def run_cli(monkeypatch, capsys, *args):
-    """Run ``deepfake ARGS...`` through ``dfdc_cli.cli.main``; returns (exit code, stdout, stderr)."""
+def run_cli(monkeypatch, capsys, *args, width: int = 250):
+    """Run ``deepfake ARGS...`` through ``dfdc_cli.cli.main``; returns (exit code, stdout, stderr).
+    ``width``: the terminal's columns (default: wide, so that tests can read table rows)."""
     from dfdc_cli import ui
     from dfdc_cli.cli import main
 
-    monkeypatch.setattr(ui.console, "width", 250)  # tables unwrapped, so tests can read rows
+    monkeypatch.setattr(ui.console, "width", width)
     monkeypatch.setattr(sys, "argv", ["deepfake", *map(str, args)])
     code = 0
     try:

@@ -144,7 +144,7 @@ def test_eval_cli_end_to_end(tmp_path, monkeypatch, capsys, carphone, bikes, tin
         "gone.mp4": {"label": "FAKE", "split": "train", "original": "x.mp4"}}))
     out = tmp_path / "report"
     code, stdout, err = run_cli(monkeypatch, capsys, "eval", "--metadata", data / "metadata.json",
-                                "--out", out, "--bootstrap", "20", "--workers", "1")
+                                "--out", out, "--bootstrap", "20", "--workers", "1", width=80)
     assert code == 0, err
     assert "1 labelled videos are missing" in err
     doc = json.loads((out / "metrics.json").read_text())
@@ -159,7 +159,7 @@ def test_eval_cli_end_to_end(tmp_path, monkeypatch, capsys, carphone, bikes, tin
     for f in ("videos.csv", "tubes.csv", "roc.png", "calibration.png", "summary.md", "summary.html"):
         assert (out / f).is_file(), f
     assert "ensemble" in stdout and "video level" in stdout and "tube level" in stdout
-    assert max(map(len, stdout.splitlines())) <= 80 and "…" not in stdout  # (not a terminal: 80 columns)
+    assert max(map(len, stdout.splitlines())) <= 80 and "…" not in stdout  # a terminal of 80 columns
 
 
 def test_eval_set_labels_the_results_and_the_meta_names_the_sources(tmp_path):
