@@ -405,7 +405,7 @@ class RayScanner:
                  cpus_per_actor: Optional[int] = None, chunk_size: Optional[int] = None, max_restarts: int = 1):
         self.base = base
         self.members, self.names = base.members, base.names
-        self.weights, self.threshold = base.weights, base.threshold
+        self.weights, self.threshold, self.rule = base.weights, base.threshold, base.rule
         self.options = dict(options)
         self.items = list(items) if items is not None else None  # aligned with scan_iter's paths
         self.n_actors, self.cpus_per_actor = actors, cpus_per_actor
@@ -471,7 +471,7 @@ class RayScanner:
 
         def failed(i: int, reason: str):
             r = VideoScan(video=str(paths[i]), name=paths[i].name, status=STATUS_ERROR, reason=reason)
-            return aggregate_video(r, {}, self.names, self.weights, self.threshold)
+            return aggregate_video(r, {}, self.names, self.weights, self.rule)
 
         try:
             while chunks or running:

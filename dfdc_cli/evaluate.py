@@ -379,7 +379,7 @@ def write_report(out_dir: Path, results: Sequence[VideoScan], items: Sequence[La
             row[m] = r.members.get(m)
         row["p_fake"] = r.p_fake
         row["verdict"] = r.verdict or ""
-        row["correct"] = "" if r.verdict is None else int((r.verdict == "FAKE") == bool(it.label))
+        row["correct"] = "" if r.verdict not in ("FAKE", "REAL") else int((r.verdict == "FAKE") == bool(it.label))
         row["log_loss"] = M.log_loss([it.label], [r.p_fake])
         rows.append(row)
     paths["videos"] = out_dir / "videos.csv"

@@ -131,6 +131,7 @@ class Member:
     predict: Callable
     model_id: str = ""  # registry id / sha256 prefix, for the machine output
     module: object = None  # the torch module (device moves, channels_last)
+    calibration: object = None  # models.calibration.Calibration recorded with the model, or None
 
     def pixels(self, tube):
         """The part of a :class:`~dfdc_cli.scansource.LoadedTube` this member scores (None: it has none)."""
@@ -185,7 +186,8 @@ def member_from_model(model) -> Member:
     """Wrap a :class:`models.registry.MemberModel` (eval mode) for the scanner."""
     model.eval()
     return Member(name=model.spec.name, kind=model.spec.kind, res=model.spec.res, predict=model.predict,
-                  model_id=getattr(model, "model_id", "") or "", module=model)
+                  model_id=getattr(model, "model_id", "") or "", module=model,
+                  calibration=getattr(model, "calibration", None))
 
 
 def load_members(members: Optional[Sequence], device: str) -> list[Member]:

@@ -35,7 +35,8 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .ensemble import CLIP_HI, CLIP_LO, PRIOR, aggregate_video, parse_weights
+from .ensemble import CLIP_HI, CLIP_LO, PRIOR, aggregate_video, parse_weights, verdict_rule
+from .extract.params import LOW_THRESHOLDS, fallback_stage
 from .index import STATUS_ERROR, STATUS_OK
 from .members import Member, is_builtin, load_members, resolve_members
 from .runtime import autocast, autocast_dtype, check_precision, effective_precision, resolve_device
@@ -229,7 +230,7 @@ class Scanner:
         self,
         members: Optional[Sequence] = None,
         weights: Optional[Mapping[str, float]] = None,
-        threshold: float = 0.5,
+        threshold: Optional[float] = None,
         device: Optional[str] = None,
         workers: Optional[int] = None,
         batch_size: int = 8,
@@ -247,7 +248,6 @@ class Scanner:
         from .scorecache import ScanScores, ScoreCache, numeric_mode
 
         self.device = resolve_device(device)
-        self.threshold = float(threshold)
         self.workers = workers
         self.batch_size = max(1, int(batch_size))
         on_gpu = self.device.startswith("cuda")
@@ -260,6 +260,9 @@ class Scanner:
         self.members: list[Member] = load_members(members, self.device)
         self.names = [m.name for m in self.members]
         self.weights = dict(weights) if weights else {m: 1.0 for m in self.names}
+        # None: the band the models record with their calibration (or 0.5 without one)
+        self.rule = verdict_rule({m.name: m.calibration for m in self.members}, self.weights, threshold)
+        self.threshold = self.rule.hi
         self.scores = ScanScores(cache, self.members, reuse_scores)
         self.extractor = extractor or functools.partial(stream_extract, keep_tubes=keep_tubes,
                                                         need_pixels=self.scores.needs_pixels)
@@ -368,15 +371,17 @@ class Scanner:
         """A video's record: its faces that got pixels (``scores``: tube id -> {member: p},
         this run's and the score cache's), aggregated over the members."""
         r = VideoScan(video=e.video, name=e.name, status=e.status, reason=e.reason, extract_seconds=e.seconds,
-                      cached_members=list(cached_names))
+                      cached_members=list(cached_names), weak=e.weak)
         if e.status == STATUS_OK:
+            if e.weak:  # aggregate_video says it in its own words
+                r.reason = "; ".join(n for n in r.reason.split("; ") if fallback_stage(n) != LOW_THRESHOLDS)
             r.faces = [_face(row) for row in e.tubes if int(row["tube_id"]) in scores]
             if not r.faces:
                 r.status = STATUS_ERROR
                 r.reason = error or "no face tube could be read"
             elif error:
                 r.reason = f"skipped {error}"
-        return aggregate_video(r, scores, self.names, self.weights, self.threshold)
+        return aggregate_video(r, scores, self.names, self.weights, self.rule)
 
     def _scan_chunk(self, ex: Sequence[Extracted], keys, cached, futures) -> list[VideoScan]:
         """Score a chunk whose tubes are being read (``futures``), store the new scores, and
@@ -441,7 +446,7 @@ class Scanner:
                 if r is None:
                     r = aggregate_video(VideoScan(video=str(paths[i]), name=paths[i].name, status=STATUS_ERROR,
                                                   reason="extraction gave no result"),
-                                        {}, self.names, self.weights, self.threshold)
+                                        {}, self.names, self.weights, self.rule)
                 yield r
         finally:
             feed.close()
@@ -475,7 +480,9 @@ class Scanner:
             "members": self.names,
             "weights": {m: self.weights.get(m, 1.0) for m in self.names},
             "models": {m.name: m.model_id for m in self.members},
-            "threshold": self.threshold,
+            **self.rule.describe(),
+            "calibrations": {m.name: m.calibration.to_dict() if m.calibration is not None else None
+                             for m in self.members},
             "clip": [CLIP_LO, CLIP_HI],
             "prior": PRIOR,
             "device": self.device,
@@ -487,7 +494,7 @@ class Scanner:
         return out
 
 
-def make_scanner(members: Optional[Sequence[str]], weights: Optional[str], threshold: float, device, workers,
+def make_scanner(members: Optional[Sequence[str]], weights: Optional[str], threshold: Optional[float], device, workers,
                  batch_size: int, precision: str = "auto", rescore: bool = False, ray: bool = False,
                  items: Optional[Sequence[Extracted]] = None, keep_tubes: bool = False):
     """The scanner of `deepfake scan` and `deepfake eval`: ``members`` (None: the available ones),

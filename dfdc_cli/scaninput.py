@@ -41,6 +41,14 @@ class Extracted:
     label: str = ""  # FAKE | REAL when the index knows it
     pixels: Optional[dict] = None  # tube id -> (3D frames, 2D crops or None), when extracted in memory
     key: str = ""  # score-cache key (video content + scan settings); "" -> keyed by the tube files
+    fallback: str = ""  # the extraction fallback that found the faces ("" none, "2x", "low_thresholds")
+
+    @property
+    def weak(self) -> bool:
+        """Faces found only by the low-threshold fallback: they may be none (noise, cartoons)."""
+        from .extract.params import LOW_THRESHOLDS
+
+        return self.fallback == LOW_THRESHOLDS
 
 
 def _extracted(vrec, trecs) -> Extracted:
@@ -55,8 +63,10 @@ def _extracted(vrec, trecs) -> Extracted:
     if status == STATUS_NO_FACE and not reason:
         reason = "no face found"
     name = str(v.get("name") or Path(str(v.get("video", ""))).name)
+    from .extract.params import fallback_stage
+
     return Extracted(str(v.get("video", "")), name, status, reason, float(v.get("seconds") or 0.0), ts,
-                     str(v.get("label") or "").upper())
+                     str(v.get("label") or "").upper(), fallback=fallback_stage(reason) if ts else "")
 
 
 def index_items(index_dir: str | Path) -> list[Extracted]:

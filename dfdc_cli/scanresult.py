@@ -35,10 +35,14 @@ class VideoScan:
     reason: str = ""  # why there is no verdict (no_face / error), or notes
     n_faces: int = 0
     faces: list[FaceScore] = field(default_factory=list)
-    members: dict[str, Optional[float]] = field(default_factory=dict)  # member -> mean over faces
-    p_fake: float = PRIOR  # the ensemble, clipped; PRIOR when there is no verdict
-    p_fake_raw: Optional[float] = None  # the ensemble before clipping
-    verdict: Optional[str] = None  # FAKE | REAL | None (no verdict)
+    members: dict[str, Optional[float]] = field(default_factory=dict)  # member -> mean over faces (raw)
+    # member -> its score through the calibration its model records ({}: none applied)
+    members_calibrated: dict[str, Optional[float]] = field(default_factory=dict)
+    p_fake: float = PRIOR  # the ensemble (of calibrated scores where applied), clipped; PRIOR: no verdict
+    p_fake_raw: Optional[float] = None  # the ensemble of the raw scores, before calibration and clipping
+    verdict: Optional[str] = None  # FAKE | REAL | UNSURE | None (no verdict)
+    weak: bool = False  # faces found only by the low-threshold fallback: the verdict is UNSURE
+    model_verdict: Optional[str] = None  # a weak video's verdict from its scores alone
     extract_seconds: float = 0.0  # extraction wall time (~0 on a cache hit)
     cached_members: list[str] = field(default_factory=list)  # members whose scores came from the score cache
     label: str = ""  # FAKE | REAL when known (eval)
@@ -61,6 +65,8 @@ class Tally:
     videos: int
     fake: int
     real: int
+    unsure: int  # UNSURE verdicts, weak ones included
+    weak: int  # videos whose faces only the low-threshold fallback found
     no_face: int
     failed: int
     cached: int  # videos that reused some member's scores from the score cache
@@ -69,9 +75,17 @@ class Tally:
     def of(cls, results: Sequence[VideoScan]) -> "Tally":
         return cls(videos=len(results), fake=sum(r.verdict == "FAKE" for r in results),
                    real=sum(r.verdict == "REAL" for r in results),
+                   unsure=sum(r.verdict == "UNSURE" for r in results), weak=sum(bool(r.weak) for r in results),
                    no_face=sum(r.status == STATUS_NO_FACE for r in results),
                    failed=sum(r.status == STATUS_ERROR for r in results),
                    cached=sum(bool(r.cached_members) for r in results))
+
+    def line(self) -> str:
+        """The summary line's counts."""
+        unsure = f", {self.unsure} UNSURE" + (f" ({self.weak} weak)" if self.weak else "") \
+            if self.unsure or self.weak else ""
+        return (f"{self.videos} videos: {self.fake} FAKE, {self.real} REAL{unsure}, {self.no_face} no face, "
+                f"{self.failed} failed")
 
     @property
     def exit_code(self) -> int:

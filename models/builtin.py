@@ -5,7 +5,8 @@ shipped inside the package in half precision so that `deepfake scan` gives verdi
 It is used only when NO model is registered: any registered or imported model (the seed's members
 first) takes precedence (:func:`dfdc_cli.scan.available_members`). Its files live in
 ``models/builtin/``: ``<member>.pt`` (a plain fp16 state_dict of the member's network, loaded
-strictly) and ``builtin.json`` (which member, the validation figures, where the card is).
+strictly) and ``builtin.json`` (which member, the validation figures, where the card is, and the
+model's calibration and UNSURE band when one was fitted: :mod:`models.calibration`).
 """
 
 from __future__ import annotations
@@ -60,9 +61,44 @@ def load(device: Optional[Union[str, torch.device]] = None, where: Optional[Path
     model = build(str(meta["member"]), weights=path).float()
     model.source = f"built-in:{path.name}"
     model.model_id = "builtin-" + sha256_file(path)[:8]
+    model.calibration = calibration(where)
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def model_id(where: Optional[Path] = None) -> Optional[str]:
+    """The built-in model's id (``builtin-`` and its weights' hash), or None when there is none."""
+    from .checkpoint import sha256_file
+
+    meta = info(where)
+    return None if meta is None else "builtin-" + sha256_file((where or folder()) / meta["weights"])[:8]
+
+
+def calibration(where: Optional[Path] = None):
+    """The built-in model's :class:`~models.calibration.Calibration`, or None when it records none;
+    a damaged one is an error naming ``builtin.json``."""
+    from . import calibration as C
+
+    try:
+        return C.read(info(where), str((where or folder()) / META))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def set_calibration(record: dict, where: Optional[Path] = None) -> Path:
+    """Record a calibration (:meth:`Calibration.to_dict`, checked) in ``builtin.json``; the rest of
+    the description is kept as it is."""
+    from . import calibration as C
+    from .atomic import write_text
+
+    C.Calibration.from_dict(record)
+    meta = info(where)
+    if meta is None:
+        raise UserError(f"{where or folder()}: no built-in model to calibrate")
+    path = (where or folder()) / META
+    write_text(path, json.dumps({**meta, "calibration": record}, indent=1) + "\n")
+    return path
 
 
 def export(weights: Union[str, Path], member_name: str, out_dir: Union[str, Path], extra: Optional[dict] = None) -> Path:
@@ -85,5 +121,9 @@ def export(weights: Union[str, Path], member_name: str, out_dir: Union[str, Path
         torch.save(half, tmp)
     meta = {"member": spec.name, "weights": target.name, "arch": spec.arch, "res": spec.res,
             "card": CARD, **dict(extra or {})}
+    if meta.get("calibration") is not None:
+        from .calibration import Calibration
+
+        Calibration.from_dict(meta["calibration"])
     write_text(out / META, json.dumps(meta, indent=1) + "\n")
     return target

@@ -10,7 +10,9 @@ API (what ``train``, ``scan``, ``eval`` and ``deepfake models`` use):
   member recognised by :func:`identify`;
 * :func:`list_entries`, :func:`members`, :func:`active`, :func:`get_entry`;
 * :func:`load` - a ready :class:`~models.registry.MemberModel` (eval mode) of a member's active model;
-* :func:`activate`, :func:`remove`.
+* :func:`activate`, :func:`remove`;
+* :func:`calibration`, :func:`set_calibration` - the entry's calibrated p(fake) and UNSURE band
+  (:mod:`models.calibration`), recorded in its manifest.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Entry:
     scaling: str = ""
     output: str = ""
     extra: dict = field(default_factory=dict)
+    calibration: Optional[dict] = None  # models.calibration.Calibration.to_dict(); None: uncalibrated
     path: Path = field(default=Path(), compare=False)  # the entry's folder
     active: bool = False
 
@@ -271,6 +274,7 @@ def load(member: str, model_id: Optional[str] = None, device: Optional[Union[str
     model = MemberModel(spec, net)
     model.source = entry.source
     model.model_id = entry.model_id
+    model.calibration = calibration(entry)
     if device is not None:
         model = model.to(device)
     return model.eval()
@@ -543,3 +547,27 @@ def remove(member: str, model_id: str) -> Entry:
         elif pointer.exists():
             pointer.unlink()
     return e
+
+
+def calibration(entry: Entry):
+    """The entry's :class:`~models.calibration.Calibration`, or None when it records none; a damaged
+    one is an error naming the manifest (never silently ignored: it changes the verdicts)."""
+    from . import calibration as C
+
+    try:
+        return C.read({"calibration": entry.calibration}, str(entry.path / MANIFEST))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def set_calibration(member: str, model_id: str, record: Optional[Mapping[str, Any]]) -> Entry:
+    """Record (or, with None, drop) a calibration in a registered model's manifest (checked first;
+    the weights and the id are unchanged)."""
+    from .calibration import Calibration
+
+    if record is not None:
+        Calibration.from_dict(record)
+    e = get_entry(member, model_id)
+    e.calibration = None if record is None else dict(record)
+    write_text(e.path / MANIFEST, json.dumps(e.manifest(), indent=2, default=str) + "\n")
+    return get_entry(e.member, e.model_id)

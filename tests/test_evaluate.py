@@ -161,6 +161,17 @@ def test_eval_cli_end_to_end(tmp_path, monkeypatch, capsys, carphone, bikes, tin
     assert "ensemble" in stdout and "video level" in stdout and "tube level" in stdout
     assert max(map(len, stdout.splitlines())) <= 80 and "…" not in stdout  # a terminal of 80 columns
 
+    # --calibrate on two videos (one scored): the report is written, the fit says why it cannot be
+    # made, and the exit code says it failed.
+    out2 = tmp_path / "report2"
+    code, stdout, err = run_cli(monkeypatch, capsys, "eval", "--metadata", data / "metadata.json",
+                                "--out", out2, "--workers", "1", "--calibrate")
+    assert code == 1 and "no calibration fitted" in err and "at least 5 of each" in err
+    assert (out2 / "metrics.json").is_file() and not (out2 / "calibration.json").exists()
+    code, stdout, err = run_cli(monkeypatch, capsys, "eval", "--metadata", data / "metadata.json",
+                                "--out", tmp_path / "report3", "--calibrate", "--band", "odds:0")
+    assert code == 2 and "--band" in err and not (tmp_path / "report3").exists()  # refused before the scan
+
 
 def test_eval_set_labels_the_results_and_the_meta_names_the_sources(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"")

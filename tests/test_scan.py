@@ -157,7 +157,7 @@ def test_mean_over_faces_members_weights_and_clip():
     assert r.faces[0].p_fake == pytest.approx(0.4) and r.faces[1].p_fake == pytest.approx(0.7)
     r = EN.aggregate_video(video(), faces, ["a", "b"], weights={"a": 3, "b": 1})
     assert r.p_fake == pytest.approx((3 * 0.3 + 0.8) / 4) and r.verdict == "REAL"
-    r = EN.aggregate_video(video(), faces, ["a", "b"], weights={"a": 0, "b": 1}, threshold=0.9)
+    r = EN.aggregate_video(video(), faces, ["a", "b"], weights={"a": 0, "b": 1}, rule=0.9)
     assert r.p_fake == pytest.approx(0.8) and r.verdict == "REAL"
     # The clip to [0.001, 0.999], with the raw value kept.
     r = EN.aggregate_video(video(), {0: {"a": 1.0}, 1: {"a": 1.0}}, ["a"])

@@ -25,6 +25,10 @@ accuracy at 0.5, EER and counts, per member and for the ensemble, at video and a
 Writes a report folder: metrics.json, videos.csv, tubes.csv, scan.json, roc.png, calibration.png,
 summary.md and summary.html.
 
+With --calibrate, also fits each member's calibration on these videos (they must be held out from
+training and tuning) and writes calibration.json and calibration-MEMBER.png into the report
+(see `deepfake models calibrate --help`, which fits from a report and records it with the model).
+
 Videos with no face or that cannot be read keep p = 0.5 at video level (as the seed's submission
 did) and are counted in the report. Exit code 0 when the report was written, 1 when a file of it could not be
 written (a full disk: one line says which), 2 on a usage problem.
@@ -59,6 +63,12 @@ def register(app: typer.Typer) -> None:
             "extracting; labels from the index unless --val/--metadata are given.", show_default=False),
         rescore: bool = typer.Option(False, "--rescore", help="Recompute member scores even when "
                                      "the score cache has them."),
+        calibrate: bool = typer.Option(False, "--calibrate", help="Also fit each member's calibration and "
+                                       "UNSURE band on these videos (calibration.json + plots in the report; "
+                                       "`deepfake models calibrate REPORT` records it with the model)."),
+        method: str = typer.Option("platt", "--method", help="With --calibrate: platt, temperature or isotonic."),
+        band: str = typer.Option("odds:2", "--band", help="With --calibrate: the UNSURE band rule (see "
+                                 "`deepfake models calibrate --help`)."),
     ) -> None:
         from ..evaluate import (default_out_dir, eval_set, evaluate_results, label_results, report_meta,
                                 write_report)
@@ -68,11 +78,18 @@ def register(app: typer.Typer) -> None:
         from ..ui import console, err_console
         from .scan import scan_with_progress, split_members, warn_missing_2d
 
+        if calibrate:  # a bad --method/--band is a usage error before the scan, not after it
+            from ..calibrate import FITS, parse_band
+            from ..errors import UserError
+
+            parse_band(band)
+            if method not in FITS:
+                raise UserError(f"--method: {method!r} is not one of {', '.join(FITS)}")
         es = eval_set(val, metadata or [], index)
         out_dir = check_report_dir(out or default_out_dir(), "--out",
                                    [*es.videos, *([val] if val else []), *(metadata or []),
                                     *(table_paths(resolve_index(index)) if index is not None else ())])
-        scanner = make_scanner(split_members(members), weights, 0.5, device, workers, batch_size, precision,
+        scanner = make_scanner(split_members(members), weights, None, device, workers, batch_size, precision,
                                rescore=rescore, items=es.items)
         if es.items is not None:
             warn_missing_2d(scanner, es.items)
@@ -101,6 +118,23 @@ def register(app: typer.Typer) -> None:
         err_console.print(
             f"{c['videos']} videos ({c['fake']} FAKE, {c['real']} REAL): {c['no_face']} no face, "
             f"{c['error']} failed (scored 0.5); {c['tubes']} tubes. Report: {out_dir}", highlight=False)
+        if calibrate:
+            from ..calibrate import calibrate_report, summary_line
+            from ..errors import UserError
+            from models.calibration import Calibration
+
+            try:
+                doc = calibrate_report([r.to_dict() for r in results], meta["models"], out_dir, method, band,
+                                       source=str(Path(out_dir).resolve()))
+            except UserError as exc:  # the report is written; the fit alone failed
+                from ..ui import warn
+
+                warn(f"no calibration fitted: {exc}")
+                raise typer.Exit(1) from None
+            for m, rec in doc["members"].items():
+                console.print(summary_line(m, Calibration.from_dict(rec["calibration"])), highlight=False)
+            err_console.print(f"calibration: {Path(out_dir) / 'calibration.json'}; record it with the model: "
+                              f"deepfake models calibrate {out_dir}", highlight=False)
         if report_failed:
             raise typer.Exit(1)
 

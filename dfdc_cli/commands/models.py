@@ -237,5 +237,55 @@ def remove_cmd(
     console.print(f"{e.member}: removed {e.model_id}{tail}", highlight=False)
 
 
+CALIBRATE_HELP = """Fit the calibration of each evaluated member's score on the labelled videos of a
+`deepfake eval` report (its scan.json: held-out videos the model was not trained or tuned on) and
+record it with the model that was evaluated: in its registry entry's manifest.json, or in the
+built-in model's builtin.json. From then on `deepfake scan` shows that model's calibrated p(fake)
+and its UNSURE band.
+
+Writes calibration.json (the fit, log loss and calibration error before and after, in sample and
+5-fold cross-validated, and what the band does on these videos) and calibration-MEMBER.png
+(reliability before and after, scores by class with the band) into the report folder.
+
+Map (--method): platt (default: two parameters, right for the 60-150 videos of a held-out set),
+temperature (one) or isotonic (steps; needs many more videos). Band (--band): see below.
+
+Exit code: 0 when every member's calibration was recorded, 2 on a problem (e.g. too few videos of
+a class, or the model changed since the evaluation).
+"""
+
+
+@models_app.command("calibrate", help=CALIBRATE_HELP)
+def calibrate_cmd(
+    report: Path = typer.Argument(..., help="A `deepfake eval` report folder (or its scan.json).",
+                                  show_default=False),
+    method: str = typer.Option("platt", "--method", help="platt, temperature or isotonic."),
+    band: str = typer.Option("odds:2", "--band", help="UNSURE band rule: 'odds:K' (FAKE when the calibrated "
+                             "odds are K:1 or more for fake, REAL when K:1 for real, UNSURE between), "
+                             "'rates:FPR,FNR' (the narrowest band calling at most FPR of the held-out REAL "
+                             "videos FAKE and FNR of the FAKE ones REAL) or 'none'."),
+    member: Optional[List[str]] = typer.Option(None, "--member", "-m", help="Only these members of the "
+                                               "report (default: all).", show_default=False),
+    builtin_dir: Optional[Path] = typer.Option(None, "--builtin-dir", help="Where the built-in model's "
+                                               "builtin.json is (default: the package's models/builtin).",
+                                               show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Fit, report and plot, but record nothing."),
+) -> None:
+    from dfdc_cli.calibrate import calibrate_eval_report, record, summary_line
+    from dfdc_cli.ui import console, err_console
+    from models.calibration import Calibration
+
+    names = [n.strip() for v in member or [] for n in v.split(",") if n.strip()] or None
+    doc, folder = calibrate_eval_report(report, method, band, names)
+    for m, rec in doc["members"].items():
+        console.print(summary_line(m, Calibration.from_dict(rec["calibration"])), highlight=False)
+    err_console.print(f"wrote {folder / 'calibration.json'} and {len(doc['members'])} plots", highlight=False)
+    if dry_run:
+        err_console.print("--dry-run: nothing recorded", highlight=False)
+        return
+    for line in record(doc, builtin_dir):
+        console.print(line, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")

@@ -19,6 +19,13 @@ Each registered member scores every tube; per member the mean over faces, per vi
 mean over members, clipped to [0.001, 0.999]. A video with no face gets the prior 0.5 and no
 verdict (status no_face); an unreadable one gets 0.5 and status error.
 
+Verdicts: FAKE at p(fake) >= 0.5, else REAL, for a model without a calibration. A model that
+records one (`deepfake models calibrate`) gives a calibrated p(fake) (its raw score stays in the
+JSON as p_fake_raw and members) and its UNSURE band: REAL below the band, UNSURE within it (the
+model cannot tell), FAKE above. A video whose faces only the low-threshold fallback found (MTCNN
+0.5/0.5/0.5: it finds "faces" in noise and cartoons) is UNSURE whatever its score, marked weak
+(JSON: "weak": true, "model_verdict": what the scores alone say).
+
 With --index DIR the tubes come from an existing `deepfake extract` index instead (nothing is
 extracted; with no PATH, every video of the index is scored).
 
@@ -113,8 +120,10 @@ def register(app: typer.Typer) -> None:
         weights: Optional[str] = typer.Option(
             None, "--weights", help="Member weights, e.g. 'i3d_224=2,mc3_112=0.5' (others weigh 1; "
             "0 leaves a member out). Default: equal.", show_default=False),
-        threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0,
-                                        help="Verdict FAKE when p(fake) >= this."),
+        threshold: Optional[float] = typer.Option(
+            None, "--threshold", min=0.0, max=1.0, help="Verdict FAKE when p(fake) >= this, REAL below, no "
+            "UNSURE band. Default: the band the model records with its calibration, else 0.5.",
+            show_default=False),
         device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
         workers: Optional[int] = typer.Option(None, "--workers", min=1,
                                               help="Extraction/decoding workers (default: per core)."),
@@ -124,7 +133,10 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure (per video, "
                                                 "member and face) as JSON.", show_default=False),
         csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write a DFDC submission "
-                                               "(filename,label = p(fake)).", show_default=False),
+                                               "(filename,label = p(fake), calibrated where the model records "
+                                               "a calibration; 0.5 without a face). It has no verdicts: "
+                                               "UNSURE and weak ones are in the table and --json.",
+                                               show_default=False),
         rescore: bool = typer.Option(False, "--rescore", help="Recompute member scores even when "
                                      "the score cache has them."),
         members_table: bool = typer.Option(False, "--members-table", help="Print each member's p(fake) "
@@ -171,12 +183,12 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     if items is not None:
         warn_missing_2d(scanner, items)
     results = scan_with_progress(scanner, videos, "scan")
-    print_results(results, scanner.names, threshold, members_table)
+    print_results(results, scanner.names, scanner.rule, members_table)
     t = Tally.of(results)
-    err_console.print(
-        f"{t.videos} videos: {t.fake} FAKE, {t.real} REAL, {t.no_face} no face, {t.failed} failed "
-        f"(members: {', '.join(scanner.names)})", highlight=False)
+    err_console.print(f"{t.line()} (members: {', '.join(scanner.names)})", highlight=False)
     err_console.print(scanner.judged_by(), highlight=False, markup=False)
+    for line in verdict_lines(scanner.rule, t):
+        err_console.print(line, highlight=False, markup=False)
     if t.cached:
         err_console.print(f"{t.cached} videos reused scores from the score cache (--rescore recomputes them)",
                           highlight=False)
@@ -185,6 +197,24 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
         ("--csv", csv_out, lambda p: write_submission(p, results)),
     ])
     raise typer.Exit(t.exit_code if written else 1)
+
+
+def verdict_lines(rule, tally) -> list[str]:
+    """What the verdicts rest on, under the table: the calibration and band, and weak videos."""
+    out = []
+    if rule.calibrated:
+        fits = []
+        for m, c in rule.calibrations.items():
+            n = c.fitted_on.get("n")
+            fits.append(f"{m}: {c.method}" + (f" on {n} held-out videos" if n else ""))
+        band = (f"UNSURE from {rule.lo:.3f} to {rule.hi:.3f}" if rule.has_band else f"threshold {rule.hi:g}")
+        out.append(f"p(fake) is calibrated ({'; '.join(fits)}); {band}")
+    elif rule.note:
+        out.append(rule.note)
+    if tally.weak:
+        out.append(f"{tally.weak} videos are UNSURE because only the low-threshold fallback found a face there "
+                   "(it finds faces in noise and cartoons)")
+    return out
 
 
 def fmt_p(p) -> str:
@@ -241,17 +271,27 @@ def table_layout(results, members, width: int) -> tuple[int, bool]:
     return max(NAME_MIN, min(name_w, width - fixed)), False
 
 
-def results_table(results, members, threshold: float, width: int = 80, inline_members: Optional[bool] = None):
+def _shown_members(r) -> dict:
+    """A video's member scores as the table shows them: calibrated where a calibration applied."""
+    return r.members_calibrated or r.members
+
+
+def results_table(results, members, rule, width: int = 80, inline_members: Optional[bool] = None):
     """The rich table of a scan, fitted to ``width``: one row per video with its whole name (or a
-    middle-shortened one), faces, p(fake), verdict and note, and the members' scores (short labels)
-    when they fit (``inline_members=None``) or when asked (True). Videos without a verdict show
-    their prior in brackets, NO FACE / ERROR as the verdict, and the reason."""
+    middle-shortened one), faces, p(fake), verdict and note, and the members' scores (short labels,
+    calibrated where the verdicts are) when they fit (``inline_members=None``) or when asked (True).
+    Videos without a verdict show their prior in brackets, NO FACE / ERROR as the verdict, and the
+    reason; UNSURE ones (weak ones too, with the note saying so) in yellow. ``rule``: the
+    :class:`~dfdc_cli.ensemble.VerdictRule` (or a plain threshold) for the title."""
+    from ..ensemble import VerdictRule
     from ..scanresult import display_names
     from ..ui import middle_ellipsis
 
+    if not isinstance(rule, VerdictRule):
+        rule = VerdictRule.single(rule)
     name_w, fits = table_layout(results, members, width)
     inline = fits if inline_members is None else inline_members
-    t = _plain_table(f"deepfake scan (verdict FAKE at p(fake) >= {threshold:g})")
+    t = _plain_table(f"deepfake scan ({rule.title()})")
     t.add_column("video", no_wrap=True, min_width=name_w)
     t.add_column("faces", justify="right", no_wrap=True)
     shown = list(members) if inline else []
@@ -265,12 +305,14 @@ def results_table(results, members, threshold: float, width: int = 80, inline_me
             v = "[red]FAKE[/red]"
         elif r.verdict == "REAL":
             v = "[green]REAL[/green]"
+        elif r.verdict == "UNSURE":
+            v = "[yellow]UNSURE[/yellow]"
         elif r.status == "no_face":
             v = "[yellow]NO FACE[/yellow]"
         else:
             v = "[magenta]ERROR[/magenta]"
         p = fmt_p(r.p_fake) if r.verdict else f"({r.p_fake:.3f})"
-        t.add_row(middle_ellipsis(name, name_w), str(r.n_faces), *[fmt_p(r.members.get(m)) for m in shown],
+        t.add_row(middle_ellipsis(name, name_w), str(r.n_faces), *[fmt_p(_shown_members(r).get(m)) for m in shown],
                   p, v, _note(r))
     return t
 
@@ -305,18 +347,18 @@ def member_scores_tables(results, members, width: int = 80) -> list:
         for m in group:
             t.add_column(member_label(m), justify="right", no_wrap=True)
         for r, name in zip(results, names):
-            t.add_row(middle_ellipsis(name, name_w), *[fmt_p(r.members.get(m)) for m in group])
+            t.add_row(middle_ellipsis(name, name_w), *[fmt_p(_shown_members(r).get(m)) for m in group])
         tables.append(t)
     return tables
 
 
-def print_results(results, members, threshold: float, members_table: bool = False) -> None:
+def print_results(results, members, rule, members_table: bool = False) -> None:
     """Print a scan's tables on stdout, fitted to the console: the member scores inline when they
     fit, as a second table with ``members_table``, otherwise a hint (stderr) how to see them."""
     from ..ui import console, err_console
 
     width = console.width
-    console.print(results_table(results, members, threshold, width, inline_members=False if members_table else None))
+    console.print(results_table(results, members, rule, width, inline_members=False if members_table else None))
     if members_table:
         for t in member_scores_tables(results, members, width):
             console.print(t)

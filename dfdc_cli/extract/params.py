@@ -145,7 +145,25 @@ def params_for(preset: Optional[str] = None, **changes) -> ExtractParams:
     return params.replace(**changes)
 
 
+# The last fallback's stage: its "faces" may be none (it finds some in noise and cartoons), so scan
+# gives such a video no plain verdict (dfdc_cli.ensemble, weak).
+LOW_THRESHOLDS = "low_thresholds"
+
+
 def fallback_attempts(params: ExtractParams):
     """The seed's fallbacks, in order: (stage, detection size multiplier, thresholds, max_faces)."""
-    return (("2x", 2.0, params.thresholds, params.max_faces), ("low_thresholds", 1.0, FALLBACK_THRESHOLDS, 1))
+    return (("2x", 2.0, params.thresholds, params.max_faces), (LOW_THRESHOLDS, 1.0, FALLBACK_THRESHOLDS, 1))
+
+
+def fallback_note(stage: str) -> str:
+    """The note a video found by a fallback carries in its reason (result.json, videos.csv)."""
+    return f"found by fallback ({stage})"
+
+
+def fallback_stage(reason: str) -> str:
+    """The fallback stage a reason names ("" when none): the index keeps it only in the reason."""
+    import re
+
+    m = re.search(r"found by fallback \((\w+)\)", reason or "")
+    return m.group(1) if m else ""
 

@@ -22,7 +22,7 @@ from typing import Optional
 from ..errors import VideoError
 from ..index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, TubeRecord, VideoRecord, record_from
 from ..inputs import VideoInput, missing_reason
-from .params import EXTRACTOR_VERSION, ExtractParams
+from .params import EXTRACTOR_VERSION, ExtractParams, fallback_note
 
 STORE = "store"
 RESULT_JSON = "result.json"
@@ -99,7 +99,7 @@ def new_result(frames, sha: str, params: ExtractParams, tubes: list, stage: str)
     if not tubes:
         notes.append(f"no face tube of >= {params.min_frames} frames")
     if stage:
-        notes.append(f"found by fallback ({stage})")
+        notes.append(fallback_note(stage))
     if getattr(frames, "decode_error", None):
         notes.append(f"incomplete video: {frames.decode_error}")
     return {
