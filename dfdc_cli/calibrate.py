@@ -66,9 +66,10 @@ def _arrays(y, s) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def _nll(p: np.ndarray, t: np.ndarray) -> float:
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    return float(-np.sum(t * np.log(p) + (1 - t) * np.log1p(-p)))
+def _nll(z: np.ndarray, t: np.ndarray) -> float:
+    """Cross-entropy of targets ``t`` against sigmoid(``z``), from the logits: exact and convex where
+    probabilities round to 0 or 1 (clipping them instead leaves plateaus a line search stalls on)."""
+    return float(np.sum(np.logaddexp(0.0, z) - t * z))
 
 
 def platt_targets(y: np.ndarray) -> np.ndarray:
@@ -85,9 +86,9 @@ def fit_platt(y, s) -> dict:
     z, t = logit(s), platt_targets(y)
 
     def f(w):
-        p = sigmoid(w[0] * z + w[1])
-        g = p - t
-        return _nll(p, t), np.array([np.sum(g * z), np.sum(g)])
+        u = w[0] * z + w[1]
+        g = sigmoid(u) - t
+        return _nll(u, t), np.array([np.sum(g * z), np.sum(g)])
 
     res = minimize(f, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
     a, b = (float(v) for v in res.x)
@@ -105,9 +106,11 @@ def fit_temperature(y, s) -> dict:
 
     y, s = _arrays(y, s)
     z = logit(s)
-    # 1/t in a bounded range: t -> 0 makes every score 0 or 1, and a negative t reverses the order.
-    res = minimize_scalar(lambda inv: _nll(sigmoid(inv * z), y), bounds=(1e-3, 1e3), method="bounded")
-    return {"t": float(1.0 / res.x)}
+    # log(1/t) in a bounded range: t -> 0 makes every score 0 or 1, a negative t reverses the order.
+    # The loss is convex in 1/t, so unimodal in its log, where the search spans 1e-3..1e3 evenly.
+    res = minimize_scalar(lambda v: _nll(math.exp(v) * z, y), bounds=(math.log(1e-3), math.log(1e3)),
+                          method="bounded")
+    return {"t": float(math.exp(-res.x))}
 
 
 def fit_isotonic(y, s) -> dict:

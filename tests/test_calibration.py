@@ -353,3 +353,14 @@ def test_scan_shows_the_calibrated_p_and_the_unsure_band(tmp_path, monkeypatch, 
     code, out, err = run_cli(monkeypatch, capsys, "scan", carphone, "--members", "mc3_112", "--workers", "1",
                              "--json", js, "--threshold", "0.4")
     assert json.loads(js.read_text())["videos"][0]["verdict"] == "FAKE"
+
+
+def test_temperature_never_does_worse_in_sample_than_the_raw_score_on_saturated_scores():
+    # A weak model whose scores sit near 0 and 1: clipped probabilities left plateaus in the loss on
+    # which the line search stopped at t ~ 0.001 (every score 0 or 1).
+    rng = np.random.default_rng(10)
+    for _ in range(5):
+        y = (rng.random(70) < 0.5).astype(float)
+        s = np.clip(rng.beta(0.3, 0.3, 70), 1e-9, 1 - 1e-9)
+        c = CB.fit_map(y, s, "temperature")
+        assert M.log_loss(y, c.apply(s)) <= min(M.log_loss(y, s), math.log(2) + 1e-3)
