@@ -316,13 +316,21 @@ def calibrate_report(videos: Sequence[Mapping], models: Mapping[str, str], out_d
     doc: dict = {"method": method, "band": band, "source": source,
                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "members": {}}
     out_dir = Path(out_dir)
-    for m in names:
+    fits = {}
+    for m in names:  # every fit first: a member that cannot be fitted leaves no half-written report
         y, s = scored(videos, m)
-        cal, p_cv = fit(y, s, method, band, member=m, model_id=str(models[m] or ""), source=source)
-        png = out_dir / f"calibration-{m}.png"
-        plot_fit(png, y, s, p_cv, cal, m)
-        doc["members"][m] = {"model_id": models[m], "calibration": cal.to_dict(), "plot": png.name}
-    write_json(out_dir / CALIBRATION_JSON, _finite(doc))
+        fits[m] = (y, s, *fit(y, s, method, band, member=m, model_id=str(models[m] or ""), source=source))
+    target = out_dir / CALIBRATION_JSON
+    try:
+        for m, (y, s, cal, p_cv) in fits.items():
+            png = out_dir / f"calibration-{m}.png"
+            target = png
+            plot_fit(png, y, s, p_cv, cal, m)
+            doc["members"][m] = {"model_id": models[m], "calibration": cal.to_dict(), "plot": png.name}
+        target = out_dir / CALIBRATION_JSON
+        write_json(target, _finite(doc))
+    except OSError as exc:
+        raise UserError(f"{target}: cannot be written ({exc.strerror or exc})") from None
     return doc
 
 

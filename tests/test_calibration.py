@@ -364,3 +364,13 @@ def test_temperature_never_does_worse_in_sample_than_the_raw_score_on_saturated_
         s = np.clip(rng.beta(0.3, 0.3, 70), 1e-9, 1 - 1e-9)
         c = CB.fit_map(y, s, "temperature")
         assert M.log_loss(y, c.apply(s)) <= min(M.log_loss(y, s), math.log(2) + 1e-3)
+
+
+def test_a_report_folder_that_cannot_be_written_is_one_line(tmp_path):
+    y, s = miscalibrated(40, 3.0, 1.0, seed=11)
+    videos = [{"status": "ok", "label": "FAKE" if t else "REAL", "members": {"m": float(x)}} for t, x in zip(y, s)]
+    not_a_folder = tmp_path / "report"
+    not_a_folder.write_text("a file where the report folder should be")
+    with pytest.raises(UserError, match=r"calibration-m\.png: cannot be written"):
+        CB.calibrate_report(videos, {"m": "id"}, not_a_folder)
+    assert not_a_folder.read_text().startswith("a file")
