@@ -454,3 +454,17 @@ def test_extract_into_a_full_folder_fails_each_video_in_one_line(tmp_path, monke
     assert code != 0 and "Traceback" not in err, err
     assert any("carphone_pristine.mp4" in ln and "No space left" in ln for ln in err.splitlines()), err
     assert any("videos.csv" in ln and "No space left" in ln for ln in err.splitlines()), err
+
+
+def test_tubes_show_never_writes_its_sheet_over_the_tube(tmp_path, monkeypatch, capsys, carphone):
+    import shutil
+
+    tube = tmp_path / "tube0.mp4"
+    shutil.copy(carphone, tube)
+    before = tube.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, "tubes", "show", tube, "--out", tube)
+    assert code == 2
+    _one_error_line(err, str(tube), "input")
+    assert tube.read_bytes() == before
+    code, out, err = run_cli(monkeypatch, capsys, "tubes", "blend", tube, "--out", tube)
+    assert code == 2 and "input" in err and tube.read_bytes() == before

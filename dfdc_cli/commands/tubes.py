@@ -41,6 +41,10 @@ def show(
     from ..sheets import default_track, is_2d, load_track_geometry, load_tube_frames, render_sheet, write_png
     from ..ui import console, warn
 
+    from ..outputs import check_output_file
+
+    out = out if out is not None else Path.cwd() / f"{tube.stem}_sheet.png"
+    check_output_file(out, "--out", [p for p in (tube, track, default_track(tube)) if p is not None])
     frames = load_tube_frames(tube)
     geometry = None
     if overlay:
@@ -52,7 +56,6 @@ def show(
             if len(geometry[1]) != len(frames):
                 warn(f"{track_path}: {len(geometry[1])} track entries for {len(frames)} frames")
     sheet = render_sheet(frames, every, cols, thumb, geometry)
-    out = out if out is not None else Path.cwd() / f"{tube.stem}_sheet.png"
     write_png(out, sheet)
     console.print(f"{out}  ({len(frames)} frames, {sheet.shape[1]}x{sheet.shape[0]} px"
                   f"{', track drawn' if geometry is not None else ''})", highlight=False, soft_wrap=True)
@@ -109,12 +112,18 @@ def blend(
     from ..sheets import load_track_geometry, load_tube_frames, one_line, render_blend_sheet, write_png
     from ..ui import console
 
-    frames = load_tube_frames(tube)
+    from ..outputs import check_distinct, check_output_file
+
     track_path = track if track is not None else tube.with_suffix(".npz")
+    out = out if out is not None else Path.cwd() / f"{tube.stem}_sbi{seed}.mp4"
+    sources = [tube, track_path, *([params_file] if params_file else [])]
+    check_output_file(out, "--out", sources, video_ok=True)  # it writes a video: a new fake, never a source
+    check_output_file(sheet, "--sheet", sources)
+    check_distinct({"--out": out, "--sheet": sheet})
+    frames = load_tube_frames(tube)
     if not track_path.exists():
         raise UserError(f"{track_path}: no track for this tube (self-blending needs the face's landmarks)")
     params = params_from_file(params_file) if params_file else SelfBlendParams()
-    out = out if out is not None else Path.cwd() / f"{tube.stem}_sbi{seed}.mp4"
     try:
         stats = self_blend_tube(tube, track_path, out, params, seed)
     except UserError:
