@@ -115,19 +115,27 @@ def to_json(results: Sequence[VideoScan], meta: Mapping) -> dict:
 def distinct_names(paths: Sequence[str]) -> list[str]:
     """Per path: its file name, or, where two different paths share a name, the shortest end of
     the path that tells it from the others (``a/clip.mp4``, ``b/clip.mp4``); the same file given
-    twice keeps its name."""
-    parts = [Path(p).parts or (str(p),) for p in paths]
-    by_name: dict[str, set[tuple[str, ...]]] = {}
-    for ps in parts:
-        by_name.setdefault(ps[-1], set()).add(ps)
-    out = []
-    for ps in parts:
-        others = [o for o in by_name[ps[-1]] if o != ps]
-        k = 1
-        while k < len(ps) and any(o[-k:] == ps[-k:] for o in others):
-            k += 1
-        out.append(str(Path(*ps[-k:])))
-    return out
+    twice keeps its name. Linear in the number of paths (folder-per-video datasets repeat one
+    name thousands of times)."""
+    from collections import Counter
+
+    import os
+
+    parts = [tuple(x for x in str(p).split(os.sep) if x) or (str(p),) for p in paths]
+    distinct = list(dict.fromkeys(parts))
+    depth: dict[tuple[str, ...], int] = {}
+    todo = distinct
+    k = 1
+    while todo:
+        counts = Counter(ps[-k:] for ps in todo)
+        left = []
+        for ps in todo:
+            if counts[ps[-k:]] == 1 or k >= len(ps):
+                depth[ps] = k
+            else:
+                left.append(ps)
+        todo, k = left, k + 1
+    return [os.sep.join(ps[-depth[ps]:]) for ps in parts]
 
 
 def display_names(results: Sequence[VideoScan]) -> list[str]:
