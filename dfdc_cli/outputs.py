@@ -40,10 +40,18 @@ def _parent_problem(path: Path) -> Optional[str]:
     return None
 
 
+def _ancestor_problem(path: Path) -> Optional[str]:
+    anc = path.absolute().parent
+    while not anc.exists():
+        anc = anc.parent
+    return None if anc.is_dir() else f"{anc} is not a folder"
+
+
 def check_output_file(path: Optional[Path], option: str, inputs: Iterable[Path] = (),
-                      video_ok: bool = False) -> Optional[Path]:
+                      video_ok: bool = False, make_folder: bool = False) -> Optional[Path]:
     """Refuse an output file that is one of ``inputs``, an existing video (unless ``video_ok``: the
-    command writes a video), a folder, or in a folder that does not exist. Returns ``path``."""
+    command writes a video), a folder, or in a folder that does not exist (unless ``make_folder``:
+    the command makes it; then the nearest existing folder above must be one). Returns ``path``."""
     if path is None:
         return None
     path = Path(path).expanduser()
@@ -58,7 +66,7 @@ def check_output_file(path: Optional[Path], option: str, inputs: Iterable[Path] 
         raise UserError(f"{option} {path}: is not a regular file")
     if path.exists() and not video_ok and is_video_name(path.name):
         raise UserError(f"{option} {path}: is an existing video; it is never overwritten (choose another file name)")
-    why = _parent_problem(path)
+    why = _parent_problem(path) if not make_folder else _ancestor_problem(path)
     if why:
         raise UserError(f"{option} {path}: {why}")
     return path
@@ -98,11 +106,9 @@ def check_report_dir(path: Path, option: str, inputs: Iterable[Path] = ()) -> Pa
         for name in REPORT_FILES:
             if _same(path / name, Path(src)):
                 raise UserError(f"{option} {path}: the report's {name} would overwrite the input {src}")
-    anc = path.absolute()
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir():
-        raise UserError(f"{option} {path}: {anc} is not a folder")
+    why = _ancestor_problem(path / "report")
+    if why:
+        raise UserError(f"{option} {path}: {why}")
     return path
 
 

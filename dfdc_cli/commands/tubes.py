@@ -44,7 +44,8 @@ def show(
     from ..outputs import check_output_file
 
     out = out if out is not None else Path.cwd() / f"{tube.stem}_sheet.png"
-    check_output_file(out, "--out", [p for p in (tube, track, default_track(tube)) if p is not None])
+    check_output_file(out, "--out", [p for p in (tube, track, default_track(tube)) if p is not None],
+                      make_folder=True)
     frames = load_tube_frames(tube)
     geometry = None
     if overlay:
@@ -117,8 +118,8 @@ def blend(
     track_path = track if track is not None else tube.with_suffix(".npz")
     out = out if out is not None else Path.cwd() / f"{tube.stem}_sbi{seed}.mp4"
     sources = [tube, track_path, *([params_file] if params_file else [])]
-    check_output_file(out, "--out", sources, video_ok=True)  # it writes a video: a new fake, never a source
-    check_output_file(sheet, "--sheet", sources)
+    check_output_file(out, "--out", sources, video_ok=True, make_folder=True)  # a new fake, never a source
+    check_output_file(sheet, "--sheet", sources, make_folder=True)
     check_distinct({"--out": out, "--sheet": sheet})
     frames = load_tube_frames(tube)
     if not track_path.exists():
