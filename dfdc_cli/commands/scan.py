@@ -32,8 +32,12 @@ extracted; with no PATH, every video of the index is scored).
 Scores are cached per tube and member model, so an interrupted scan resumes where it stopped and
 adding a member re-runs only that member (--rescore recomputes them).
 
+--json/--csv are checked before anything is scanned: a scanned video, an existing video, a folder
+or a file in a missing folder is refused (outputs never replace inputs).
+
 Exit code: 0 when every video was scanned (a video with no face counts as scanned), 1 when any
-video could not be read, 2 on a usage problem (e.g. no model registered).
+video could not be read or an output could not be written (the others are), 2 on a usage problem
+(e.g. no model registered, a damaged registry, a refused output path).
 """
 
 
