@@ -39,6 +39,8 @@ CLIP_DEFAULTS: dict[str, Any] = {
     "crop_scale": [0.5, 1.0],  # RandomResizedCrop area fraction; (0.33, 1) for R(2+1)D
     "crop_ratio": [0.9, 1.1],  # RandomResizedCrop aspect ratio range
     "val_crop": 224,  # validation: centre crop of this side out of the 256 tube, then resize to res
+    "jpeg_p": 0.0,  # training: re-compress the frames (after any self-blend) as JPEG, reals and fakes alike
+    "jpeg_quality": [60, 95],  # JPEG quality range
 }
 
 
@@ -144,9 +146,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(n, c, h, w)
 
 
-def resize_frames(x: torch.Tensor, res: int) -> torch.Tensor:
-    """Float frames (..., H, W) -> (..., res, res): bilinear, align_corners=False, no antialiasing,
-    in float and never rounded back to uint8.
+def resize_frames(x: torch.Tensor, res: int, mode: str = "bilinear") -> torch.Tensor:
+    """Float frames (..., H, W) -> (..., res, res): bilinear (or ``mode``, a 2D member's
+    architecture record's ``interpolation``), align_corners=False, no antialiasing, in float and
+    never rounded back to uint8.
 
     The one resize of a member's input, shared by scan (:func:`dfdc_cli.members.prepare_3d`) and
     training, so that a member sees one kind of resampling in both. It is what the seed's notebook
@@ -158,15 +161,15 @@ def resize_frames(x: torch.Tensor, res: int) -> torch.Tensor:
         return x
     lead = x.shape[:-2]
     y = x.reshape(-1, 1, h, w)
-    if h == w == 2 * res:
+    if h == w == 2 * res and mode == "bilinear":
         y = F.avg_pool2d(y, 2)
     else:
-        y = F.interpolate(y, size=(res, res), mode="bilinear", align_corners=False, antialias=False)
+        y = F.interpolate(y, size=(res, res), mode=mode, align_corners=False, antialias=False)
     return y.reshape(*lead, res, res)
 
 
 def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int,
-                      quantise: bool = True) -> torch.Tensor:
+                      quantise: bool = True, mode: str = "bilinear") -> torch.Tensor:
     """Apply one parameter set to every frame: uint8 (T, H, W, 3) -> tensor (3, T, res, res).
 
     Order: crop + resize (:func:`resize_frames`), flips, brightness/contrast, blur, noise, channel
@@ -179,7 +182,7 @@ def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int,
     top, left, h, w = params["crop"]
     x = x[:, :, top : top + h, left : left + w]
     resized = (h, w) != (res, res)
-    x = resize_frames(x, res)
+    x = resize_frames(x, res, mode)
     if params["hflip"]:
         x = x.flip(-1)
     if params["vflip"]:
@@ -198,6 +201,30 @@ def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int,
     if quantise or not resized:
         x = x.round_().to(torch.uint8)
     return x.permute(1, 0, 2, 3).contiguous()  # 3, T, res, res
+
+
+def sample_jpeg_quality(rng: np.random.Generator, cfg: Mapping[str, Any]) -> int:
+    """The JPEG quality a training sample is re-compressed at, or 0 for none. Drawn before the
+    self-blend, so that a real frame and its own self-blend (paired batches, one sample seed) get the
+    same compression: a self-blend made after the video was compressed keeps a sharp, uncompressed
+    blend boundary, which real face swaps (compressed after the swap) do not have."""
+    if float(cfg["jpeg_p"]) <= 0:  # (no draw: recipes without it keep their random streams)
+        return 0
+    draw, q = rng.random(), rng.uniform(*cfg["jpeg_quality"])
+    return int(round(q)) if draw < float(cfg["jpeg_p"]) else 0
+
+
+def jpeg_roundtrip(frames: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 RGB frames (T, H, W, 3) encoded and decoded as JPEG at ``quality``."""
+    import cv2
+
+    out = []
+    for fr in frames:
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(fr[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise RuntimeError("OpenCV could not encode a JPEG")
+        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return np.ascontiguousarray(np.stack(out))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -436,7 +436,9 @@ class ClipDataset(Dataset):
         pad: str = "loop",
         selfblend: Optional[Mapping[str, Any]] = None,
         frames_2d: int = FRAMES_2D,
+        interpolation: str = "bilinear",
     ):
+        self.interpolation = interpolation  # the resize to res (the architecture record's, as at scan)
         self.paths = tubes["tube_path"].astype(str).tolist()
         self.paths_2d = (
             tubes["tube2d_path"].fillna("").astype(str).tolist() if "tube2d_path" in tubes.columns else [""] * len(tubes)
@@ -525,13 +527,16 @@ class ClipDataset(Dataset):
         else:
             frames, tube_idx = self._window(row, rng)
         y = self.labels[row]
+        quality = augment.sample_jpeg_quality(rng, self.aug) if self.train else 0
         if sbi:
             frames = self._self_blend(row, frames, tube_idx, rng, from_2d)
             y = 1.0
+        if quality:
+            frames = augment.jpeg_roundtrip(frames, quality)
         h, w = frames.shape[1:3]
         params = augment.sample_clip_params(rng, h, w, self.aug) if self.train else augment.val_clip_params(h, w, self.aug)
         # Validation clips are not re-quantised after the resize: scan hands them to the member so.
-        x = augment.apply_clip_params(frames, params, self.res, quantise=self.train)
+        x = augment.apply_clip_params(frames, params, self.res, quantise=self.train, mode=self.interpolation)
         if self.kind == "2d" and self.train:
             x = x[:, 0]
         return x, torch.tensor(y, dtype=torch.float32)
@@ -559,7 +564,9 @@ class FrameBank(Dataset):
         aug: Optional[Mapping[str, Any]] = None,
         selfblend: Optional[Mapping[str, Any]] = None,
         progress=None,
+        interpolation: str = "bilinear",
     ):
+        self.interpolation = interpolation
         from .index import Track
         from .selfblend import SelfBlendParams, track_2d_geometry, track_tube_geometry
         from .video import read_video
@@ -620,13 +627,16 @@ class FrameBank(Dataset):
         i = int(rng.integers(0, len(self.frames[row])))
         frame = self.frames[row][i : i + 1]
         y = self.labels[row]
+        quality = augment.sample_jpeg_quality(rng, self.aug)
         if sbi:
             if not np.isfinite(self.boxes[row][i]).all():
                 raise UserError(f"self-blending needs the tube's track file (track_path) for tube row {row}")
             frame, _mask = blend_clip(frame, self.landmarks[row][i : i + 1], self.boxes[row][i : i + 1],
                                       self.params, rng)
             y = 1.0
+        if quality:
+            frame = augment.jpeg_roundtrip(frame, quality)
         h, w = frame.shape[1:3]
         params = augment.sample_clip_params(rng, h, w, self.aug)
-        x = augment.apply_clip_params(frame, params, self.res)
+        x = augment.apply_clip_params(frame, params, self.res, mode=self.interpolation)
         return x[:, 0], torch.tensor(y, dtype=torch.float32)

@@ -102,8 +102,9 @@ def prepare_3d(tubes, res: int):
     return resize_frames(x.float(), res).contiguous()
 
 
-def prepare_2d(frames, res: int = 256):
-    """uint8 2D crops (B, N, 256, 256, 3) -> uint8 (B, 3, N, res, res) (the first 32 frames)."""
+def prepare_2d(frames, res: int = 256, mode: str = "bicubic"):
+    """uint8 2D crops (B, N, 256, 256, 3) -> uint8 (B, 3, N, res, res) (the first 32 frames), resized
+    with ``mode`` (the architecture record's ``interpolation``, as in training)."""
     import torch.nn.functional as F
     import torch
 
@@ -111,7 +112,7 @@ def prepare_2d(frames, res: int = 256):
     if x.shape[-1] != res or x.shape[-2] != res:
         b, c, t, h, w = x.shape
         y = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w).float()
-        y = F.interpolate(y, size=(res, res), mode="bicubic", align_corners=False)
+        y = F.interpolate(y, size=(res, res), mode=mode, align_corners=False)
         x = y.round_().clamp_(0, 255).to(torch.uint8).reshape(b, t, c, res, res).permute(0, 2, 1, 3, 4)
     return x.contiguous()
 
@@ -130,6 +131,7 @@ class Member:
     res: int
     predict: Callable
     model_id: str = ""  # registry id / sha256 prefix, for the machine output
+    interpolation: str = "bicubic"  # 2D: the resize of the crops to res (the architecture record's)
     module: object = None  # the torch module (device moves, channels_last)
     calibration: object = None  # models.calibration.Calibration recorded with the model, or None
 
@@ -142,7 +144,7 @@ class Member:
         (B, T, 256, 256, 3) for 3D members, (B, N, 256, 256, 3) for 2D ones."""
         import torch
 
-        x = prepare_3d(batch, self.res) if self.kind == "3d" else prepare_2d(batch, self.res)
+        x = prepare_3d(batch, self.res) if self.kind == "3d" else prepare_2d(batch, self.res, self.interpolation)
         if self.kind == "3d" and x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         p = torch.as_tensor(self.predict(x)).float().reshape(-1).cpu().numpy()
@@ -184,10 +186,13 @@ def load_member(name: str, device) -> Member:
 
 def member_from_model(model) -> Member:
     """Wrap a :class:`models.registry.MemberModel` (eval mode) for the scanner."""
+    from models.archs import get_arch
+
     model.eval()
     return Member(name=model.spec.name, kind=model.spec.kind, res=model.spec.res, predict=model.predict,
                   model_id=getattr(model, "model_id", "") or "", module=model,
-                  calibration=getattr(model, "calibration", None))
+                  calibration=getattr(model, "calibration", None),
+                  interpolation=get_arch(model.spec.arch).interpolation)
 
 
 def load_members(members: Optional[Sequence], device: str) -> list[Member]:

