@@ -128,3 +128,19 @@ def test_mix2d_cutmix_and_mixup():
     assert {"mixup", "cutmix"} <= seen
     same, _, lam, kind = augment.mix2d(x, y, np.random.default_rng(0), {"mix_p": 0.0})
     assert kind == "none" and torch.equal(same, x) and (lam == 1).all()
+
+
+def test_jpeg_recompression_is_drawn_only_when_enabled_and_changes_pixels():
+    from dfdc_cli.augment import clip_config, jpeg_roundtrip, sample_jpeg_quality
+
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert sample_jpeg_quality(rng, clip_config({})) == 0
+    assert rng.bit_generator.state == state  # recipes without it keep their random streams
+    qs = [sample_jpeg_quality(np.random.default_rng(s), clip_config({"jpeg_p": 1.0, "jpeg_quality": [60, 70]}))
+          for s in range(20)]
+    assert all(60 <= q <= 70 for q in qs)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    out = jpeg_roundtrip(frames, 60)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert 2 < np.abs(out.astype(int) - frames).mean() < 80  # lossy, but the same picture

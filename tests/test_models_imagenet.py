@@ -116,3 +116,17 @@ def test_train_resize_and_scan_resize_agree_for_frame_models():
         trained = apply_clip_params(crops[0], params, 160, quantise=True, mode=mode)  # 3, 1, 160, 160
         scanned = prepare_2d(torch.from_numpy(crops), 160, mode)[0]  # 3, 1, 160, 160
         assert (trained.int() - scanned.int()).abs().max() <= 1
+
+
+def test_freeze_keeps_named_layers_out_of_training_and_rejects_typos():
+    from dfdc_cli.model_adapter import freeze
+    from models.registry import build
+
+    model = build(spec_for("efficientnet_lite0", 160).name)
+    n = freeze(model, ["body.conv_stem", "body.blocks.0"])
+    frozen = [k for k, p in model.net.named_parameters() if not p.requires_grad]
+    assert n == len(frozen) > 0
+    assert all(k.startswith(("body.conv_stem", "body.blocks.0")) for k in frozen)
+    assert any(p.requires_grad for k, p in model.net.named_parameters() if k.startswith("body.blocks.1"))
+    with pytest.raises(UserError, match="matches no parameter"):
+        freeze(model, ["body.conv_stme"])
