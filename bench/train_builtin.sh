@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate the built-in model (models/builtin/) from the two public corpora, with the recipe and seed
-# it shipped with (dfdc_cli/recipes/efficientnet_lite0_160.toml, train.seed 0, split seed 0): extract,
+# it shipped with (dfdc_cli/recipes/efficientnet_lite0_224.toml, train.seed 0, split seed 0): extract,
 # split by person, train on REAL videos with self-blended fakes, evaluate per group, calibrate on the
 # tune half, export fp16.
 #
@@ -16,7 +16,7 @@ WORK=${1:-/tmp/deepfake-builtin}
 shift || true
 CORPORA=("${@:-../shared/data/corpus ../shared/data/corpus2}")
 read -r -a CORPORA <<< "${CORPORA[*]}"
-MEMBER=efficientnet_lite0_160
+MEMBER=efficientnet_lite0_224
 mkdir -p "$WORK"
 MANIFESTS=()
 REALS=()

@@ -91,7 +91,21 @@ def build_model(spec, init: Any, device: torch.device):
 
     path, how = resolve_init(spec, init)
     model = registry.build(spec, init=path) if path is not None else registry.build(spec)
+    if how.startswith("ImageNet"):
+        zero_head(model, spec.arch)
     return model.to(device), how
+
+
+def zero_head(model, arch: str) -> None:
+    """Start a fresh one-logit head on ImageNet features at zero (p = 0.5 everywhere). timm draws an
+    EfficientNet classifier from U(-1/sqrt(fan_out), ...), which for one output is U(-1, 1): on
+    1,280 pretrained features the first logits are in the tens, and the first epoch is spent
+    unlearning them (a measured training loss of 2.6 instead of 0.69)."""
+    net = getattr(model, "net", model)
+    with torch.no_grad():
+        for k, p in net.named_parameters():
+            if k.startswith(get_arch(arch).head_prefixes):
+                p.zero_()
 
 
 def freeze(model, prefixes) -> int:

@@ -130,3 +130,15 @@ def test_freeze_keeps_named_layers_out_of_training_and_rejects_typos():
     assert any(p.requires_grad for k, p in model.net.named_parameters() if k.startswith("body.blocks.1"))
     with pytest.raises(UserError, match="matches no parameter"):
         freeze(model, ["body.conv_stme"])
+
+
+def test_an_imagenet_start_has_a_zero_head_so_training_starts_at_p_half():
+    from dfdc_cli.model_adapter import build_model
+
+    model, how = build_model(spec_for("efficientnet_lite0", 160), "imagenet", torch.device("cpu"))
+    assert how.startswith("ImageNet")
+    x = torch.randint(0, 256, (2, 3, 160, 160), dtype=torch.uint8)
+    with torch.no_grad():
+        logits = model.net_fake_logit(model.preprocess(x))
+    assert torch.equal(logits, torch.zeros(2))
+    assert any(p.abs().sum() > 0 for k, p in model.net.named_parameters() if not k.startswith("body.classifier."))
