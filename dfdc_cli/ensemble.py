@@ -72,7 +72,7 @@ def verdict(p: Optional[float], threshold: float = 0.5) -> Optional[str]:
     return FAKE if p >= threshold else REAL
 
 
-WEAK_NOTE = "weak: face found only by the low-threshold fallback"
+WEAK_NOTE = "weak: low-threshold face"  # short: the note column is narrow at 80 columns
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def aggregate_video(
     if result.weak:
         result.model_verdict = result.verdict
         result.verdict = UNSURE
-        note = f"{WEAK_NOTE}; scores alone: {result.model_verdict}"
+        note = f"{WEAK_NOTE}; scores say {result.model_verdict}"
         result.reason = f"{result.reason}; {note}" if result.reason else note
     return result
 

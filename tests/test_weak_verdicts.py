@@ -51,7 +51,7 @@ def test_no_face_clips_and_noise_are_never_a_plain_fake(tmp_path, bikes, bigbuck
     # ... and the stand-in called them FAKE, but none is reported as a plain FAKE: false FAKE rate 0.
     assert all(r.verdict == "UNSURE" and r.model_verdict == "FAKE" and r.p_fake == pytest.approx(0.99)
                for r in weak)
-    assert all("low-threshold fallback" in r.reason and "found by fallback" not in r.reason for r in weak)
+    assert all(r.reason == "weak: low-threshold face; scores say FAKE" for r in weak)
     assert sum(r.verdict == "FAKE" for r in results[:-1]) == 0
     assert by_name["noise2.mp4"].status == "no_face" and by_name["noise2.mp4"].verdict is None
     # Control: a real face, found at scan's own thresholds, keeps its plain verdict.
@@ -78,11 +78,11 @@ def test_the_table_marks_a_weak_video_at_80_columns():
                      members={"mc3_112": 0.93}, p_fake=0.93)
     r = VideoScan(video="/v/noise7.mp4", name="noise7.mp4", status="ok", n_faces=1, faces=[face],
                   members={"mc3_112": 0.93}, p_fake=0.93, p_fake_raw=0.93, verdict="UNSURE", weak=True,
-                  model_verdict="FAKE", reason="weak: face found only by the low-threshold fallback; scores alone: FAKE")
+                  model_verdict="FAKE", reason="weak: low-threshold face; scores say FAKE")
     console = Console(width=80, record=True, color_system=None)
     console.print(C.results_table([r], ["mc3_112"], 0.5, width=80))
     text = console.export_text()
     row = next(line for line in text.splitlines() if line.startswith("noise7.mp4"))
     assert "0.930" in row and "UNSURE" in row and "FAKE" not in row.split("UNSURE")[0]
-    assert "weak" in text and "fallback" in text
+    assert "weak" in text and "low-threshold" in text
     assert r.to_dict()["weak"] is True and r.to_dict()["model_verdict"] == "FAKE"
