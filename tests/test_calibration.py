@@ -207,6 +207,14 @@ def test_record_in_the_builtin_model(tmp_path):
     assert builtin.calibration(tmp_path).method == "platt"
     with pytest.raises(UserError, match="fitted on the built-in model builtin-00"):
         CB.record(fitted("builtin-00000000", "resnet18_160"), tmp_path)
+    # --to-builtin: a registered model's fit, recorded in its exported built-in copy (same member only)
+    doc = fitted("0123456789ab", "resnet18_160")
+    line = CB.record(doc, tmp_path, to_builtin=True)[0]
+    assert "fitted on 0123456789ab" in line
+    assert builtin.calibration(tmp_path).fitted_on["model_id"] == "0123456789ab"
+    with pytest.raises(UserError, match="is resnet18_160, not mc3_112"):
+        CB.record(fitted("0123456789ab", "mc3_112"), tmp_path, to_builtin=True)
+    meta = json.loads((tmp_path / "builtin.json").read_text())
     meta["calibration"]["hi"] = 2
     (tmp_path / "builtin.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match=r"builtin\.json: damaged calibration"):

@@ -269,6 +269,9 @@ def calibrate_cmd(
     builtin_dir: Optional[Path] = typer.Option(None, "--builtin-dir", help="Where the built-in model's "
                                                "builtin.json is (default: the package's models/builtin).",
                                                show_default=False),
+    to_builtin: bool = typer.Option(False, "--to-builtin", help="Record it in the built-in model (of the same "
+                                    "member) whatever model was evaluated: for a registered model that "
+                                    "bench/export_builtin.py exported as the built-in one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Fit, report and plot, but record nothing."),
 ) -> None:
     from dfdc_cli.calibrate import calibrate_eval_report, record, summary_line
@@ -283,7 +286,7 @@ def calibrate_cmd(
     if dry_run:
         err_console.print("--dry-run: nothing recorded", highlight=False)
         return
-    for line in record(doc, builtin_dir):
+    for line in record(doc, builtin_dir, to_builtin):
         console.print(line, highlight=False)
 
 
