@@ -99,6 +99,29 @@ def many_videos(tmp_path_factory) -> Path:
     return d
 
 
+def explain(procs: set) -> str:
+    """What each live process of ``procs`` is and where the kernel has it waiting."""
+    lines = []
+    for pid in sorted(survivors(procs)):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:120]
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:
+            continue
+        lines.append(f"{pid} state {_stat(pid)[1]} waiting in {wchan or '-'}: {cmd}")
+    return "\n".join(lines)
+
+
+def communicate_or_explain(proc: subprocess.Popen, procs: set, timeout: float) -> tuple[str, str]:
+    """proc.communicate(timeout); past it, fail saying whether the main process ended and which
+    processes are still there."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        state = "still running" if proc.poll() is None else f"ended (exit code {proc.returncode})"
+        pytest.fail(f"not ended within {timeout:.0f} s: the main process {state}; alive:\n{explain(procs | {(proc.pid, _stat(proc.pid)[2] if _stat(proc.pid) else '')})}")
+
+
 def start_extract(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     # --every 1 --scale 1: detection on every full-size frame, so each video takes a while
@@ -147,7 +170,9 @@ def test_ctrl_c_indexes_the_finished_videos_and_exits_130(tmp_path, many_videos)
         wait_for(lambda: finished_entries(out), 180, "a finished video", proc)
         procs = descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-        _, err = proc.communicate(timeout=60)
+        # The main process ends, and so does every process holding its output (fork server,
+        # resource tracker, workers): a caller reading the output to its end is not kept waiting.
+        _, err = communicate_or_explain(proc, procs | descendants(proc.pid), 60)
         assert proc.returncode == 130, err[-2000:]
         assert "interrupted (Ctrl-C)" in err and "of 12 videos done" in err and "resume" in err
         rows = read_videos(out)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 from ..inputs import VideoInput
 from .job import FILES, LazyDetect, safe_process
@@ -94,6 +94,16 @@ def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, 
 
     watch_parent()  # never outlive the main process, however it dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+
+    def stopped(signum, _frame):
+        # Stopped (the run was interrupted, or the main process died): nobody reads a message
+        # any more, so the exit must not wait for this worker's queue thread, which can block
+        # for ever on a full pipe or on the queue's lock left held by a worker killed while
+        # sending. finally blocks still run (half-written store entries are removed).
+        results.cancel_join_thread()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)
     one_thread()
     counter = [0]
 
@@ -133,6 +143,9 @@ def mp_context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(forkserver_preload(["torch", "cv2", "av", "scipy.ndimage", "dfdc_cli.extract", "dfdc_cli.detect"]))
     return ctx
+
+
+REAP_S = 10.0  # how long a killed worker may take to be reaped (a loaded machine)
 
 
 class Dead(NamedTuple):
@@ -209,7 +222,15 @@ class Pool:
                 p.join(timeout=GRACE_S)
             if p.is_alive():
                 p.kill()
-                p.join(timeout=1)
+        for p in self.procs.values():
+            # A killed worker is gone once the fork server has reaped it; until then
+            # multiprocessing's exit handler would wait for it without a time limit.
+            p.join(timeout=REAP_S)
+        # Nothing more goes to the workers: the exit must not wait for the queue threads
+        # (a Stop left in a pipe nobody reads), and the pipes close now.
+        for q in [*self.tasks.values(), self.results]:
+            q.cancel_join_thread()
+            q.close()
 
 
 def detect_batched(detector, requests: Sequence[tuple[list, DetectSettings]]) -> list:
@@ -248,10 +269,11 @@ def _serve_detections(pool: Pool, requests: list[DetectRequest], detector) -> No
 
 def run_pool(
     jobs: list[VideoInput], out_dir: str, params: ExtractParams, device: str, workers: int, remote: bool,
-    mode: str = FILES,
+    mode: str = FILES, on_start: Optional[Callable[[int], None]] = None,
 ) -> Iterator[Outcome]:
     """``workers`` processes extracting ``jobs``: one :class:`Outcome` per job, in completion
-    order. A worker that dies is replaced and its job retried once."""
+    order. A worker that dies is replaced and its job retried once. ``on_start(k)``: job ``k``
+    was handed to a worker."""
     detector = None
     if remote:
         from ..detect import FaceDetector
@@ -268,6 +290,8 @@ def run_pool(
             if not pending:
                 break
             j = pending.pop()
+            if on_start is not None:
+                on_start(j)
             pool.submit(wid, j, jobs[j].path)
             running += 1
 

@@ -156,8 +156,11 @@ def _iter_jobs(
     bar = ui.progress() if (progress and jobs) else None
     task = None
 
+    settled: set[int] = set()
+
     def settle(j: int, res: Optional[dict], err: Optional[str]) -> VideoDone:
         nonlocal n_cached
+        settled.add(j)
         pixels = res.pop("pixels", None) if res is not None else None
         vrec, trecs = records_for(jobs[j], res, err, params)
         if index is not None:
@@ -172,11 +175,12 @@ def _iter_jobs(
         return VideoDone(j, vrec, trecs, cached, pixels)
 
     stop: Optional[Interrupted] = None
+    todo: list[int] = []
+    started: set[int] = set()  # jobs handed to a worker (or begun here)
     try:
         if bar is not None:
             bar.start()
             task = bar.add_task("extract", total=len(jobs), status="")
-        todo = []
         if executor is not None:
             with contextlib.closing(executor(jobs)) as run:
                 for j, res, err in run:
@@ -203,19 +207,22 @@ def _iter_jobs(
         if workers <= 1 or len(todo) <= 1:
             detect = LazyDetect(device)
             for j in todo:
+                started.add(j)
                 res, err = safe_process(jobs[j].path, str(out_dir), params, detect, mode)
                 yield settle(j, res, err)
         else:
             sub = [jobs[j] for j in todo]
             # closing(): the workers stop as soon as this run is closed, not when it is collected.
             with contextlib.closing(run_pool(sub, str(out_dir), params, device, min(workers, len(todo)), remote,
-                                              mode)) as pool:
+                                              mode, on_start=lambda k: started.add(todo[k]))) as pool:
                 for k, res, err in pool:
                     yield settle(todo[k], res, err)
     except Interrupted as exc:
         stop = exc
         raise
     finally:
+        if stop is not None and index is not None:
+            _settle_stored(sorted(started - settled), jobs, out_dir, params, mode, settle)
         if bar is not None:
             bar.stop()
         if index is not None:
@@ -234,6 +241,20 @@ def _iter_jobs(
                          f"cached {n_cached})" + (f", in {out_dir / VIDEOS_CSV}" if write else ""))
             line += ". Run the same command to resume" + (": finished videos are not processed again." if done else ".")
             raise Interrupted(line, stop.signum) from None
+
+
+def _settle_stored(unsettled: list[int], jobs: list[VideoInput], out_dir: Path, params: ExtractParams,
+                   mode: str, settle: Callable) -> None:
+    """On an interruption, index the started videos whose store entry is complete although their
+    outcome had not reached this process (it was in the pipe, or the worker was stopped just after
+    its entry was in place), so that every finished video is in the index."""
+    for j in unsettled:
+        try:
+            _, _, res = lookup(jobs[j].path, out_dir, params, need_files=mode != MEMORY)
+        except VideoError:
+            continue  # not finished: extracted again next time
+        if res is not None:
+            settle(j, dict(res, cached=False), None)
 
 
 def extract(paths: Sequence[str | Path], out_dir: str | Path, params: ExtractParams = DEFAULT_PARAMS, *,
