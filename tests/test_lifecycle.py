@@ -184,6 +184,29 @@ def test_ctrl_c_indexes_the_finished_videos_and_exits_130(tmp_path, many_videos)
         stop(proc)
 
 
+def test_a_video_whose_entry_is_complete_when_the_run_stops_is_indexed(tmp_path, many_videos, monkeypatch):
+    """Ctrl-C right after a video's store entry is in place, before its outcome is handed over
+    (in the pool: still in the pipe): the video is in the index all the same."""
+    from dfdc_cli import extract as X
+    from dfdc_cli.extract import run as R
+
+    real, finished = R.safe_process, []
+
+    def then_ctrl_c(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        finished.append(path)
+        raise lifecycle.Interrupted("", signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(R, "safe_process", then_ctrl_c)
+    out = tmp_path / "out"
+    with pytest.raises(lifecycle.Interrupted) as stopped:
+        X.extract(sorted(many_videos.glob("*.mp4"))[:2], out, workers=1, progress=False, summary=False)
+    assert "1 of 2 videos done" in str(stopped.value) and len(finished) == 1
+    rows = read_videos(out)
+    assert len(rows) == 1 and set(rows["key"]) == finished_entries(out)
+
+
 # ----------------------------------------------------------------------------------------------
 # The watchdog and the signal handling, in isolation
 

@@ -222,10 +222,11 @@ class Pool:
                 p.join(timeout=GRACE_S)
             if p.is_alive():
                 p.kill()
+        reaped = time.time() + REAP_S
         for p in self.procs.values():
             # A killed worker is gone once the fork server has reaped it; until then
             # multiprocessing's exit handler would wait for it without a time limit.
-            p.join(timeout=REAP_S)
+            p.join(timeout=max(0.0, reaped - time.time()))
         # Nothing more goes to the workers: the exit must not wait for the queue threads
         # (a Stop left in a pipe nobody reads), and the pipes close now.
         for q in [*self.tasks.values(), self.results]:
