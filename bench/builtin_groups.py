@@ -58,7 +58,7 @@ def reliability_plot(path: str, y: np.ndarray, p: np.ndarray, cal: Calibration, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=110)
     ax.plot([0, 1], [0, 1], color="0.7", lw=1)
     for q, label, colour in ((p, f"raw (log loss {M.log_loss(y, p):.3f})", "tab:red"),
                              (cal.apply(p), f"calibrated ({M.log_loss(y, cal.apply(p)):.3f})", "tab:blue")):
@@ -66,7 +66,8 @@ def reliability_plot(path: str, y: np.ndarray, p: np.ndarray, cal: Calibration, 
         keep = [i for i, n in enumerate(b["count"]) if n]
         ax.plot([b["mean_p"][i] for i in keep], [b["frac_fake"][i] for i in keep], "o-", color=colour, label=label)
     ax.axvspan(cal.lo, cal.hi, color="0.9", label=f"UNSURE [{cal.lo:.2f}, {cal.hi:.2f})")
-    ax.set(xlabel="p(fake)", ylabel="fraction FAKE", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set(xlabel="p(fake)", ylabel="fraction FAKE", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)

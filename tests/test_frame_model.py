@@ -177,10 +177,17 @@ def test_shipped_builtin_loads_and_scores_a_generated_clip():
     assert model.spec.name == builtin.member()
     clip = torch.randint(0, 256, (1, 3, 8, model.res, model.res), dtype=torch.uint8)
     assert 0 < float(model.predict(clip)) < 1
-    # shipped only past the bar, and it says how it was measured
+    # shipped only past the bar (issue 20: video AUC >= 0.80 on held-out face swaps), and it says how
+    # it was measured, per group too
     val = builtin.info()["validation"]
-    assert val["level"] == "video" and val["roc_auc"] >= 0.70 and val["n_fake"] > 0
+    assert val["level"] == "video" and val["roc_auc"] >= 0.80 and val["n_fake"] > 0
     assert val["ci"]["roc_auc"]["lo"] <= val["roc_auc"] <= val["ci"]["roc_auc"]["hi"]
+    groups = val.get("groups", {})
+    assert {"swaps", "corpus_fakes", "generated", "swaps_test"} <= set(groups)
+    assert groups["swaps"]["roc_auc"] == pytest.approx(val["roc_auc"])
+    for g in groups.values():
+        lo, hi = g["roc_auc_ci"]
+        assert lo <= g["roc_auc"] <= hi and g["n_fake"] > 0 and g["n_real"] > 0
 
 
 def test_fresh_install_scan_gives_a_verdict_from_the_builtin_model(carphone, monkeypatch, capsys, tmp_path):
@@ -195,7 +202,7 @@ def test_fresh_install_scan_gives_a_verdict_from_the_builtin_model(carphone, mon
     assert code == 0, err
     doc = json.loads((tmp_path / "scan.json").read_text())
     (video,) = doc["videos"]
-    assert video["status"] == "ok" and video["verdict"] in ("REAL", "FAKE") and 0 < video["p_fake"] < 1
+    assert video["status"] == "ok" and video["verdict"] in ("REAL", "UNSURE", "FAKE") and 0 < video["p_fake"] < 1
     assert doc["builtin"] is True and doc["model_card"] == builtin.CARD
     assert f"built-in model {builtin.member()}" in out + err
 
