@@ -427,6 +427,7 @@ def test_train_2d_member_end_to_end(tiny_index, tmp_path):
     from dfdc_cli import augment
     from dfdc_cli.video import read_video
     from models import store
+    from models.archs import get_arch
 
     sets = {
         "data": {"index": str(tiny_index), "input_res": 32, "val_fraction": 0.25, "workers": 0},
@@ -446,7 +447,9 @@ def test_train_2d_member_end_to_end(tiny_index, tmp_path):
     y = np.array([1 if tubes.loc[p, "label"] == "FAKE" else 0 for p in val_tubes])
     assert len(val_tubes) == 6 and y.sum() == 3
     params = augment.val_clip_params(SIZE, SIZE, r["augment"])
-    x = torch.stack([augment.apply_clip_params(read_video(p)[:32], params, 32, quantise=False) for p in val_tubes])
+    mode = get_arch("seresnext50").interpolation  # training resizes 2D frames as scan does
+    x = torch.stack([augment.apply_clip_params(read_video(p)[:32], params, 32, quantise=False, mode=mode)
+                     for p in val_tubes])
     m = store.load("seresnext50_2d")
     p = m.predict(x).numpy()
     expected = trainhooks.balanced_log_loss(y, p)
