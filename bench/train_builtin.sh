@@ -42,18 +42,18 @@ fi
 
 # 3. Evaluate on real fakes against the held-out REAL videos, with the trained weights as scan uses
 #    them: one `deepfake eval` of every held-out video (bootstrap intervals), the per-group figures
-#    from it (bench/builtin_groups.py: the same metrics and resampling), and an eval of the tune half
-#    (cached scores) on which the calibration and its UNSURE band are fitted; the test half is only
-#    measured (figures with the calibration applied, and its reliability plot).
+#    from it (bench/builtin_groups.py: the same metrics and resampling), the face swaps' own report
+#    (the shipping bar), and an eval of the tune half's face swaps (cached scores) on which the
+#    calibration and its UNSURE band are fitted; the test half is only measured.
 python bench/corpus_split.py eval-csvs "$WORK/manifest.csv" "$WORK/tubes" "$WORK/run" "$WORK/val"
-deepfake eval --val "$WORK/val/all.csv" --members "$MEMBER" --bootstrap 1000 --out "$WORK/eval/all"
-deepfake eval --val "$WORK/val/swaps.csv" --members "$MEMBER" --bootstrap 1000 --out "$WORK/eval/swaps"
-deepfake eval --val "$WORK/val/tune.csv" --members "$MEMBER" --bootstrap 1000 --out "$WORK/eval/tune"
-deepfake models calibrate "$WORK/eval/tune" --dry-run
+for g in all swaps swaps_tune; do
+  deepfake eval --val "$WORK/val/$g.csv" --members "$MEMBER" --bootstrap 1000 --out "$WORK/eval/$g"
+done
+deepfake models calibrate "$WORK/eval/swaps_tune" --dry-run
 python bench/builtin_groups.py "$WORK/eval/all" "$WORK/val" "$MEMBER" --json "$WORK/eval/groups.json" \
-  --calibration "$WORK/eval/tune/calibration.json" --plot "test=$WORK/eval/calibration-test.png"
+  --calibration "$WORK/eval/swaps_tune/calibration.json" --plot "swaps_test=$WORK/eval/calibration-swaps-test.png"
 
 # 4. Export: half precision into the package, with the validation figures (the face swaps' report as
-#    the headline, every group beside it) and the calibration fitted on the tune half.
+#    the headline, every group beside it) and the calibration fitted on the tune half's swaps.
 python bench/export_builtin.py "$WORK/run/best.pt" "$MEMBER" "$WORK/eval/swaps/metrics.json" models/builtin \
-  --calibration "$WORK/eval/tune/calibration.json" --groups "$WORK/eval/groups.json"
+  --calibration "$WORK/eval/swaps_tune/calibration.json" --groups "$WORK/eval/groups.json"
