@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .commands import evaluate, extract, index, models, scan, train, tubes
+from .commands import evaluate, extract, index, models, report, scan, train, tubes
 from .errors import UserError
 from .paths import ENV_CACHE, ENV_DATA
 from .ui import err_console, reflow_app
@@ -51,7 +51,7 @@ def _root(
         os.environ[ENV_CACHE] = str(cache_dir)
 
 
-for _module in (extract, train, evaluate, scan, models, tubes, index):
+for _module in (extract, train, evaluate, scan, report, models, tubes, index):
     _module.register(app)
 reflow_app(app)  # after every command is registered
 

@@ -171,8 +171,7 @@ def aggregate_video(
         p = combine_members(rule.calibrate(face.members), weights)
         face.p_fake = None if p is None else clip_p(p)
     result.n_faces = len(result.faces)
-    result.members = {m: mean_over_faces([f.members[m] for f in result.faces if m in f.members])
-                      for m in members}
+    result.members, result.window = _over_windows(result, members, weights, rule)
     result.members_calibrated = rule.calibrate(result.members) if rule.calibrated else {}
     missing = [m for m, s in result.members.items() if s is None]
     raw = combine_members(result.members, weights)
@@ -194,6 +193,40 @@ def aggregate_video(
         note = f"{WEAK_NOTE}; scores say {result.model_verdict}"
         result.reason = f"{result.reason}; {note}" if result.reason else note
     return result
+
+
+def window_figures(faces, members: Sequence[str], weights, rule: "VerdictRule") -> tuple[dict, Optional[float]]:
+    """The seed's figures of one window's faces: per member the mean over faces, and the weighted
+    mean over members (of the calibrated scores where the rule calibrates; unclipped; None when no
+    member scored)."""
+    per_member = {m: mean_over_faces([f.members[m] for f in faces if m in f.members]) for m in members}
+    return per_member, combine_members(rule.calibrate(per_member) if rule.calibrated else per_member, weights)
+
+
+def _over_windows(result: "VideoScan", members: Sequence[str], weights,
+                  rule: "VerdictRule") -> tuple[dict, Optional[int]]:
+    """(per-member figures, deciding window) of a video: the seed's figures when its faces are in
+    one window; otherwise those of the window with the highest p(fake)
+    (:func:`dfdc_cli.span.combine_windows`). Fills each of ``result.windows``' members/p_fake."""
+    from .span import combine_windows
+
+    by_window: dict[int, list] = {}
+    for f in result.faces:
+        by_window.setdefault(int(f.window), []).append(f)
+    figures = {k: window_figures(fs, members, weights, rule) for k, fs in by_window.items()}
+    for w in result.windows:
+        per_member, p = figures.get(int(w["window"]), ({m: None for m in members}, None))
+        w["members"] = per_member
+        w["p_fake"] = None if p is None else clip_p(p)
+    if not figures:
+        return {m: None for m in members}, None
+    if len(figures) == 1:
+        k = next(iter(figures))
+        return figures[k][0], k
+    _, k = combine_windows({k: p for k, (_, p) in figures.items()})
+    if k is None:
+        return {m: None for m in members}, None
+    return figures[k][0], k
 
 
 def parse_weights(text: Optional[str], members: Sequence[str]) -> dict[str, float]:

@@ -134,6 +134,8 @@ class Member:
     interpolation: str = "bicubic"  # 2D: the resize of the crops to res (the architecture record's)
     module: object = None  # the torch module (device moves, channels_last)
     calibration: object = None  # models.calibration.Calibration recorded with the model, or None
+    # 2D members: batch -> (p (B,), per-frame p (B, T)) in one pass (None: per-frame scores unknown)
+    predict_frames: Optional[Callable] = None
 
     def pixels(self, tube):
         """The part of a :class:`~dfdc_cli.scansource.LoadedTube` this member scores (None: it has none)."""
@@ -142,15 +144,26 @@ class Member:
     def score(self, batch):
         """p(fake) (numpy, one per tube) of a uint8 batch as stacked from the tubes, on the device:
         (B, T, 256, 256, 3) for 3D members, (B, N, 256, 256, 3) for 2D ones."""
+        return self.score_frames(batch)[0]
+
+    def score_frames(self, batch):
+        """(p(fake) (B,), per-frame p(fake) (B, N) or None) of a batch as :meth:`score` takes it:
+        a frame model's frame scores come from the same pass as its p(fake)."""
         import torch
 
         x = prepare_3d(batch, self.res) if self.kind == "3d" else prepare_2d(batch, self.res, self.interpolation)
         if self.kind == "3d" and x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        p = torch.as_tensor(self.predict(x)).float().reshape(-1).cpu().numpy()
+        frames = None
+        if self.kind == "2d" and self.predict_frames is not None:
+            p, frames = self.predict_frames(x)
+            frames = torch.as_tensor(frames).float().reshape(x.shape[0], -1).cpu().numpy()
+        else:
+            p = self.predict(x)
+        p = torch.as_tensor(p).float().reshape(-1).cpu().numpy()
         if p.shape[0] != x.shape[0]:
             raise RuntimeError(f"{self.name}: predict returned {p.shape[0]} scores for {x.shape[0]} clips")
-        return p
+        return p, frames
 
 
 def is_builtin(m: Member) -> bool:
@@ -192,7 +205,9 @@ def member_from_model(model) -> Member:
     return Member(name=model.spec.name, kind=model.spec.kind, res=model.spec.res, predict=model.predict,
                   model_id=getattr(model, "model_id", "") or "", module=model,
                   calibration=getattr(model, "calibration", None),
-                  interpolation=get_arch(model.spec.arch).interpolation)
+                  interpolation=get_arch(model.spec.arch).interpolation,
+                  predict_frames=model.predict_frames if model.spec.kind == "2d" else None)
+
 
 
 def load_members(members: Optional[Sequence], device: str) -> list[Member]:

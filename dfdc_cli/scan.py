@@ -27,6 +27,7 @@ The results are :class:`dfdc_cli.scanresult.VideoScan` records.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -108,7 +109,30 @@ def _face(row: Mapping) -> FaceScore:
                      last_frame=int(row["last_frame"]), n_frames=int(row["n_frames"]),
                      box=[int(row[k]) for k in ("x1", "y1", "x2", "y2")],
                      mean_prob=float(row.get("mean_prob", float("nan"))),
-                     tube_path=str(row.get("tube_path", "")))
+                     tube_path=str(row.get("tube_path", "")), window=int(row.get("window") or 0),
+                     track_path=str(row.get("track_path") or ""),
+                     boxes=sampled_boxes(str(row.get("track_path") or ""), int(row.get("start_frame") or 0)))
+
+
+BOX_EVERY = 10  # the face boxes kept per tube in the results: every 10th frame (the detection frames)
+
+
+def sampled_boxes(track_path: str, start: int = 0) -> list[list[int]]:
+    """[frame, x1, y1, x2, y2, detected] every BOX_EVERY frames of a tube's track file (source
+    frames, ``start`` added: a window's tracks count from its first frame); [] when unreadable."""
+    from .index import Track
+
+    if not track_path:
+        return []
+    try:
+        t = Track.load(track_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    out = []
+    for j in range(0, len(t.frames), BOX_EVERY):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in t.boxes[j])
+        out.append([int(t.frames[j]) + int(start), x1, y1, x2, y2, int(bool(t.detected[j]))])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,6 +264,8 @@ class Scanner:
         score_dir: Optional[str | Path] = None,
         reuse_scores: bool = True,
         keep_tubes: bool = False,
+        span: str = "first",
+        windows: int = 8,
     ):
         import functools
 
@@ -264,19 +290,23 @@ class Scanner:
         self.rule = verdict_rule({m.name: m.calibration for m in self.members}, self.weights, threshold)
         self.threshold = self.rule.hi
         self.scores = ScanScores(cache, self.members, reuse_scores)
+        self.span, self.n_windows = span, int(windows)
         self.extractor = extractor or functools.partial(stream_extract, keep_tubes=keep_tubes,
-                                                        need_pixels=self.scores.needs_pixels)
+                                                        need_pixels=self.scores.needs_pixels,
+                                                        span=span, windows=self.n_windows)
         self._decode_pool: Optional[ThreadPoolExecutor] = None
 
     # -- scoring ------------------------------------------------------------------------------
     def score_tubes(self, tubes: Sequence[LoadedTube], on_device: Optional[dict] = None,
-                    need: Optional[Sequence[set[str]]] = None) -> list[dict[str, float]]:
+                    need: Optional[Sequence[set[str]]] = None,
+                    frames_out: Optional[list[dict]] = None) -> list[dict[str, float]]:
         """p(fake) of every member for every tube: one dict per tube (member -> p).
 
         Tubes of equal length are batched together; each group's pixels go to the device once and
         serve every member that needs them. ``need`` (optional): per tube, the members to run
         (the others' scores came from the score cache). ``on_device`` (optional) caches the
-        device tensors between calls (the benchmark's models-only ceiling).
+        device tensors between calls (the benchmark's models-only ceiling). ``frames_out``
+        (optional, one dict per tube) receives the frame models' per-frame p(fake) (member -> list).
         """
         import torch
 
@@ -286,7 +316,7 @@ class Scanner:
         with torch.inference_mode(), autocast(self.device, self.amp_dtype):
             for m in self.members:
                 for g in self._batches(m, tubes, need, batches):
-                    self._score_batch(m, self._to_device(m, tubes, g, resident), g, out)
+                    self._score_batch(m, self._to_device(m, tubes, g, resident), g, out, frames_out)
         return out
 
     def _batches(self, m: Member, tubes: Sequence[LoadedTube], need, memo: dict) -> list[list[int]]:
@@ -313,13 +343,14 @@ class Scanner:
             resident[key] = t.to(self.device, non_blocking=non_blocking)
         return resident[key]
 
-    def _score_batch(self, m: Member, x, g: list[int], out: list[dict[str, float]]) -> None:
+    def _score_batch(self, m: Member, x, g: list[int], out: list[dict[str, float]],
+                     frames_out: Optional[list[dict]] = None) -> None:
         """Score a batch into ``out``; out of device memory, halve it (a single tube that does
         not fit is left unscored by this member, and the video says so)."""
         import torch
 
         try:
-            p = m.score(x)
+            p, per_frame = m.score_frames(x)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(g) == 1:
@@ -328,11 +359,13 @@ class Scanner:
                 warn(f"{m.name}: a tube of {x.shape[1]} frames does not fit in device memory; skipped")
                 return
             h = len(g) // 2
-            self._score_batch(m, x[:h], g[:h], out)
-            self._score_batch(m, x[h:], g[h:], out)
+            self._score_batch(m, x[:h], g[:h], out, frames_out)
+            self._score_batch(m, x[h:], g[h:], out, frames_out)
             return
-        for i, v in zip(g, p):
+        for k, (i, v) in enumerate(zip(g, p)):
             out[i][m.name] = float(v)
+            if per_frame is not None and frames_out is not None:
+                frames_out[i][m.name] = [float(f) for f in per_frame[k]]
 
     # -- reading tubes --------------------------------------------------------------------------
     def load_tubes(self, extracted: Sequence[Extracted]) -> tuple[list[LoadedTube], list[str]]:
@@ -367,37 +400,67 @@ class Scanner:
 
     # -- results --------------------------------------------------------------------------------
     def _result(self, e: Extracted, scores: dict[int, dict[str, float]], error: str,
-                cached_names: Sequence[str]) -> VideoScan:
+                cached_names: Sequence[str], frame_scores: Optional[Mapping[int, Mapping[str, list]]] = None) -> VideoScan:
         """A video's record: its faces that got pixels (``scores``: tube id -> {member: p},
-        this run's and the score cache's), aggregated over the members."""
+        this run's and the score cache's; ``frame_scores`` likewise, per frame), aggregated over
+        the members (and over the windows read, :mod:`dfdc_cli.span`)."""
+        from dataclasses import asdict
+
         r = VideoScan(video=e.video, name=e.name, status=e.status, reason=e.reason, extract_seconds=e.seconds,
-                      cached_members=list(cached_names), weak=e.weak)
+                      cached_members=list(cached_names), weak=e.weak, span=self.span if e.windows else "first",
+                      n_frames=int(e.n_total), fps=float(e.fps))
+        if e.windows:
+            r.windows = [asdict(w) for w in e.windows]
+            r.frames_read = [[w.start_frame, w.last_frame] for w in e.windows if w.n_frames > 0]
+        elif e.n_frames:
+            r.frames_read = [[0, e.n_frames - 1]]
         if e.status == STATUS_OK:
             if e.weak:  # aggregate_video says it in its own words
                 r.reason = "; ".join(n for n in r.reason.split("; ") if fallback_stage(n) != LOW_THRESHOLDS)
             r.faces = [_face(row) for row in e.tubes if int(row["tube_id"]) in scores]
+            for f in r.faces:
+                f.frame_scores = {m: list(v) for m, v in (frame_scores or {}).get(f.tube_id, {}).items()}
             if not r.faces:
                 r.status = STATUS_ERROR
                 r.reason = error or "no face tube could be read"
             elif error:
                 r.reason = f"skipped {error}"
-        return aggregate_video(r, scores, self.names, self.weights, self.rule)
+        r = aggregate_video(r, scores, self.names, self.weights, self.rule)
+        scored = [w for w in r.windows if w.get("p_fake") is not None]
+        if len(scored) > 1 and r.window is not None:
+            w = next(w for w in r.windows if w["window"] == r.window)
+            note = (f"p(fake) of window {r.window + 1} (frames {w['start_frame']}-{w['start_frame'] + w['n_frames'] - 1}), "
+                    f"the highest of {len(scored)}")
+            r.reason = f"{r.reason}; {note}" if r.reason else note
+        return r
 
-    def _scan_chunk(self, ex: Sequence[Extracted], keys, cached, futures) -> list[VideoScan]:
+    def _scan_chunk(self, ex: Sequence[Extracted], keys, cached, futures,
+                    cached_frames: Optional[Sequence[Mapping]] = None) -> list[VideoScan]:
         """Score a chunk whose tubes are being read (``futures``), store the new scores, and
         return its results."""
         tubes, errors = _collect_tubes(ex, futures)
         need = [{m.name for m in self.members if m.name not in cached[t.video_idx]} for t in tubes]
-        fresh = _by_video(len(ex), tubes, self.score_tubes(tubes, need=need))
+        per_frame: list[dict] = [dict() for _ in tubes]
+        fresh = _by_video(len(ex), tubes, self.score_tubes(tubes, need=need, frames_out=per_frame))
         broken = drop_non_finite(fresh)
-        self.scores.store(ex, keys, cached, fresh, errors)
+        fresh_frames = _by_video(len(ex), tubes, per_frame)
+        for vi, by_tube in enumerate(fresh_frames):  # (frame scores of a score that was dropped go too)
+            for tid, by_member in by_tube.items():
+                for m in [m for m, ps in by_member.items()
+                          if m not in fresh[vi].get(tid, {}) or not all(math.isfinite(p) for p in ps)]:
+                    del by_member[m]
+        self.scores.store(ex, keys, cached, fresh, errors, fresh_frames)
         out = []
         for vi, e in enumerate(ex):
             merged = {tid: dict(s) for tid, s in fresh[vi].items()}
             for m, tube_scores in cached[vi].items():
                 for tid, p in tube_scores.items():
                     merged.setdefault(int(tid), {})[m] = float(p)
-            r = self._result(e, merged, errors[vi], [m for m in self.names if m in cached[vi]])
+            frames = {tid: dict(s) for tid, s in fresh_frames[vi].items()}
+            for m, tube_frames in (cached_frames[vi] if cached_frames else {}).items():
+                for tid, ps in tube_frames.items():
+                    frames.setdefault(int(tid), {})[m] = list(ps)
+            r = self._result(e, merged, errors[vi], [m for m in self.names if m in cached[vi]], frames)
             if broken[vi]:
                 note = "; ".join(broken[vi])
                 r.reason = f"{r.reason}; {note}" if r.reason else note
@@ -422,8 +485,9 @@ class Scanner:
             """Look the chunk up in the score cache and start reading what is left to score."""
             ex = [e for _, e in items]
             keys = self.scores.keys(ex)
-            cached = self.scores.cached(ex, keys)
-            return items, keys, cached, self._submit_tubes(ex, cached)
+            cached_frames: list[dict] = [dict() for _ in ex]
+            cached = self.scores.cached(ex, keys, cached_frames)
+            return items, keys, cached, self._submit_tubes(ex, cached), cached_frames
 
         results: list[Optional[VideoScan]] = [None] * n
         emitted = 0
@@ -432,8 +496,9 @@ class Scanner:
             while cur[0]:
                 nxt_items = feed.take(block=False)
                 nxt = start(nxt_items) if nxt_items else None  # its tubes are read while this one scores
-                items, keys, cached, futures = cur
-                for (i, _), r in zip(items, self._scan_chunk([e for _, e in items], keys, cached, futures)):
+                items, keys, cached, futures, cached_frames = cur
+                for (i, _), r in zip(items, self._scan_chunk([e for _, e in items], keys, cached, futures,
+                                                             cached_frames)):
                     if not r.video:
                         r.video = str(paths[i])
                     results[i] = r
@@ -486,6 +551,10 @@ class Scanner:
             "clip": [CLIP_LO, CLIP_HI],
             "prior": PRIOR,
             "device": self.device,
+            "span": self.span,
+            "windows": self.n_windows,
+            "window_rule": "max" if self.span != "first" else None,
+            "extraction": _scan_settings(),
             "judged_by": self.judged_by(),
             "builtin": any(is_builtin(m) for m in self.members),
         }
@@ -494,9 +563,19 @@ class Scanner:
         return out
 
 
+def _scan_settings() -> dict:
+    """The extraction settings of a scan (the scan preset), for the machine output and reports."""
+    from .extract.params import PRESETS
+
+    d = PRESETS["scan"].to_dict()
+    d.pop("span_window", None)
+    return d
+
+
 def make_scanner(members: Optional[Sequence[str]], weights: Optional[str], threshold: Optional[float], device, workers,
                  batch_size: int, precision: str = "auto", rescore: bool = False, ray: bool = False,
-                 items: Optional[Sequence[Extracted]] = None, keep_tubes: bool = False):
+                 items: Optional[Sequence[Extracted]] = None, keep_tubes: bool = False,
+                 span: str = "first", windows: int = 8):
     """The scanner of `deepfake scan` and `deepfake eval`: ``members`` (None: the available ones),
     ``weights`` as given to --weights; scores are cached under the cache dir. ``items``: index
     items to score (``--index``, aligned with the paths scanned) instead of extracting. ``ray``: a
@@ -507,7 +586,7 @@ def make_scanner(members: Optional[Sequence[str]], weights: Optional[str], thres
     names = resolve_members(members)
     options = dict(weights=parse_weights(weights, names), threshold=threshold, device=device, workers=workers,
                    batch_size=batch_size, precision=precision, score_dir=scan_scores_dir().resolve(),
-                   reuse_scores=not rescore, keep_tubes=keep_tubes)
+                   reuse_scores=not rescore, keep_tubes=keep_tubes, span=span, windows=windows)
     if ray:
         from .cluster import RayScanner
 

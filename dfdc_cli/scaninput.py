@@ -5,7 +5,7 @@ as :class:`Extracted` records, and read into :class:`LoadedTube` pixels.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
@@ -42,6 +42,11 @@ class Extracted:
     pixels: Optional[dict] = None  # tube id -> (3D frames, 2D crops or None), when extracted in memory
     key: str = ""  # score-cache key (video content + scan settings); "" -> keyed by the tube files
     fallback: str = ""  # the extraction fallback that found the faces ("" none, "2x", "low_thresholds")
+    entry: str = ""  # the store entry's name (scanned in memory)
+    n_frames: int = 0  # frames read
+    fps: float = 0.0
+    windows: list = field(default_factory=list)  # dfdc_cli.span.Window per window read (scanned in memory)
+    n_total: int = 0  # the video's frames, when known
 
     @property
     def weak(self) -> bool:
@@ -66,7 +71,8 @@ def _extracted(vrec, trecs) -> Extracted:
     from .extract.params import fallback_stage
 
     return Extracted(str(v.get("video", "")), name, status, reason, float(v.get("seconds") or 0.0), ts,
-                     str(v.get("label") or "").upper(), fallback=fallback_stage(reason) if ts else "")
+                     str(v.get("label") or "").upper(), fallback=fallback_stage(reason) if ts else "",
+                     n_frames=int(v.get("n_frames") or 0), fps=float(v.get("fps") or 0.0))
 
 
 def index_items(index_dir: str | Path) -> list[Extracted]:
@@ -125,17 +131,24 @@ def video_key(entry_name: str) -> str:
 
 def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
                    on_video: Callable[[int, Extracted], None], keep_tubes: bool = False,
-                   need_pixels: Optional[Callable[[str, Sequence[int]], bool]] = None) -> None:
+                   need_pixels: Optional[Callable[[str, Sequence[int]], bool]] = None,
+                   span: str = "first", windows: int = 8, group: int = 8) -> None:
     """Face tubes of ``paths``, extracted with the scan preset, handed over in memory; calls
-    ``on_video(i, extracted)`` as each video is done (in completion order, from this thread), so
-    the models start on the first videos while the others are extracted.
+    ``on_video(i, extracted)`` as each video is done (from this thread), so the models start on
+    the first videos while the others are extracted.
 
     The tubes' pixels go straight to the members (:attr:`Extracted.pixels`): no H.264 round trip.
-    What is kept in the scan cache (``paths.scan_tubes_dir()``) is each video's tube geometry and
+    What is kept in the scan cache (``paths.scan_tubes_dir()``) is each window's tube geometry and
     tracks, so a video seen before is only decoded and cropped again, not detected, and not even
     decoded when ``need_pixels(key, tube_ids)`` says every member's scores of it are cached.
     ``keep_tubes`` also writes the tube MP4s there (to look at them). The cache's index tables
     are kept up to date as the videos are done (:func:`dfdc_cli.extract.iter_extract`).
+
+    ``span`` (:mod:`dfdc_cli.span`): ``first`` reads each video's first 100 frames; ``whole`` up to
+    ``windows`` windows spread over it (videos taken ``group`` at a time, so that results keep
+    coming); ``auto`` reads the windows of the videos with no face in their first frames only,
+    after the others were handed over. Each handed-over record is one video, its windows merged
+    (:func:`dfdc_cli.span.merge_windows`).
 
     ``paths`` are files (:func:`expand_paths`): the extractor's inputs are the same, one to one, so
     its input index is the position in ``paths``.
@@ -145,35 +158,102 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     from . import extract as X
     from .extract.job import NOT_CACHED, REBUILT
     from .index import IndexWriteError
+    from .errors import VideoError
+    from .index import STATUS_NO_FACE, STATUS_OK
     from .paths import scan_tubes_dir
+    from .span import TUBE_ID_STRIDE, merge_windows
     from .ui import warn
+    from .video import frame_count
 
-    def wants(_j: int, res: dict) -> bool:
-        if need_pixels is None:
-            return True
-        return need_pixels(video_key(Path(res["entry"]).name), [int(t["tube_id"]) for t in res["tubes"]])
+    base = X.PRESETS["scan"]
+    totals: dict[int, int] = {}
 
-    run = X.iter_extract([str(p) for p in paths], scan_tubes_dir(), X.PRESETS["scan"], device=device,
-                         workers=workers, progress=False, quiet=True,
-                         mode=X.MEMORY_AND_FILES if keep_tubes else X.MEMORY, need_pixels=wants)
-    handed = 0
-    try:
-        with contextlib.closing(run):
-            for done in run:
-                handed += 1
-                e = _extracted(done.video, done.tubes)
-                for note in e.reason.split("; "):
-                    if note.startswith((REBUILT, NOT_CACHED)):
-                        warn(f"{e.video}: {note}")
-                e.pixels = done.pixels
-                e.key = video_key(done.video.key) if done.video.key else ""
-                on_video(done.index, e)
-    except (OSError, IndexWriteError) as exc:
-        # Past the last video only the index merge is left; scan never reads that index (the
-        # store entries are the cache), so a failure to write it costs no verdict.
-        if handed < len(paths):
-            raise
-        warn(f"the scan cache's index was not updated: {exc}")
+    def total(i: int) -> int:
+        if i not in totals:
+            try:
+                totals[i] = frame_count(paths[i])
+            except VideoError:
+                totals[i] = 0
+        return totals[i]
+
+    def starts(i: int) -> list[int]:
+        return X.window_starts(total(i), int(base.first_frames or 0), windows)
+
+    def params_k(k: int):
+        return base if k == 0 else base.replace(span_window=(k, windows))
+
+    def ks_of(i: int) -> list[int]:
+        return [0] if span == "first" or (span == "auto" and i not in later) else list(range(len(starts(i))))
+
+    later: set[int] = set()  # auto: the videos read further
+
+    def run_pass(idx: list[int], k: int):
+        """(i, Extracted) of window ``k`` of the videos ``idx``, as they are done."""
+
+        def wants(j: int, res: dict) -> bool:
+            if need_pixels is None:
+                return True
+            i = idx[j]
+            sha = Path(res["entry"]).name.rsplit("-", 1)[0]
+            names = [f"{sha}-{params_k(w).key()}" for w in ks_of(i)]
+            key = video_key(names[0]) if len(names) == 1 else video_key("+".join(names))
+            return need_pixels(key, [k * TUBE_ID_STRIDE + int(t["tube_id"]) for t in res["tubes"]])
+
+        run = X.iter_extract([str(paths[i]) for i in idx], scan_tubes_dir(), params_k(k), device=device,
+                             workers=workers, progress=False, quiet=True,
+                             mode=X.MEMORY_AND_FILES if keep_tubes else X.MEMORY, need_pixels=wants)
+        handed = 0
+        try:
+            with contextlib.closing(run):
+                for done in run:
+                    handed += 1
+                    e = _extracted(done.video, done.tubes)
+                    for note in e.reason.split("; "):
+                        if note.startswith((REBUILT, NOT_CACHED)):
+                            warn(f"{e.video}: {note}")
+                    e.pixels = done.pixels
+                    e.entry = done.video.key or ""
+                    yield idx[done.index], e
+        except (OSError, IndexWriteError) as exc:
+            # Past the last video only the index merge is left; scan never reads that index (the
+            # store entries are the cache), so a failure to write it costs no verdict.
+            if handed < len(idx):
+                raise
+            warn(f"the scan cache's index was not updated: {exc}")
+
+    def hand_over(i: int, parts: list) -> None:
+        no_face = parts[0][2].status == STATUS_NO_FACE
+        on_video(i, merge_windows(parts, total(i) if (no_face or len(parts) > 1 or span != "first") else 0,
+                                  span))
+
+    def further(idx: list[int], first: dict) -> None:
+        """The other windows of the videos ``idx`` (their window 0 in ``first``), then hand them over."""
+        parts = {i: [(0, 0, first[i])] for i in idx}
+        todo = [i for i in idx if first[i].status in (STATUS_OK, STATUS_NO_FACE)]
+        most = max((len(starts(i)) for i in todo), default=1)
+        for k in range(1, most):
+            for i, e in run_pass([i for i in todo if len(starts(i)) > k], k):
+                parts[i].append((k, starts(i)[k], e))
+        for i in idx:
+            hand_over(i, parts[i])
+
+    everyone = list(range(len(paths)))
+    if span == "whole":
+        for g in range(0, len(everyone), max(1, group)):
+            idx = everyone[g:g + group]
+            further(idx, dict(run_pass(idx, 0)))
+        return
+    pending: dict[int, Extracted] = {}
+    for i, e in run_pass(everyone, 0):
+        if span == "auto" and e.status == STATUS_NO_FACE:
+            later.add(i)
+            pending[i] = e
+        else:
+            hand_over(i, [(0, 0, e)])
+    pending_idx = sorted(pending)
+    for g in range(0, len(pending_idx), max(1, group)):
+        idx = pending_idx[g:g + group]
+        further(idx, {i: pending[i] for i in idx})
 
 
 @dataclass

@@ -25,6 +25,12 @@ class FaceScore:
     members: dict[str, float] = field(default_factory=dict)  # member -> p(fake) of this tube
     p_fake: Optional[float] = None  # weighted mean over members, clipped
     tube_path: str = ""  # the tube MP4 in the scan cache
+    window: int = 0  # the span window it was found in (0: the video's first frames)
+    # frame models: member -> p(fake) of the tube's first frames, frame first_frame + i (the crops
+    # they median over; every other one flipped, as scored)
+    frame_scores: dict[str, list[float]] = field(default_factory=dict)
+    boxes: list[list[int]] = field(default_factory=list)  # [frame, x1, y1, x2, y2, detected] every 10th frame
+    track_path: str = ""  # the per-frame track in the scan cache (boxes, landmarks)
 
 
 @dataclass
@@ -46,6 +52,13 @@ class VideoScan:
     extract_seconds: float = 0.0  # extraction wall time (~0 on a cache hit)
     cached_members: list[str] = field(default_factory=list)  # members whose scores came from the score cache
     label: str = ""  # FAKE | REAL when known (eval)
+    span: str = "first"  # first | whole | auto: which frames were read (dfdc_cli.span)
+    n_frames: int = 0  # the video's frames (0: not known; `first` counts them only for a video with no face)
+    fps: float = 0.0
+    frames_read: list[list[int]] = field(default_factory=list)  # [first, last] source frames per window read
+    # per window read: window, start_frame, n_frames, status, reason, tube_ids, members, p_fake
+    windows: list[dict] = field(default_factory=list)
+    window: Optional[int] = None  # the window whose p(fake) is the video's (dfdc_cli.span.combine_windows)
 
     @property
     def scanned(self) -> bool:

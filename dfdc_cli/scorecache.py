@@ -51,30 +51,56 @@ class ScoreCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> dict[str, dict[int, float]]:
-        """Every member model's tube scores stored for this video ({} when none)."""
+    def _read(self, key: str) -> dict:
         path = self._path(key)
         if not path.exists():
             return {}
         try:
             raw = json.loads(path.read_text())
-            got = {str(m): {int(t): float(p) for t, p in tubes.items()} for m, tubes in raw["scores"].items()}
-            if not all(math.isfinite(p) for tubes in got.values() for p in tubes.values()):
+            scores = {str(m): {int(t): float(p) for t, p in tubes.items()} for m, tubes in raw["scores"].items()}
+            frames = {str(m): {int(t): [float(v) for v in ps] for t, ps in tubes.items()}
+                      for m, tubes in (raw.get("frames") or {}).items()}
+            if not all(math.isfinite(p) for tubes in scores.values() for p in tubes.values()):
                 raise ValueError("a score is not a number")
-            return got
+            if not all(math.isfinite(v) for tubes in frames.values() for ps in tubes.values() for v in ps):
+                raise ValueError("a frame score is not a number")
+            return {"scores": scores, "frames": frames}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self.warnings.append(f"score cache entry {path} is unreadable ({exc}); recomputed")
             return {}
 
-    def put(self, key: str, scores: Mapping[str, Mapping[int, float]], tube_paths: Sequence[str] = ()) -> None:
-        """Merge ``scores`` (member model -> tube id -> p) into the video's entry."""
-        merged = self.get(key)
+    def get(self, key: str) -> dict[str, dict[int, float]]:
+        """Every member model's tube scores stored for this video ({} when none)."""
+        return self._read(key).get("scores", {})
+
+    def get_frames(self, key: str) -> dict[str, dict[int, list[float]]]:
+        """The frame models' per-frame scores stored for this video: member model -> tube id -> list."""
+        return self._read(key).get("frames", {})
+
+    def put(self, key: str, scores: Mapping[str, Mapping[int, float]], tube_paths: Sequence[str] = (),
+            frames: Optional[Mapping[str, Mapping[int, Sequence[float]]]] = None) -> None:
+        """Merge ``scores`` (member model -> tube id -> p) and ``frames`` (member model -> tube id
+        -> per-frame p, frame models) into the video's entry."""
+        old = self._read(key)
+        merged = old.get("scores", {})
+        merged_frames = old.get("frames", {})
         for m, tubes in scores.items():
             merged[m] = {int(t): float(p) for t, p in tubes.items()}
-        write_json(self._path(key), {
+            merged_frames.pop(m, None)
+        for m, tubes in (frames or {}).items():
+            merged_frames[m] = {int(t): [float(v) for v in ps] for t, ps in tubes.items()}
+        doc = {
             "tubes": list(tube_paths),
             "scores": {m: {str(t): p for t, p in sorted(tubes.items())} for m, tubes in merged.items()},
-        })
+        }
+        if merged_frames:
+            doc["frames"] = {m: {str(t): ps for t, ps in sorted(tubes.items())} for m, tubes in merged_frames.items()}
+        write_json(self._path(key), doc)
+
+
+def _wants_frames(m) -> bool:
+    """A frame model whose per-frame scores the scanner keeps."""
+    return getattr(m, "kind", "") == "2d" and getattr(m, "predict_frames", None) is not None
 
 
 def numeric_mode(device: str, precision: Optional[str]) -> str:
@@ -123,49 +149,65 @@ class ScanScores:
         otherwise). Called from the extraction thread."""
         if self.cache is None or not self.reuse:
             return True
-        stored = self.cache.get(key)
-        ids = {int(t) for t in tube_ids}
-        return any(not m.model_id or set(stored.get(member_key(m.name, m.model_id)) or ()) != ids
+        entry = self.cache._read(key)
+        stored, frames = entry.get("scores", {}), entry.get("frames", {})
+        ids = {int(t) for t in tube_ids}  # (one window's tubes, when the video was read in windows)
+        return any(not m.model_id or not ids <= set(stored.get(member_key(m.name, m.model_id)) or ())
+                   or (_wants_frames(m) and member_key(m.name, m.model_id) not in frames)
                    for m in self.members)
 
-    def cached(self, extracted: Sequence, keys: Sequence[Optional[str]]) -> list[dict]:
-        """Per video: member -> {tube id: p} for the members the score cache already has in full."""
+    def cached(self, extracted: Sequence, keys: Sequence[Optional[str]],
+               frames_out: Optional[list[dict]] = None) -> list[dict]:
+        """Per video: member -> {tube id: p} for the members the score cache already has in full.
+        ``frames_out`` (one dict per video) receives their per-frame scores: member -> {tube id: list}."""
         out: list[dict] = [dict() for _ in extracted]
         if self.cache is None or not self.reuse:
             return out
         for vi, (e, key) in enumerate(zip(extracted, keys)):
             if key is None:
                 continue
-            stored = self.cache.get(key)
+            entry = self.cache._read(key)
+            stored, stored_frames = entry.get("scores", {}), entry.get("frames", {})
             ids = {int(r["tube_id"]) for r in e.tubes}
             for m in self.members:
-                got = stored.get(member_key(m.name, m.model_id)) if m.model_id else None
+                mk = member_key(m.name, m.model_id)
+                got = stored.get(mk) if m.model_id else None
+                if _wants_frames(m) and mk not in stored_frames:
+                    continue  # (stored before frame scores were kept: scored again, for the timeline)
                 if got is not None and set(got) == ids:
                     out[vi][m.name] = got
+                    if frames_out is not None and mk in stored_frames:
+                        frames_out[vi][m.name] = stored_frames[mk]
         self.flush_warnings()
         return out
 
     def store(self, extracted: Sequence, keys: Sequence[Optional[str]], cached: Sequence[Mapping],
-              fresh: Sequence[Mapping[int, Mapping[str, float]]], errors: Sequence[str]) -> None:
+              fresh: Sequence[Mapping[int, Mapping[str, float]]], errors: Sequence[str],
+              fresh_frames: Optional[Sequence[Mapping[int, Mapping[str, list]]]] = None) -> None:
         """Store each member's scores of each video whose every tube it scored. ``fresh``: per
-        video, tube id -> {member: p} computed in this run."""
+        video, tube id -> {member: p} computed in this run; ``fresh_frames`` likewise, the frame
+        models' per-frame scores."""
         if self.cache is None:
             return
         for vi, (e, key) in enumerate(zip(extracted, keys)):
             if key is None or errors[vi]:
                 continue
             ids = {int(r["tube_id"]) for r in e.tubes}
-            new = {}
+            new, new_frames = {}, {}
             for m in self.members:
                 if not m.model_id or m.name in cached[vi]:
                     continue
                 got = {tid: sc[m.name] for tid, sc in fresh[vi].items() if m.name in sc}
                 if set(got) == ids:
                     new[member_key(m.name, m.model_id)] = got
+                    fr = {tid: sc[m.name] for tid, sc in (fresh_frames[vi] if fresh_frames else {}).items()
+                          if m.name in sc}
+                    if set(fr) == ids:
+                        new_frames[member_key(m.name, m.model_id)] = fr
             if not new:
                 continue
             try:
-                self.cache.put(key, new, self._tube_files(e))
+                self.cache.put(key, new, self._tube_files(e), new_frames)
             except OSError as exc:
                 from .ui import warn
 

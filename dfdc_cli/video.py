@@ -411,12 +411,17 @@ def decode(path: str | Path, max_frames: Optional[int] = None, threads: int = 0)
     return frames
 
 
-def decode_iter(path: str | Path, max_frames: Optional[int] = None, threads: int = 0) -> Iterator[Frames]:
+def decode_iter(path: str | Path, max_frames: Optional[int] = None, threads: int = 0,
+                start: int = 0) -> Iterator[Frames]:
     """:func:`decode`, one frame at a time: yields the same :class:`Frames` after each frame is
     appended (frame ``len(frames) - 1`` is the new one), so the consumer decides what to hold
     (:meth:`Frames.drop_before`). ``frames.info`` and ``frames.decode_error`` are set, and the
     checks of :func:`decode` made, when the iteration ends; ``frames.declared`` is known from the
-    first frame on."""
+    first frame on.
+
+    ``start``: the frames before it are decoded and dropped (frame 0 of ``frames`` is the source's
+    frame ``start``). Decoding rather than seeking: a seek lands on a key frame and the frame index
+    of what follows is only known from timestamps, which variable-rate files do not honour."""
     container = _open(path)
     frames: Optional[Frames] = None
     error: Optional[str] = None
@@ -429,8 +434,13 @@ def decode_iter(path: str | Path, max_frames: Optional[int] = None, threads: int
         fps = _stream_fps(stream)
         declared = int(stream.frames or 0)
         k = 0
+        skipped = 0
         try:
             for frame in container.decode(stream):
+                if skipped < start:
+                    skipped += 1
+                    del frame
+                    continue
                 if frames is None:
                     k = _rotation_k(frame.rotation)
                     w, h = (frame.width, frame.height) if k % 2 == 0 else (frame.height, frame.width)
@@ -454,8 +464,10 @@ def decode_iter(path: str | Path, max_frames: Optional[int] = None, threads: int
         except (av.error.FFmpegError, OSError) as exc:
             error = _ffmpeg_msg(exc)
         if frames is None or len(frames) == 0:
+            if start and skipped >= start and not error:
+                raise VideoError(f"the video ends before frame {start}")
             raise VideoError("undecodable video stream" + (f": {error}" if error else " (no frames)"))
-        wanted = declared if max_frames is None else min(declared, max_frames)
+        wanted = max(0, declared - start) if max_frames is None else min(max(0, declared - start), max_frames)
         if not error and declared and len(frames) < wanted - 2:
             error = f"only {len(frames)} of {declared} frames (truncated file?)"
         if error and len(frames) < 10:
@@ -474,6 +486,12 @@ def decode_iter(path: str | Path, max_frames: Optional[int] = None, threads: int
         frames.decode_error = error
     finally:
         container.close()
+
+
+def frame_count(path: str | Path) -> int:
+    """The number of frames of a video: as its container declares it, else counted by decoding."""
+    n = probe(path).n_frames
+    return n if n > 0 else decode_count(path)
 
 
 def loop_video(src: str | Path, dst: str | Path, times: int) -> None:

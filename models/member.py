@@ -117,12 +117,29 @@ class MemberModel(nn.Module):
         trainer's validation (under its autocast) score a tube by one and the same rule."""
         if self.spec.kind != "2d":
             raise ValueError(f"{self.spec.name}: p_fake_2d is the 2D member's rule, this member is {self.spec.kind}")
+        return self.p_fake_frames(clip).median(dim=1).values  # torch.median: the LOWER middle value for even T
+
+    def p_fake_frames(self, clip: torch.Tensor) -> torch.Tensor:
+        """The 2D member's per-frame p(fake) (B, T) of raw RGB 0..255 clips (B,3,T,H,W), every
+        even-indexed frame flipped horizontally (the seed's notebook): what :meth:`p_fake_2d` takes
+        the median of, and what a report's timeline shows."""
+        if self.spec.kind != "2d":
+            raise ValueError(f"{self.spec.name}: per-frame scores are the 2D member's, this member is {self.spec.kind}")
         if clip.dim() != 5:  # (a lone frame (B,3,H,W) would have its rows taken for frames)
             raise ValueError(f"{self.spec.name}: expected (B, 3, T, H, W) frame stacks, got shape {tuple(clip.shape)}")
         x = self.preprocess(clip).clone()  # (preprocess may hand back the caller's tensor: flip a copy)
         x[:, :, ::2] = x[:, :, ::2].flip(-1)  # the seed's notebook flips every even-indexed frame
-        p = torch.sigmoid(self.net_fake_logit(x).float())  # (B, T)
-        return p.median(dim=1).values  # torch.median: the LOWER middle value for even T
+        return torch.sigmoid(self.net_fake_logit(x).float())  # (B, T)
+
+    @torch.no_grad()
+    def predict_frames(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A 2D member's (p(fake) (B,), per-frame p(fake) (B, T)): :meth:`predict` and the frame
+        scores it takes the median of, from one forward pass. Switches to eval mode."""
+        if clip.dim() == 4:
+            clip = clip.unsqueeze(0)
+        self.eval()
+        frames = self.p_fake_frames(clip)
+        return frames.median(dim=1).values, frames
 
     @torch.no_grad()
     def predict(self, clip: torch.Tensor) -> torch.Tensor:

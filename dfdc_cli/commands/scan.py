@@ -8,12 +8,15 @@ from typing import List, Optional
 import typer
 
 from ..runtime import DEVICE_HELP, PRECISION_HELP
+from ..span import SPAN_HELP
 
 HELP = """Score videos with the ensemble: p(fake) per video, per member and per face.
 
 Face tubes are extracted with the seed's inference settings (first 100 frames, long side 480 px,
 MTCNN thresholds 0.8/0.8/0.9, at most 5 faces) and scored in memory, as the seed did (no MP4
-round trip; --keep-tubes also writes them). Their geometry is kept in the scan cache, so a video
+round trip; --keep-tubes also writes them). --span auto (default) reads windows spread over the
+whole video when its first 100 frames have no face; --span whole always does (p(fake) = the
+highest window's); --span first never does. Their geometry is kept in the scan cache, so a video
 seen before is not detected again.
 Each registered member scores every tube; per member the mean over faces, per video the weighted
 mean over members, clipped to [0.001, 0.999]. A video with no face gets the prior 0.5 and no
@@ -157,23 +160,31 @@ def register(app: typer.Typer) -> None:
         keep_tubes: bool = typer.Option(False, "--keep-tubes", help="Also write the face tubes as MP4s "
                                         "into the scan cache, to look at them (the members score the "
                                         "crops in memory either way); --json gives their paths."),
+        span: str = typer.Option("auto", "--span", help=SPAN_HELP),
+        windows: int = typer.Option(8, "--windows", min=1, help="Most windows of 100 frames per video "
+                                    "read by --span whole/auto (fewer in a short video: they never overlap)."),
+        report: Optional[Path] = typer.Option(
+            None, "--report", help="Also write a report folder (HTML + PNG, opens from disk): an index "
+            "ordered by p(fake), a page per video with its faces, timeline and heatmaps.", show_default=False),
     ) -> None:
         from ..cluster import run_with
 
         run_with(ray, None, lambda: _scan(paths, index, members, weights, threshold, device, workers, batch_size,
                                           precision, json_out, csv_out, rescore, ray, shard, members_table,
-                                          keep_tubes))
+                                          keep_tubes, span, windows, report))
 
 
 def _scan(paths, index, members, weights, threshold, device, workers, batch_size, precision, json_out, csv_out,
-          rescore, ray, shard, members_table, keep_tubes=False) -> None:
+          rescore, ray, shard, members_table, keep_tubes=False, span="auto", windows=8, report=None) -> None:
     from ..atomic import write_json
     from ..scan import make_scanner
     from ..scaninput import scan_inputs
     from ..scanresult import Tally, to_json, write_submission
     from ..shard import parse_shard, part_path
+    from ..span import check_span
     from ..ui import err_console
 
+    span = check_span(span, windows)
     part = parse_shard(shard)
     videos, items = scan_inputs(paths, index, part)
     if not videos:
@@ -182,8 +193,13 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     json_out = part_path(json_out, part) if json_out is not None else None
     csv_out = part_path(csv_out, part) if csv_out is not None else None
     check_outputs({"--json": json_out, "--csv": csv_out}, videos, index)
+    if report is not None:
+        from ..report import check_out, write_report_with_progress
+
+        report = check_out(part_path(report, part))
     scanner = make_scanner(split_members(members), weights, threshold, device, workers, batch_size, precision,
-                           rescore=rescore, ray=ray is not None, items=items, keep_tubes=keep_tubes)
+                           rescore=rescore, ray=ray is not None, items=items, keep_tubes=keep_tubes,
+                           span=span, windows=windows)
     if items is not None:
         warn_missing_2d(scanner, items)
     results = scan_with_progress(scanner, videos, "scan")
@@ -196,9 +212,12 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     if t.cached:
         err_console.print(f"{t.cached} videos reused scores from the score cache (--rescore recomputes them)",
                           highlight=False)
+    judges = {m.name: m.module for m in getattr(scanner, "members", []) if m.module is not None}
     written = write_outputs([
         ("--json", json_out, lambda p: write_json(p, to_json(results, scanner.describe()))),
         ("--csv", csv_out, lambda p: write_submission(p, results)),
+        ("--report", report, lambda p: write_report_with_progress(to_json(results, scanner.describe()), p,
+                                                                  members=judges)),
     ])
     raise typer.Exit(t.exit_code if written else 1)
 

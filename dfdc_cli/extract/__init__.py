@@ -32,7 +32,7 @@ patches it in the module that calls it (e.g. ``dfdc_cli.extract.job.process_vide
 from .crops import face_2d, square_face, tube_frames
 from .job import FILES, MEMORY, MEMORY_AND_FILES, MODES, process_video
 from .memory import estimate_peak, plan_workers
-from .params import DEFAULT_PARAMS, EXTRACTOR_VERSION, PRESETS, ExtractParams, params_for
+from .params import DEFAULT_PARAMS, EXTRACTOR_VERSION, PRESETS, ExtractParams, params_for, window_starts
 from .pool import detect_batched
 from .run import ExtractResult, VideoDone, extract, iter_extract
 from .store import RESULT_JSON, lookup, records_for
@@ -41,5 +41,5 @@ __all__ = [
     "DEFAULT_PARAMS", "EXTRACTOR_VERSION", "FILES", "MEMORY", "MEMORY_AND_FILES", "MODES", "PRESETS", "RESULT_JSON",
     "ExtractParams", "ExtractResult", "VideoDone", "detect_batched", "estimate_peak", "extract",
     "face_2d", "iter_extract", "lookup", "params_for", "plan_workers", "process_video", "records_for",
-    "square_face", "tube_frames",
+    "square_face", "tube_frames", "window_starts",
 ]

@@ -81,7 +81,8 @@ def _find(faces: list, frames, params: ExtractParams, max_faces: int) -> list:
     )
 
 
-def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thresholds, hold: bool):
+def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thresholds, hold: bool,
+                 start: int = 0):
     """One sequential decode of ``path``, detecting while decoding: returns (frames, faces in
     source pixels of every n-th frame, held). With ``hold``, the decoded frames are kept while they
     fit the budget (``held`` says whether all of them were); otherwise only the current one."""
@@ -100,7 +101,7 @@ def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thr
         faces.extend(_to_source(found, frames.width, frames.height, *size))
         batch.clear()
 
-    for frames in video.decode_iter(path, max_frames=params.first_frames):
+    for frames in video.decode_iter(path, max_frames=params.first_frames, start=start):
         i = len(frames) - 1
         if i == 0:
             size = params.detect_size(frames.width, frames.height, mult)
@@ -128,12 +129,13 @@ def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thr
     return frames, faces, hold
 
 
-def _redecode(path, n: int):
-    """The first ``n`` frames again, one at a time, as (index, frames) with only that frame held."""
+def _redecode(path, n: int, start: int = 0):
+    """The first ``n`` frames (from ``start``) again, one at a time, as (index, frames) with only
+    that frame held."""
     from .. import video
 
     frames = None
-    for frames in video.decode_iter(path, max_frames=n):
+    for frames in video.decode_iter(path, max_frames=n, start=start):
         i = len(frames) - 1
         yield i, frames
         frames.drop_before(i + 1)
@@ -177,7 +179,8 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
     if detect is None:
         detect = LazyDetect()
     clock = DetectClock(detect)
-    frames, faces, held = _detect_pass(path, params, clock, 1.0, params.thresholds, hold=True)
+    start = window_start(path, params)
+    frames, faces, held = _detect_pass(path, params, clock, 1.0, params.thresholds, hold=True, start=start)
     try:
         tubes = _find(faces, frames, params, params.max_faces)
         stage = ""
@@ -186,7 +189,7 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
                 if held:
                     faces = _detect_sampled(frames, params, clock, mult, thresholds)
                 else:
-                    faces = _detect_pass(path, params, clock, mult, thresholds, hold=False)[1]
+                    faces = _detect_pass(path, params, clock, mult, thresholds, hold=False, start=start)[1]
                 tubes = _find(faces, frames, params, max_faces)
                 if tubes:
                     break
@@ -194,10 +197,11 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
                 stage = ""
         t1 = time.time()
         res = new_result(frames, sha, params, tubes, stage)
+        res["start_frame"] = start  # the tubes' frame numbers count from here
         res["passes"] = 1 if held or not tubes else 2
         fps = frames.fps if frames.fps > 0 else 30.0
         end = max((t.last_frame for t in tubes), default=-1) + 1
-        source = ((i, frames) for i in range(end)) if held else _redecode(path, end)
+        source = ((i, frames) for i in range(end)) if held else _redecode(path, end, start)
         result_path = entry / RESULT_JSON
         outs = []
         try:
@@ -220,7 +224,7 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
             else:
                 # A full or read-only cache: the scan goes on without storing this video (its tubes
                 # are cropped again, in memory only), and says so.
-                source = ((i, frames) for i in range(end)) if held else _redecode(path, end)
+                source = ((i, frames) for i in range(end)) if held else _redecode(path, end, start)
                 outs = write_tubes(None, tubes, source, params, fps, write=False, keep=True,
                                    save_track=False) if tubes else []
                 res["tubes"] = [tube_json(o.t, o.files) for o in outs]
@@ -244,6 +248,16 @@ class DamagedEntry(Exception):
     """A stored entry's file cannot be read (the entry is rebuilt)."""
 
 
+def window_start(path, params: ExtractParams) -> int:
+    """The source frame an extraction starts at: 0, or its span window's start (which needs the
+    video's frame count)."""
+    if params.span_window[1] == 1:
+        return 0
+    from .. import video
+
+    return params.start_frame(video.frame_count(path))
+
+
 def _crop_again(path: Path, res: dict, entry: Path, params: ExtractParams) -> dict:
     """The pixels of a stored entry's tubes (geometry and tracks from the entry), from one
     streamed decode of the video up to the last tube's last frame."""
@@ -265,7 +279,8 @@ def _crop_again(path: Path, res: dict, entry: Path, params: ExtractParams) -> di
                                      n_frames=last - first + 1, track=track))
     end = max((t.last_frame for t in tubes), default=-1) + 1
     fps = float(res.get("fps") or 0) or 30.0
-    outs = write_tubes(None, tubes, _redecode(path, end), params, fps, write=False, keep=True, save_track=False)
+    outs = write_tubes(None, tubes, _redecode(path, end, int(res.get("start_frame") or 0)), params, fps,
+                       write=False, keep=True, save_track=False)
     return {o.t.tube_id: o.pixels for o in outs}
 
 

@@ -46,6 +46,9 @@ class ExtractParams:
     windows: bool = False  # instead: a longer face gives consecutive max_frames windows, one tube each
     max_faces: int = 5  # tubes kept per video, by mean detection probability (0: all)
     first_frames: Optional[int] = None  # decode only the first N frames (None: all)
+    # (k, K): instead of the first frames, the k-th of the windows of first_frames frames spread
+    # over the whole video (:func:`window_starts`); (0, 1): the start, the seed's rule
+    span_window: tuple[int, int] = (0, 1)
     fallbacks: bool = False  # no tube: retry at 2x resolution, then thresholds 0.5 keeping 1 face
     with_2d: bool = False  # also write the 2D pathway's crops (<stem>_2d.mp4)
     frames_2d: int = FRAMES_2D  # 2D crops of the first N frames of each tube (scan: 32; training a frame model: more)
@@ -54,7 +57,13 @@ class ExtractParams:
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "span_window", tuple(int(v) for v in self.span_window))
         errors = []
+        k, n = self.span_window
+        if not 0 <= k < n:
+            errors.append("span_window must be (k, K) with 0 <= k < K")
+        if n > 1 and not self.first_frames:
+            errors.append("span_window needs first_frames (the window length)")
         if self.every < 1:
             errors.append("every must be >= 1")
         if self.long_side is None and not self.scale > 0:
@@ -90,7 +99,25 @@ class ExtractParams:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["thresholds"] = list(self.thresholds)
+        if self.span_window == (0, 1):
+            del d["span_window"]  # (the seed's rule: left out, so the store keys stay what they were)
+        else:
+            d["span_window"] = list(self.span_window)
         return d
+
+    def start_frame(self, n_frames: int) -> int:
+        """Where this extraction starts reading in a video of ``n_frames`` frames (0 but for a
+        span window); a window past the video's windows is a VideoError."""
+        k, n = self.span_window
+        if n == 1:
+            return 0
+        starts = window_starts(n_frames, int(self.first_frames or 0), n)
+        if k >= len(starts):
+            from ..errors import VideoError
+
+            raise VideoError(f"window {k + 1} of {n}: the video has only {len(starts)} windows of "
+                             f"{self.first_frames} frames ({n_frames} frames)")
+        return starts[k]
 
     def key(self) -> str:
         """Short hash of the output-affecting parameters (and the extractor version)."""
@@ -125,6 +152,18 @@ PRESETS: dict[str, ExtractParams] = {
     ),
 }
 DEFAULT_PARAMS = ExtractParams()
+
+
+def window_starts(n_frames: int, length: int, most: int) -> list[int]:
+    """First frames of at most ``most`` windows of ``length`` frames spread evenly over a video of
+    ``n_frames`` frames: the first at 0, the last ending at the video's end, never overlapping
+    (fewer windows when the video is short: a 300-frame video gives 0, 100, 200 for 3 or more)."""
+    if length <= 0 or n_frames <= length or most <= 1:
+        return [0]
+    m = max(1, min(most, n_frames // length))
+    if m == 1:
+        return [0]
+    return [int(round(i * (n_frames - length) / (m - 1))) for i in range(m)]
 
 
 def params_for(preset: Optional[str] = None, **changes) -> ExtractParams:
