@@ -114,10 +114,12 @@ def ordered(videos: Sequence[Mapping]) -> list[int]:
 
 
 def _png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
+    """An RGB picture as a 256-colour PNG: a third of the full-colour file, and thumbnails do not
+    need more (what keeps a report of many videos small)."""
+    from PIL import Image
 
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise OSError(f"cannot write {path}")
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def _box_at(face: Mapping, frame: int) -> Optional[list[int]]:
@@ -361,7 +363,7 @@ table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #d
 th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .FAKE{color:#b71c1c;font-weight:bold}.REAL{color:#1b5e20;font-weight:bold}.NOFACE{color:#8d6e00}.ERROR{color:#6a1b9a}
 .UNSURE{color:#e65100;font-weight:bold}
-img{image-rendering:auto}.note{color:#555;font-size:90%}.heat td{border:none;padding:2px 6px;text-align:center;font-size:85%}
+img{image-rendering:auto}img.thumb{max-width:128px;max-height:96px}.note{color:#555;font-size:90%}.heat td{border:none;padding:2px 6px;text-align:center;font-size:85%}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:bold}dd{margin:0}
 code{background:#f4f4f4;padding:0 3px}
 """
@@ -396,7 +398,7 @@ def _facts(doc: Mapping, v: Mapping) -> str:
                              f"{(doc.get('weights') or {}).get(m, 1.0):g})" for m in doc.get("members") or [])),
         ("threshold", f"FAKE at p(fake) >= {doc.get('threshold', 0.5):g}"
                       + (f"; UNSURE in [{unsure_band(doc, v)[0]:g}, {unsure_band(doc, v)[1]:g})" if unsure_band(doc, v) else "")),
-        ("span", f"{v.get('span', doc.get('span', 'first'))} (up to {doc.get('windows', 1)} windows of "
+        ("span", f"{v.get('span', doc.get('span', 'first'))} (up to {doc.get('max_windows', 1)} windows of "
                  f"{(doc.get('extraction') or {}).get('first_frames', 100)} frames; a video's p(fake) is its "
                  "highest window's)" if len(v.get("windows") or []) > 1 else v.get("span", doc.get("span", "first"))),
         ("frames read", ", ".join(f"{a}-{b}" for a, b in v.get("frames_read") or []) +
@@ -480,7 +482,7 @@ def index_page(doc: Mapping, rows: Sequence[tuple[Mapping, str, Optional[str]]])
             "<th>note</th></tr>")
     body = []
     for v, page, thumb in rows:
-        img = f'<a href="{_e(page)}"><img src="{_e(thumb)}" alt="" width="128"></a>' if thumb else ""
+        img = f'<a href="{_e(page)}"><img class="thumb" src="{_e(thumb)}" alt=""></a>' if thumb else ""
         p = _fmt(v.get("p_fake")) if v.get("verdict") else f"({_fmt(v.get('p_fake'))})"
         body.append(f'<tr><td>{img}</td><td><a href="{_e(page)}">{_e(v.get("name"))}</a></td>'
                     f'<td>{_verdict_cell(v)}</td><td class="num">{p}</td><td class="num">{_e(v.get("n_faces", 0))}</td>'

@@ -50,6 +50,8 @@ def grad_cam(model, clip: torch.Tensor) -> np.ndarray:
     import torch.nn.functional as F
 
     model.eval()
+    p = next(model.parameters(), None)
+    clip = clip.to(p.device) if p is not None else clip  # (a scanner's members may live on a GPU)
     with torch.enable_grad():
         x = model.preprocess(clip.float()).detach()
         out, act = _last_spatial_conv_output(model, lambda: model.net_fake_logit(x))
@@ -63,7 +65,7 @@ def grad_cam(model, clip: torch.Tensor) -> np.ndarray:
         cam = torch.relu((weights * act).sum(dim=1, keepdim=True)).detach().float()  # (1, 1, [T'], H', W')
     size = tuple(clip.shape[2:])
     cam = F.interpolate(cam, size=size, mode="trilinear" if cam.dim() == 5 else "bilinear", align_corners=False)
-    cam = cam[0, 0].numpy()
+    cam = cam[0, 0].cpu().numpy()
     top = float(cam.max())
     return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, dtype=np.float32)
 
@@ -84,7 +86,7 @@ def frame_cam(model, crop: np.ndarray, flipped: bool = False) -> tuple[np.ndarra
     from .members import prepare_2d
 
     x = prepare_2d(torch.from_numpy(np.ascontiguousarray(crop))[None, None], model.spec.res)[:, :, 0]  # 1,3,r,r
-    seen = x[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    seen = x[0].permute(1, 2, 0).float().round().clamp(0, 255).numpy().astype(np.uint8)
     cam = grad_cam(model, x.flip(-1) if flipped else x)
     return seen, (cam[:, ::-1].copy() if flipped else cam)
 

@@ -552,7 +552,7 @@ class Scanner:
             "prior": PRIOR,
             "device": self.device,
             "span": self.span,
-            "windows": self.n_windows,
+            "max_windows": self.n_windows,
             "window_rule": "max" if self.span != "first" else None,
             "extraction": _scan_settings(),
             "judged_by": self.judged_by(),

@@ -78,6 +78,9 @@ def frames_read_text(windows: Sequence[Window], total: int = 0) -> str:
     read = [w for w in windows if w.n_frames > 0]
     if not read:
         return "no frames read"
+    if len(read) > 3:  # (the JSON's frames_read lists them all; a table note stays short)
+        return (f"{len(read)} windows of {read[0].n_frames} frames spread over frames {read[0].start_frame}-"
+                f"{read[-1].last_frame}" + (f" of {total}" if total else ""))
     spans = ", ".join(f"{w.start_frame}-{w.last_frame}" for w in read)
     text = f"frames {spans}" + (f" of {total}" if total else "")
     if len(read) > 1:

@@ -48,6 +48,8 @@ def test_frames_read_text():
     ws = [Window(0, 0, 100, "no_face"), Window(1, 150, 100, "ok")]
     assert frames_read_text(ws, 250) == "frames 0-99, 150-249 of 250 (2 windows)"
     assert frames_read_text(ws[:1]) == "frames 0-99"
+    many = [Window(k, s, 100, "ok") for k, s in enumerate(window_starts(9000, 100, 8))]
+    assert frames_read_text(many, 9000) == "8 windows of 100 frames spread over frames 0-8999 of 9000"
 
 
 def test_aggregate_over_windows_is_the_seed_within_a_window_and_max_across():
@@ -144,6 +146,8 @@ def test_auto_keeps_the_seeds_figures_when_the_first_frames_have_a_face(monkeypa
     assert w["n_frames"] == 120 and w["frames_read"] == [[0, 99]]  # 120 frames: one window of 100 fits
 
 
-def test_span_is_checked(monkeypatch, capsys, carphone):
+def test_span_is_checked(monkeypatch, capsys, carphone, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "scan", carphone, "--span", "middle")
     assert code == 2 and "--span" in err and "first" in err
+    code, _, err = run_cli(monkeypatch, capsys, "scan", "--index", tmp_path, "--span", "whole")
+    assert code == 2 and "--span whole" in err and "--index" in err

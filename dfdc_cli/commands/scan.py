@@ -185,6 +185,11 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     from ..ui import err_console
 
     span = check_span(span, windows)
+    if index is not None and span == "whole":
+        from ..errors import UserError
+
+        raise UserError("--span whole reads windows of the videos themselves; with --index the index's tubes are "
+                        "scored as they were extracted (leave --span out)")
     part = parse_shard(shard)
     videos, items = scan_inputs(paths, index, part)
     if not videos:
