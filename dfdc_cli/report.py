@@ -77,10 +77,13 @@ def load_scan_json(path: str | Path) -> dict:
 
 
 def unsure_band(doc: Mapping, video: Optional[Mapping] = None) -> Optional[tuple[float, float]]:
-    """The UNSURE band (low, high) a result carries, if any: ``unsure`` on the video or the scan,
-    as [low, high] or {"low": .., "high": ..} (the thresholds recorded with the model)."""
+    """The UNSURE band (low, high) a result carries, if any: ``unsure_band`` (what scan writes from
+    the calibration recorded with the model) or ``unsure``, on the video or the scan, as [low, high]
+    or {"low": .., "high": ..}."""
     for where in (video or {}, doc):
-        band = where.get("unsure") if isinstance(where, Mapping) else None
+        if not isinstance(where, Mapping):
+            continue
+        band = where.get("unsure_band", where.get("unsure"))
         if band is None:
             continue
         try:
@@ -488,8 +491,10 @@ def index_page(doc: Mapping, rows: Sequence[tuple[Mapping, str, Optional[str]]])
                     f'<td>{_verdict_cell(v)}</td><td class="num">{p}</td><td class="num">{_e(v.get("n_faces", 0))}</td>'
                     f'<td class="note">{_e(v.get("reason", ""))}</td></tr>')
     counts = {k: sum(1 for v, _, _ in rows if (v.get("verdict") or v.get("status")) == k)
-              for k in ("FAKE", "REAL", "no_face", "error")}
-    summary = (f"{len(rows)} videos: {counts['FAKE']} FAKE, {counts['REAL']} REAL, {counts['no_face']} no face, "
+              for k in ("FAKE", "UNSURE", "REAL", "no_face", "error")}
+    summary = (f"{len(rows)} videos: {counts['FAKE']} FAKE, "
+               + (f"{counts['UNSURE']} UNSURE, " if counts["UNSURE"] else "")
+               + f"{counts['REAL']} REAL, {counts['no_face']} no face, "
                f"{counts['error']} failed. Verdict FAKE at p(fake) &gt;= {float(doc.get('threshold', 0.5)):g}"
                + (f"; UNSURE between {band[0]:g} and {band[1]:g}" if band else "") + ".")
     intro = (f"<h1>deepfake scan report</h1><p>{summary}</p><p class=\"note\">{_e(doc.get('judged_by', ''))}. "

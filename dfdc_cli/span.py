@@ -109,8 +109,15 @@ def merge_windows(parts: Sequence[tuple[int, int, object]], total: int, span: st
     from .index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
     from .scaninput import Extracted, video_key
 
+    from .extract.params import LOW_THRESHOLDS
+
     parts = sorted(parts, key=lambda p: p[0])
     first = parts[0][2]
+    # Faces found only by the low-threshold fallback may be none (noise, cartoons): when another
+    # window has faces found at the seed's thresholds, those windows' "faces" are left out, lest
+    # the highest window be a patch of texture.
+    solid = any(e.tubes and e.fallback != LOW_THRESHOLDS for _, _, e in parts)
+    dropped = [k for k, _, e in parts if solid and e.tubes and e.fallback == LOW_THRESHOLDS]
     tubes: list[dict] = []
     pixels: Optional[dict] = {} if any(e.pixels is not None for _, _, e in parts) else None
     windows: list[Window] = []
@@ -118,7 +125,7 @@ def merge_windows(parts: Sequence[tuple[int, int, object]], total: int, span: st
     notes = []
     for k, start, e in parts:
         ids = []
-        for row in e.tubes:
+        for row in ([] if k in dropped else e.tubes):
             tid = k * TUBE_ID_STRIDE + int(row["tube_id"])
             r = dict(row)
             r.update(tube_id=tid, window=k, first_frame=int(row["first_frame"]) + start,
@@ -129,7 +136,9 @@ def merge_windows(parts: Sequence[tuple[int, int, object]], total: int, span: st
                 pixels[tid] = e.pixels[int(row["tube_id"])]
         windows.append(Window(k, start, int(e.n_frames), e.status, e.reason, ids))
         keys.append(e.entry)
-        if len(parts) > 1 and e.reason and e.status != STATUS_NO_FACE:
+        if k in dropped:
+            notes.append(f"window {k + 1}: left out, its face found only by the low-threshold fallback")
+        elif len(parts) > 1 and e.reason and e.status != STATUS_NO_FACE:
             notes.append(f"window {k + 1}: {e.reason}")
     if first.status == STATUS_ERROR:
         status, reason = STATUS_ERROR, first.reason
@@ -159,7 +168,7 @@ def merge_windows(parts: Sequence[tuple[int, int, object]], total: int, span: st
     out.n_total = int(total)
     # Weak (the faces may be none) when every window with faces found them only by the
     # low-threshold fallback; one window of faces found at the seed's thresholds is enough.
-    found = [e.fallback for _, _, e in parts if e.tubes]
+    found = [e.fallback for k, _, e in parts if e.tubes and k not in dropped]
     out.fallback = found[0] if len(set(found)) == 1 else ""
     out.fps = next((e.fps for _, _, e in parts if e.fps), 0.0)
     return out

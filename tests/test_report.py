@@ -133,6 +133,8 @@ def test_report_folder_checks(tmp_path):
 
 def test_unsure_band_and_order():
     assert R.unsure_band({"unsure": [0.4, 0.6]}) == (0.4, 0.6)
+    assert R.unsure_band({"unsure_band": [1 / 3, 2 / 3], "threshold": 2 / 3}) == (1 / 3, 2 / 3)  # what scan writes
+    assert R.unsure_band({"unsure_band": None}) is None
     assert R.unsure_band({}, {"unsure": {"low": 0.3, "high": 0.7}}) == (0.3, 0.7)
     assert R.unsure_band({"unsure": [0.7, 0.3]}) is None and R.unsure_band({}) is None
     vs = [{"name": "a", "verdict": "REAL", "p_fake": 0.2}, {"name": "b", "status": "no_face", "p_fake": 0.5},

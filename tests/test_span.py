@@ -151,3 +151,29 @@ def test_span_is_checked(monkeypatch, capsys, carphone, tmp_path):
     assert code == 2 and "--span" in err and "first" in err
     code, _, err = run_cli(monkeypatch, capsys, "scan", "--index", tmp_path, "--span", "whole")
     assert code == 2 and "--span whole" in err and "--index" in err
+
+
+def test_merge_windows_offsets_ids_and_frames_and_leaves_out_fallback_only_faces():
+    from dfdc_cli.scaninput import Extracted
+    from dfdc_cli.span import merge_windows
+
+    def part(k, start, status, fallback="", reason=""):
+        rows = [] if status != "ok" else [{"tube_id": 0, "first_frame": 5, "last_frame": 64, "n_frames": 60}]
+        e = Extracted("/v.mp4", "v.mp4", status, reason, 1.0, rows, fallback=fallback, entry=f"e{k}",
+                      n_frames=100, pixels={0: ("px", None)} if rows else None)
+        return k, start, e
+
+    m = merge_windows([part(0, 0, "no_face"), part(1, 300, "ok", "low_thresholds", "found by fallback (low_thresholds)"),
+                       part(2, 600, "ok")], total=700, span="whole")
+    assert m.status == "ok" and not m.weak
+    assert [r["tube_id"] for r in m.tubes] == [2000]  # window 2's tube 0; window 1's fallback "face" left out
+    assert (m.tubes[0]["first_frame"], m.tubes[0]["last_frame"], m.tubes[0]["window"]) == (605, 664, 2)
+    assert set(m.pixels) == {2000}
+    assert "window 2: left out" in m.reason and "frames 0-99, 300-399, 600-699 of 700" in m.reason
+    assert [w.start_frame for w in m.windows] == [0, 300, 600] and m.n_total == 700
+    weak = merge_windows([part(0, 0, "no_face"), part(1, 300, "ok", "low_thresholds", "found by fallback (low_thresholds)")],
+                         total=400, span="auto")
+    assert weak.weak and [r["tube_id"] for r in weak.tubes] == [1000]
+    none = merge_windows([part(0, 0, "no_face"), part(1, 300, "no_face")], total=400, span="auto")
+    assert none.status == "no_face" and none.reason == "no face in frames 0-99, 300-399 of 400 (2 windows)"
+    assert none.key and none.key != merge_windows([part(0, 0, "no_face")], 400, "first").key
