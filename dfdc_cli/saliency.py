@@ -83,9 +83,12 @@ def frame_cam(model, crop: np.ndarray, flipped: bool = False) -> tuple[np.ndarra
     """A frame model's map over one 2D crop (uint8 (256, 256, 3), as extracted): (the crop as the
     member saw it at its resolution, the map over it). ``flipped``: the crop was scored mirrored
     (the seed flips every other frame); the map is mirrored back onto the plain crop."""
+    from models.archs import get_arch
+
     from .members import prepare_2d
 
-    x = prepare_2d(torch.from_numpy(np.ascontiguousarray(crop))[None, None], model.spec.res)[:, :, 0]  # 1,3,r,r
+    mode = get_arch(model.spec.arch).interpolation  # the resize the member was trained and scored with
+    x = prepare_2d(torch.from_numpy(np.ascontiguousarray(crop))[None, None], model.spec.res, mode)[:, :, 0]  # 1,3,r,r
     seen = x[0].permute(1, 2, 0).float().round().clamp(0, 255).numpy().astype(np.uint8)
     cam = grad_cam(model, x.flip(-1) if flipped else x)
     return seen, (cam[:, ::-1].copy() if flipped else cam)
