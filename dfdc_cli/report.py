@@ -242,11 +242,32 @@ def _draw_strip(face_idx: int, face: Mapping, got: dict) -> Optional[np.ndarray]
     return np.concatenate(tiles[:-1], axis=1) if tiles else None
 
 
+def score_map(doc: Mapping) -> Callable[[str, Sequence[float]], list[float]]:
+    """(member, raw scores) -> the scores on the scale of the verdict threshold and band: each
+    member's recorded calibration applied when the scan applied them (``calibrated``), else as they
+    are. A face's per-tube and per-frame figures in the JSON are raw; the threshold and band of a
+    calibrated model are on the calibrated scale."""
+    from models.calibration import Calibration
+
+    cals = {m: Calibration.from_dict(c) for m, c in (doc.get("calibrations") or {}).items() if c} \
+        if doc.get("calibrated") else {}
+
+    def apply(member: str, ps: Sequence[float]) -> list[float]:
+        c = cals.get(member)
+        return [float(c.apply(float(p))) if c is not None else float(p) for p in ps]
+
+    return apply
+
+
 def draw_timeline(path: Path, video: Mapping, members: Sequence[str], threshold: float,
-                  band: Optional[tuple[float, float]], short: Callable[[str], str] = str) -> None:
+                  band: Optional[tuple[float, float]], short: Callable[[str], str] = str,
+                  scale: Optional[Callable[[str, Sequence[float]], list[float]]] = None,
+                  calibrated: bool = False) -> None:
     """p(fake) over the video's frames: per face, the frame models' per-frame scores (dots and
     line) and each member's tube score over the tube's span (segment); the windows read (grey),
-    the verdict threshold and the UNSURE band."""
+    the verdict threshold and the UNSURE band. ``scale`` (:func:`score_map`) puts the scores on the
+    threshold's scale (calibrated models)."""
+    scale = scale or (lambda _m, ps: [float(p) for p in ps])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,17 +291,18 @@ def draw_timeline(path: Path, video: Mapping, members: Sequence[str], threshold:
             first, last = int(f["first_frame"]), int(f["last_frame"])
             label = f"face {f['tube_id']}"
             for mi, (m, p) in enumerate(sorted((f.get("members") or {}).items())):
+                (p,) = scale(m, [p])
                 ax.plot([first, last + 1], [p, p], color=c, ls=styles[mi % len(styles)], lw=2.2, alpha=0.8,
                         zorder=3, label=f"{label} {short(m)} (tube)")
             for m, ps in sorted((f.get("frame_scores") or {}).items()):
                 xs = np.arange(first, first + len(ps))
-                ax.plot(xs, ps, color=c, marker="o", ms=2.5, lw=0.8, alpha=0.9, zorder=4,
+                ax.plot(xs, scale(m, ps), color=c, marker="o", ms=2.5, lw=0.8, alpha=0.9, zorder=4,
                         label=f"{label} {short(m)} (per frame)")
         ax.set_xlim(0, end)
         ax.set_ylim(0, 1)
         ax.set_xlabel("frame" + (f" ({float(video['fps']):g} fps; grey: frames read)" if video.get("fps") else
                                  " (grey: frames read)"))
-        ax.set_ylabel("p(fake)")
+        ax.set_ylabel("p(fake), calibrated" if calibrated else "p(fake)")
         handles, labels = ax.get_legend_handles_labels()
         if len(labels) > 10:
             handles, labels = handles[:10], labels[:10]
@@ -516,7 +538,7 @@ def _video_pictures(doc: Mapping, v: Mapping, folder: Path, members: Mapping[str
     folder.mkdir(parents=True, exist_ok=True)
     if faces or v.get("frames_read"):
         draw_timeline(folder / "timeline.png", v, doc.get("members") or [], float(doc.get("threshold", 0.5)),
-                      unsure_band(doc, v), _short_label)
+                      unsure_band(doc, v), _short_label, score_map(doc), bool(doc.get("calibrated")))
         pics["timeline"] = "timeline.png"
     if v.get("status") == "error":
         return pics, notes

@@ -275,3 +275,17 @@ def test_chromium_renders_the_index_and_a_page(monkeypatch, capsys, tmp_path, ca
         full, text_only = inked(out / html, f"full-{html.stem}"), inked(bare / html, f"bare-{html.stem}")
         assert text_only > 0.002  # the text rendered
         assert full > text_only + 0.005, html  # and the thumbnails / strips / plots / heatmaps too
+
+
+def test_timeline_puts_a_calibrated_models_scores_on_the_bands_scale():
+    """The JSON keeps each face's raw scores; a calibrated scan's threshold and band are on the
+    calibrated scale, so the timeline maps the scores through each member's recorded calibration."""
+    from dfdc_cli.report import score_map
+    from models.calibration import Calibration
+
+    cal = Calibration("platt", {"a": 0.5, "b": -1.0}, 1 / 3, 2 / 3)
+    doc = {"calibrated": True, "calibrations": {"m": cal.to_dict()}}
+    raw = [0.1, 0.5, 0.9]
+    assert score_map(doc)("m", raw) == pytest.approx([cal.apply(p) for p in raw])
+    assert score_map(doc)("other", raw) == raw  # a member without one stays as it is
+    assert score_map({**doc, "calibrated": False})("m", raw) == raw  # scan did not apply it
