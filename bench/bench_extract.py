@@ -5,7 +5,7 @@
 
 Decode-only = the extractor's own decoder (every frame into its I420 buffers, the same
 ``--first-frames`` limit as the preset), run over the same files with the same number of worker
-processes. Extraction = ``dfdc_cli.extract.extract`` into a fresh temporary folder (no cache),
+processes. Extraction = ``dfdc_cli.faces.extract.extract`` into a fresh temporary folder (no cache),
 then again into the same folder (all cache hits). Also prints the per-stage time split of the
 extraction (decode / detect / crop+encode, summed over videos, from each entry's result.json).
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _decode_one(args) -> int:
     path, first = args
-    from dfdc_cli import video
+    from dfdc_cli.faces import video
 
     frames = video.decode(path, max_frames=first)
     n = len(frames)
@@ -60,9 +60,9 @@ def main() -> None:
     if args.hold_mb is not None:  # before any worker starts: they read it
         os.environ["DEEPFAKE_EXTRACT_HOLD_MB"] = str(args.hold_mb)
 
-    from dfdc_cli import extract as X
-    from dfdc_cli.extract.pool import mp_context
-    from dfdc_cli.inputs import collect_inputs
+    from dfdc_cli.faces import extract as X
+    from dfdc_cli.faces.extract.pool import mp_context
+    from dfdc_cli.faces.inputs import collect_inputs
 
     params = X.DEFAULT_PARAMS if args.preset == "default" else X.PRESETS[args.preset]
     jobs = collect_inputs([args.folder])

@@ -2,7 +2,7 @@
 
     python bench/bench_ray.py [PATH...] [--cpus N] [--preset train|scan|default] [--json FILE]
 
-Local = ``dfdc_cli.extract.extract`` with N worker processes; Ray = the same call with the Ray
+Local = ``dfdc_cli.faces.extract.extract`` with N worker processes; Ray = the same call with the Ray
 executor on a local Ray cluster of N CPUs (N tasks at a time), each into a fresh temporary folder
 (no cache hits); the Ray cluster is started first (and stays idle during the local run). The Ray
 figure is given with and without the cluster's start and stop (which a real cluster pays once,
@@ -31,10 +31,10 @@ def main() -> None:
 
     import ray
 
-    from dfdc_cli import extract as X
-    from dfdc_cli.cluster import ExtractExecutor, local_priority
-    from dfdc_cli.index import read_tubes, read_videos
-    from dfdc_cli.inputs import collect_inputs
+    from dfdc_cli.faces import extract as X
+    from dfdc_cli.scale.cluster import ExtractExecutor, local_priority
+    from dfdc_cli.faces.index import read_tubes, read_videos
+    from dfdc_cli.faces.inputs import collect_inputs
 
     params = X.DEFAULT_PARAMS if args.preset == "default" else X.PRESETS[args.preset]
     n = len(collect_inputs(args.paths))

@@ -3,7 +3,7 @@ of the same videos twice, once as scan hands them over now (the crops, in memory
 writing them as H.264 MP4 (crf 23, as the tube store does) and decoding them again (what scan did
 before it scored in memory).
 
-Members carry the seed's golden-layout synthetic weights (:mod:`models.synthetic`), whose outputs
+Members carry the seed's golden-layout synthetic weights (:mod:`dfdc_models.synthetic`), whose outputs
 are spread over 0.27..0.98 rather than saturated, so a pixel change shows in p(fake).
 
     python bench/bench_roundtrip.py ../shared/data --members mc3_112,r2plus1d_112 --max-frames 32
@@ -44,12 +44,12 @@ def main() -> None:
     os.environ.setdefault("DEEPFAKE_CACHE_DIR", str(tmp / "cache"))
     import torch
 
-    from dfdc_cli import members as MB
-    from dfdc_cli import scan as S
-    from dfdc_cli import scaninput as SI
-    from dfdc_cli.extract import PRESETS
-    from dfdc_cli.video import read_video, write_video
-    from models.synthetic import synthetic_member
+    from dfdc_cli.scan import members as MB
+    from dfdc_cli.scan import scanner as S
+    from dfdc_cli.scan import inputs as SI
+    from dfdc_cli.faces.extract import PRESETS
+    from dfdc_cli.faces.video import read_video, write_video
+    from dfdc_models.synthetic import synthetic_member
 
     paths = SI.expand_paths(args.videos)
     got: list = [None] * len(paths)

@@ -59,7 +59,7 @@ def _decode_one(path: str, frames: int) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from dfdc_cli.video import decode_count
+    from dfdc_cli.faces.video import decode_count
 
     return decode_count(path, max_frames=frames)
 
@@ -78,8 +78,8 @@ def decode_ceiling(paths: list[Path], workers: int, frames: int = 100) -> dict:
 
 def tiny_networks() -> None:
     """Replace every architecture with a tiny network (CPU smoke runs of the plumbing)."""
-    import models.registry as R
-    from models.tiny import tiny_net
+    import dfdc_models.registry as R
+    from dfdc_models.tiny import tiny_net
 
     R.build_net = tiny_net
 
@@ -87,9 +87,9 @@ def tiny_networks() -> None:
 def register_random(members: list[str]) -> None:
     import torch
 
-    from models import store
-    from models.registry import build_net
-    from models.specs import get_spec
+    from dfdc_models import store
+    from dfdc_models.registry import build_net
+    from dfdc_models.specs import get_spec
 
     torch.manual_seed(0)
     for m in members:
@@ -106,7 +106,7 @@ def sync(device: str) -> None:
 def models_ceiling(scanner, paths: list[Path]) -> dict:
     """The members alone on the tubes of ``paths`` (from the scan cache), already on the device,
     in the chunks and batches scan uses."""
-    from dfdc_cli import scaninput as SI
+    from dfdc_cli.scan import inputs as SI
 
     extracted: list = [None] * len(paths)
     SI.stream_extract(paths, scanner.device, scanner.workers, lambda i, e: extracted.__setitem__(i, e))
@@ -147,7 +147,7 @@ def main() -> None:
     src = args.videos or next((p for p in DEFAULT_VIDEOS if p.is_dir()), None)
     if src is None or not Path(src).exists():
         sys.exit(f"no videos: pass --videos (looked in {', '.join(map(str, DEFAULT_VIDEOS))})")
-    from dfdc_cli.scaninput import expand_paths
+    from dfdc_cli.scan.inputs import expand_paths
 
     originals = expand_paths([src])
     if not originals:
@@ -166,7 +166,7 @@ def main() -> None:
             register_random(members)
         import torch
 
-        from dfdc_cli.scan import Scanner
+        from dfdc_cli.scan.scanner import Scanner
 
         copies_dir = tmp / "videos"
         copies_dir.mkdir()

@@ -43,8 +43,8 @@ def synthetic_index(folder: Path, n: int = 24, frames: int = 100, seed: int = 0)
     """n synthetic 256x256 tubes (half REAL, half FAKE) with `frames` frames, + tubes.csv."""
     import numpy as np
 
-    from dfdc_cli.index import TUBE_COLUMNS, TUBES_CSV, write_table
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.index import TUBE_COLUMNS, TUBES_CSV, write_table
+    from dfdc_cli.faces.video import write_video
 
     if (folder / TUBES_CSV).exists():
         return folder
@@ -86,12 +86,12 @@ def bench_member(member: str, args, index: Path) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from dfdc_cli import data
-    from dfdc_cli.model_adapter import build_model
-    from dfdc_cli.optim import make_optimizer, make_scheduler
-    from dfdc_cli.recipe import resolve_recipe
-    from dfdc_cli.trainloop import Stepper
-    from models.specs import get_spec
+    from dfdc_cli.train import data
+    from dfdc_cli.train.model_adapter import build_model
+    from dfdc_cli.train.optim import make_optimizer, make_scheduler
+    from dfdc_cli.train.recipe import resolve_recipe
+    from dfdc_cli.train.loop import Stepper
+    from dfdc_models.specs import get_spec
 
     over = {"model": {"init": "scratch"}, "data": {"index": str(index), "workers": args.workers},
             "train": {"device": args.device, "precision": args.amp}}

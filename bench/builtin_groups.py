@@ -27,8 +27,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dfdc_cli import metrics as M  # noqa: E402
-from models.calibration import Calibration  # noqa: E402
+from dfdc_cli.evaluate import metrics as M  # noqa: E402
+from dfdc_models.calibration import Calibration  # noqa: E402
 
 ORDER = ("swaps", "corpus_fakes", "ghost", "wav2lip", "generated", "all", "swaps_tune", "swaps_test", "tune", "test")
 

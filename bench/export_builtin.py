@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import builtin  # noqa: E402
+from dfdc_models import builtin  # noqa: E402
 
 
 def main(best: str, member: str, metrics: str, out: str, calibration: str = "", groups: str = "") -> None:

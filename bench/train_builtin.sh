@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate the built-in model (models/builtin/) from the two public corpora, with the recipe and seed
-# it shipped with (dfdc_cli/recipes/efficientnet_lite0_224.toml, train.seed 0, split seed 0): extract,
+# it shipped with (dfdc_cli/train/recipes/efficientnet_lite0_224.toml, train.seed 0, split seed 0): extract,
 # split by person, train on REAL videos with self-blended fakes, evaluate per group, calibrate on the
 # tune half, export fp16.
 #
@@ -34,7 +34,7 @@ if [ -f "$WORK/run/last.pt" ]; then  # continue (or re-register) an earlier run
   deepfake train --resume "$WORK/run"
 else
   HELD_OUT=$(python bench/corpus_split.py held-out "$WORK/manifest.csv")  # (fails the script if it fails)
-  deepfake train --recipe dfdc_cli/recipes/$MEMBER.toml --index "$WORK/tubes" \
+  deepfake train --recipe dfdc_cli/train/recipes/$MEMBER.toml --index "$WORK/tubes" \
     --set data.groups_csv=\""$WORK/manifest.csv"\" \
     --set "data.val_groups=$HELD_OUT" \
     --run-dir "$WORK/run"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .lifecycle import FORKSERVER_ENV, watch_parent
+from dfdc_cli.lifecycle import FORKSERVER_ENV, watch_parent
 
 if os.environ.get(FORKSERVER_ENV) == str(os.getppid()):
     # No SIGTERM handler (the fork server's children would inherit it) and no PDEATHSIG (the

@@ -1,3 +1,3 @@
-"""Atomic file writes (they live in :mod:`models.atomic`, which the model store uses without the CLI)."""
+"""Atomic file writes (they live in :mod:`dfdc_models.atomic`, which the model store uses without the CLI)."""
 
-from models.atomic import atomic_dir, atomic_path, write_json, write_text  # noqa: F401
+from dfdc_models.atomic import atomic_dir, atomic_path, write_json, write_text  # noqa: F401

@@ -12,11 +12,11 @@ from typing import Optional
 
 import typer
 
-from . import __version__
-from .commands import evaluate, extract, index, models, report, scan, train, tubes
-from .errors import UserError
-from .paths import ENV_CACHE, ENV_DATA
-from .ui import err_console, reflow_app
+from dfdc_cli import __version__
+from dfdc_cli.commands import evaluate, extract, index, models, report, scan, train, tubes
+from dfdc_cli.errors import UserError
+from dfdc_cli.paths import ENV_CACHE, ENV_DATA
+from dfdc_cli.ui import err_console, reflow_app
 
 app = typer.Typer(
     name="deepfake",
@@ -57,7 +57,7 @@ reflow_app(app)  # after every command is registered
 
 
 def main() -> None:
-    from .lifecycle import Interrupted, graceful_signals, signal_name
+    from dfdc_cli.lifecycle import Interrupted, graceful_signals, signal_name
 
     try:
         with graceful_signals():

@@ -6,7 +6,7 @@ from __future__ import annotations
 # A problem the user can fix (bad path, bad option, missing weights...): the CLI prints
 # ``error: <message>`` and exits with code 2. Defined by the model package, which raises it without
 # the CLI, so that one class covers both.
-from models.errors import UserError  # noqa: F401
+from dfdc_models.errors import UserError  # noqa: F401
 
 
 class VideoError(Exception):

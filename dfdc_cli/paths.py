@@ -12,7 +12,7 @@ from pathlib import Path
 import platformdirs
 
 # The data folder and the model store's place are the model package's (it is used without the CLI).
-from models.paths import APP, ENV_DATA, data_dir, models_dir  # noqa: F401
+from dfdc_models.paths import APP, ENV_DATA, data_dir, models_dir  # noqa: F401
 
 ENV_CACHE = "DEEPFAKE_CACHE_DIR"
 
@@ -33,7 +33,7 @@ def scan_tubes_dir() -> Path:
 
 
 def scan_scores_dir() -> Path:
-    """Member scores of scanned tubes (:mod:`dfdc_cli.scorecache`): what makes a scan resumable."""
+    """Member scores of scanned tubes (:mod:`dfdc_cli.scan.cache`): what makes a scan resumable."""
     return cache_dir() / "scan-scores"
 
 

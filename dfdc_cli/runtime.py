@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .errors import UserError
+from dfdc_cli.errors import UserError
 
 DEVICE_HELP = "auto (the GPU when there is one) | cpu | cuda | cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

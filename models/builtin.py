@@ -3,10 +3,10 @@ shipped inside the package in half precision so that `deepfake scan` gives verdi
 ``pip install``.
 
 It is used only when NO model is registered: any registered or imported model (the seed's members
-first) takes precedence (:func:`dfdc_cli.scan.available_members`). Its files live in
+first) takes precedence (:func:`dfdc_cli.scan.scanner.available_members`). Its files live in
 ``models/builtin/``: ``<member>.pt`` (a plain fp16 state_dict of the member's network, loaded
 strictly) and ``builtin.json`` (which member, the validation figures, where the card is, and the
-model's calibration and UNSURE band when one was fitted: :mod:`models.calibration`).
+model's calibration and UNSURE band when one was fitted: :mod:`dfdc_models.calibration`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def member(where: Optional[Path] = None) -> Optional[str]:
 
 
 def load(device: Optional[Union[str, torch.device]] = None, where: Optional[Path] = None):
-    """The built-in model as a :class:`models.registry.MemberModel` (float32, eval mode)."""
+    """The built-in model as a :class:`dfdc_models.registry.MemberModel` (float32, eval mode)."""
     from .checkpoint import sha256_file
     from .registry import build
 
@@ -76,7 +76,7 @@ def model_id(where: Optional[Path] = None) -> Optional[str]:
 
 
 def calibration(where: Optional[Path] = None):
-    """The built-in model's :class:`~models.calibration.Calibration`, or None when it records none;
+    """The built-in model's :class:`~dfdc_models.calibration.Calibration`, or None when it records none;
     a damaged one is an error naming ``builtin.json``."""
     from . import calibration as C
 

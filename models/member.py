@@ -1,5 +1,5 @@
 """An ensemble member: :class:`MemberModel` wraps a bare network and applies the conventions of its
-architecture (from its :mod:`models.archs` record, copied into the member's spec), so that callers only
+architecture (from its :mod:`dfdc_models.archs` record, copied into the member's spec), so that callers only
 ever see "RGB 0..255 clip in, FAKE logit / p(fake) out".
 
 A :class:`MemberModel` takes clips as the tube store gives them - RGB, values 0..255 (uint8 or float),

@@ -1,6 +1,6 @@
 """Where the model store lives: ``data_dir()/models``. The data folder comes from platformdirs, or from
 ``$DEEPFAKE_DATA_DIR`` (which the CLI's global ``--data-dir`` sets), so the CLI and a library user of
-:mod:`models` find the same registered weights."""
+:mod:`dfdc_models` find the same registered weights."""
 
 from __future__ import annotations
 

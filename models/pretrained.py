@@ -23,7 +23,7 @@ hub does; every other format is only ever read from a local file.
 
 What is architecture-specific (the head's key prefix, keys to ignore, the key-name mapping, the
 file names ``init = "pretrained"`` looks for, torchvision's weights entry) is in the architecture's
-record (:mod:`models.archs`).
+record (:mod:`dfdc_models.archs`).
 
 The classification head of a pretrained file (400 / 157 / 1000 classes) is dropped and stays freshly
 initialised; everything else must match key for key and shape for shape. BatchNorm

@@ -1,8 +1,8 @@
 """The single place that builds an ensemble member and checks weights against a network.
 
-:func:`build` turns a :class:`MemberSpec` (or a member name) into a :class:`~models.member.MemberModel`
+:func:`build` turns a :class:`MemberSpec` (or a member name) into a :class:`~dfdc_models.member.MemberModel`
 (RGB 0..255 clips in, FAKE logit / p(fake) out); :func:`build_net` gives an architecture's bare network
-from its :mod:`models.archs` record. :func:`load_strict` / :func:`check_layout` compare a state_dict with
+from its :mod:`dfdc_models.archs` record. :func:`load_strict` / :func:`check_layout` compare a state_dict with
 a network and say in one line what differs, naming the architecture the file is when it is another
 (:func:`match_layouts`: every registered layout, built on the meta device).
 """
@@ -31,7 +31,7 @@ def build_net(arch: str) -> nn.Module:
     """The bare network of an architecture, with a fresh (random) head, in the seed's layout.
 
     Everything here builds networks through this name, so tests and the benchmark can swap in tiny
-    stand-ins by replacing it (``monkeypatch.setattr(models.registry, "build_net", ...)``)."""
+    stand-ins by replacing it (``monkeypatch.setattr(dfdc_models.registry, "build_net", ...)``)."""
     return get_arch(arch).build()
 
 
@@ -41,7 +41,7 @@ def build(spec: SpecLike, *, init: Optional[Union[str, os.PathLike]] = None,
     """Build a member (a :class:`MemberSpec`, a seed member name or ``<arch>_<res>``).
 
     ``init``: a local pretrained file to start training from (Kinetics/ImageNet, see
-    :mod:`models.pretrained`); the classification head stays fresh.
+    :mod:`dfdc_models.pretrained`); the classification head stays fresh.
     ``weights``: a full checkpoint of this member (a state_dict in the seed's layout, or a trainer
     checkpoint wrapping one), loaded strictly.
     """

@@ -14,7 +14,7 @@ float32 tensor unless the input is a CUDA float tensor). Type ``"B"`` uses a 1x1
 This network is the project's own because torchvision's ``VideoResNet`` cannot express it: torchvision
 has a 3x7x7 stem without max pool and only projection (type-B) shortcuts, while the seed's R3D-34 has a
 7x7x7 stem, a max pool and parameter-free type-A shortcuts. Its registry record (raw 0..255 input) is in
-:mod:`models.archs`.
+:mod:`dfdc_models.archs`.
 """
 
 from __future__ import annotations
@@ -172,5 +172,5 @@ def resnet3d(depth: int, shortcut_type: str = "B", num_classes: int = 400) -> Re
 
 def r3d34() -> ResNet3d:
     """The seed's ``r3d34_224`` network: type-A shortcuts, 2 classes (index 0 = FAKE). Record in
-    :mod:`models.archs`."""
+    :mod:`dfdc_models.archs`."""
     return resnet3d(34, shortcut_type="A", num_classes=2)

@@ -8,7 +8,7 @@ outputs (tests/test_models.py checks both against the network this project used 
 
 Pretrained initialisation (:func:`map_pretrained_keys`) takes timm's ``seresnext50_32x4d`` weights (the
 ResNet-style model: ``conv1``, ``layerN.i.se.fc1``, ``fc``) or Cadene's (``layer0.conv1``,
-``se_module``, ``last_linear``). Record in :mod:`models.archs`.
+``se_module``, ``last_linear``). Record in :mod:`dfdc_models.archs`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 labels, reference layouts) that `train`, `scan` and `eval` read, and the general ``<arch>_<res>`` form.
 
 A member's conventions (input scaling, which softmax index is FAKE, sigmoid vs softmax, test-time
-flip, clip length) are its architecture's (:mod:`models.archs`), copied into its :class:`MemberSpec`
-and applied inside the model wrapper (:mod:`models.member`), so callers only ever see "clip in,
+flip, clip length) are its architecture's (:mod:`dfdc_models.archs`), copied into its :class:`MemberSpec`
+and applied inside the model wrapper (:mod:`dfdc_models.member`), so callers only ever see "clip in,
 p(fake) out".
 """
 

@@ -9,10 +9,10 @@ API (what ``train``, ``scan``, ``eval`` and ``deepfake models`` use):
 * :func:`checkpoint_files`, :func:`import_files` - a whole release (files and folders), each file's
   member recognised by :func:`identify`;
 * :func:`list_entries`, :func:`members`, :func:`active`, :func:`get_entry`;
-* :func:`load` - a ready :class:`~models.registry.MemberModel` (eval mode) of a member's active model;
+* :func:`load` - a ready :class:`~dfdc_models.registry.MemberModel` (eval mode) of a member's active model;
 * :func:`activate`, :func:`remove`;
 * :func:`calibration`, :func:`set_calibration` - the entry's calibrated p(fake) and UNSURE band
-  (:mod:`models.calibration`), recorded in its manifest.
+  (:mod:`dfdc_models.calibration`), recorded in its manifest.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Entry:
     scaling: str = ""
     output: str = ""
     extra: dict = field(default_factory=dict)
-    calibration: Optional[dict] = None  # models.calibration.Calibration.to_dict(); None: uncalibrated
+    calibration: Optional[dict] = None  # dfdc_models.calibration.Calibration.to_dict(); None: uncalibrated
     path: Path = field(default=Path(), compare=False)  # the entry's folder
     active: bool = False
 
@@ -550,7 +550,7 @@ def remove(member: str, model_id: str) -> Entry:
 
 
 def calibration(entry: Entry):
-    """The entry's :class:`~models.calibration.Calibration`, or None when it records none; a damaged
+    """The entry's :class:`~dfdc_models.calibration.Calibration`, or None when it records none; a damaged
     one is an error naming the manifest (never silently ignored: it changes the verdicts)."""
     from . import calibration as C
 

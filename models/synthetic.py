@@ -54,7 +54,7 @@ def layout_of(member: str) -> list[tuple[str, list[int], torch.dtype]]:
 
 
 def synthetic_member(member: str, seed: int = 0, state_dict=None):
-    """A :class:`~models.registry.MemberModel` holding the member's synthetic weights (loaded
+    """A :class:`~dfdc_models.registry.MemberModel` holding the member's synthetic weights (loaded
     strictly, as a registered checkpoint is), in eval mode. ``state_dict``: those weights, when
     already made (:func:`synthetic_state_dict`)."""
     from .registry import MemberModel, build_net

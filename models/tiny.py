@@ -36,7 +36,7 @@ class Tiny2d(nn.Module):
 
 
 def tiny_net(arch: str) -> nn.Module:
-    """A stand-in for :func:`models.registry.build_net`: the architecture record's tiny variant."""
+    """A stand-in for :func:`dfdc_models.registry.build_net`: the architecture record's tiny variant."""
     from .archs import get_arch
 
     return get_arch(arch).build_tiny()

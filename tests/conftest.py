@@ -162,7 +162,7 @@ def gen_videos(tmp_path_factory):
     odd_size.mp4    175x143 (H.264 4:4:4), 40 frames, the face throughout
     no_face.mp4     320x240 grey, 40 frames
     """
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     d = tmp_path_factory.mktemp("gen-videos")
     write_video(d / "two_faces.mp4", face_frames(60, (256, 384), lambda i: [(90 - i, 60), (296 - 96 + i, 80)]), 25)
@@ -195,10 +195,10 @@ def tiny_members(monkeypatch):
     real architectures (the store, loading and MemberModel conventions are the real ones)."""
     import torch
 
-    import models.registry as R
-    from models import store
-    from models.specs import get_spec
-    from models.tiny import tiny_net
+    import dfdc_models.registry as R
+    from dfdc_models import store
+    from dfdc_models.specs import get_spec
+    from dfdc_models.tiny import tiny_net
 
     real = R.build_net
 
@@ -217,7 +217,7 @@ def tiny_members(monkeypatch):
 def small_batch(tmp_path_factory, gen_videos):
     """Four small inputs (two faces, a face too brief for a tube, no face, not a video) that
     `--shard 1/2` and `2/2` split 2 + 2: the batch that shards and Ray runs are compared on."""
-    from dfdc_cli.shard import select
+    from dfdc_cli.scale.shard import select
 
     d = tmp_path_factory.mktemp("small-batch")
     for name in ("two_faces.mp4", "brief_face.mp4", "no_face.mp4"):
@@ -230,7 +230,7 @@ def small_batch(tmp_path_factory, gen_videos):
 @pytest.fixture(scope="session")
 def small_batch_index(tmp_path_factory, small_batch):
     """The index of one local run over ``small_batch`` (train preset, in this process)."""
-    from dfdc_cli import extract as X
+    from dfdc_cli.faces import extract as X
 
     out = tmp_path_factory.mktemp("small-batch-index")
     X.extract([small_batch], out, X.PRESETS["train"], workers=1, progress=False, quiet=True)

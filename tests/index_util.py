@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dfdc_cli.index import read_tubes, read_videos
+from dfdc_cli.faces.index import read_tubes, read_videos
 
 
 def index_rows(folder: Path) -> tuple[list[dict], list[dict]]:

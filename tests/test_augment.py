@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfdc_cli import augment
+from dfdc_cli.train import augment
 
 
 def _batch(b=6, c=3, t=8, h=16, w=20, seed=0):
@@ -131,7 +131,7 @@ def test_mix2d_cutmix_and_mixup():
 
 
 def test_jpeg_recompression_is_drawn_only_when_enabled_and_changes_pixels():
-    from dfdc_cli.augment import clip_config, jpeg_roundtrip, sample_jpeg_quality
+    from dfdc_cli.train.augment import clip_config, jpeg_roundtrip, sample_jpeg_quality
 
     rng = np.random.default_rng(3)
     state = rng.bit_generator.state

@@ -10,12 +10,12 @@ import math
 import numpy as np
 import pytest
 
-from dfdc_cli import calibrate as CB
-from dfdc_cli import ensemble as EN
-from dfdc_cli import metrics as M
+from dfdc_cli.evaluate import calibrate as CB
+from dfdc_cli.scan import ensemble as EN
+from dfdc_cli.evaluate import metrics as M
 from dfdc_cli.errors import UserError
-from dfdc_cli.scanresult import FaceScore, VideoScan
-from models.calibration import Calibration, logit, sigmoid
+from dfdc_cli.scan.results import FaceScore, VideoScan
+from dfdc_models.calibration import Calibration, logit, sigmoid
 
 
 def miscalibrated(n: int, slope: float, shift: float, seed: int = 0):
@@ -171,9 +171,9 @@ def fitted(model_id: str, member: str = "mc3_112") -> dict:
 
 
 def test_record_in_a_registry_entry_and_scan_uses_it(tiny_members):
-    from dfdc_cli import members as MB
+    from dfdc_cli.scan import members as MB
     from dfdc_cli.errors import UserError as UE
-    from models import store
+    from dfdc_models import store
 
     e = store.active("mc3_112")
     assert store.load("mc3_112").calibration is None  # nothing recorded: today's behaviour
@@ -195,7 +195,7 @@ def test_record_in_a_registry_entry_and_scan_uses_it(tiny_members):
 
 
 def test_record_in_the_builtin_model(tmp_path):
-    from models import builtin
+    from dfdc_models import builtin
 
     (tmp_path / "w.pt").write_bytes(b"weights")
     (tmp_path / "builtin.json").write_text(json.dumps({"member": "resnet18_160", "weights": "w.pt", "x": 1}))
@@ -222,7 +222,7 @@ def test_record_in_the_builtin_model(tmp_path):
 
 
 def test_the_shipped_builtin_model_keeps_todays_rule_or_records_a_valid_one():
-    from models import builtin
+    from dfdc_models import builtin
 
     if builtin.info() is None:
         pytest.skip("this installation ships no built-in model")
@@ -308,7 +308,7 @@ def synthetic_report(folder, member: str, model_id: str, n: int = 60):
 
 def test_models_calibrate_command_records_with_the_registered_model(tmp_path, monkeypatch, capsys, tiny_members):
     from cli_util import run_cli
-    from models import store
+    from dfdc_models import store
 
     e = store.active("mc3_112")
     report = tmp_path / "report"
@@ -332,7 +332,7 @@ def test_models_calibrate_command_records_with_the_registered_model(tmp_path, mo
 @pytest.mark.slow
 def test_scan_shows_the_calibrated_p_and_the_unsure_band(tmp_path, monkeypatch, capsys, carphone, tiny_members):
     from cli_util import run_cli
-    from models import store
+    from dfdc_models import store
 
     e = store.active("mc3_112")
     js, sub = tmp_path / "scan.json", tmp_path / "sub.csv"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfdc_cli import cluster as C
-from dfdc_cli import extract as X
-from dfdc_cli.index import Track, read_tubes
+from dfdc_cli.scale import cluster as C
+from dfdc_cli.faces import extract as X
+from dfdc_cli.faces.index import Track, read_tubes
 
 from cli_util import run_cli
 from index_util import assert_same_index

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dfdc_cli import data
+from dfdc_cli.train import data
 from dfdc_cli.errors import UserError
 
 
@@ -155,7 +155,7 @@ def test_pad_indices():
 @pytest.fixture
 def grey_tubes(tmp_path):
     """Two tiny tube MP4s whose frame i is uniform grey 20*i (so decoded frames can be told apart)."""
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     rows = []
     for k, n in enumerate((12, 5)):
@@ -194,8 +194,8 @@ def test_clip_dataset_windows(grey_tubes):
 def test_clip_dataset_self_blend(tmp_path):
     """A self-blend item is a FAKE made from the real tube's window; it changes only pixels around the
     face (the track's box), and the same seed gives the same clip."""
-    from dfdc_cli.index import Track
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.index import Track
+    from dfdc_cli.faces.video import write_video
 
     n, size = 12, 64
     yy, xx = np.mgrid[0:size, 0:size]
@@ -232,9 +232,9 @@ def test_2d_self_blend_follows_the_face_in_the_2d_crops(tmp_path):
     """The 2D member reads the *_2d.mp4 crops (square boxes around the face), whose geometry differs
     from the tube's union box: the blend must land on the face in the crops, not where the face sits
     in the tube."""
-    from dfdc_cli.index import Track
-    from dfdc_cli.selfblend import track_2d_geometry
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.index import Track
+    from dfdc_cli.train.selfblend import track_2d_geometry
+    from dfdc_cli.faces.video import write_video
 
     n, size = 8, 256
     face = np.array([300, 300, 360, 372], np.float32)  # source pixels, bottom-right of the union box
@@ -274,8 +274,8 @@ def test_2d_validation_item_is_the_first_frames_2d_frames(tmp_path):
     """2D validation: the item is the stack of the first frames_2d frames after the validation crop
     (the 2D crops when the tube has them), short tubes padded like the 3D clips; training items stay
     single frames."""
-    from dfdc_cli import augment
-    from dfdc_cli.video import read_video, write_video
+    from dfdc_cli.train import augment
+    from dfdc_cli.faces.video import read_video, write_video
 
     size, res, n_2d = 64, 48, 32
     yy, xx = np.mgrid[0:size, 0:size]

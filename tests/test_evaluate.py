@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from dfdc_cli import evaluate as E
-from dfdc_cli import metrics as M
+from dfdc_cli.evaluate import report as E
+from dfdc_cli.evaluate import metrics as M
 from dfdc_cli.errors import UserError
-from dfdc_cli.ensemble import aggregate_video
-from dfdc_cli.scanresult import FaceScore, VideoScan
+from dfdc_cli.scan.ensemble import aggregate_video
+from dfdc_cli.scan.results import FaceScore, VideoScan
 
 from cli_util import run_cli
 

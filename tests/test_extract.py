@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from dfdc_cli import extract as X
-from dfdc_cli.index import TUBE_COLUMNS, VIDEO_COLUMNS, Track, read_tubes, read_videos
+from dfdc_cli.faces import extract as X
+from dfdc_cli.faces.index import TUBE_COLUMNS, VIDEO_COLUMNS, Track, read_tubes, read_videos
 
 from conftest import astronaut_face, face_frames
 
@@ -86,7 +86,7 @@ def test_carphone_one_tube_over_all_frames(batch):
 def test_tube_pixels_are_the_padded_resized_crop(batch):
     import cv2
 
-    from dfdc_cli.video import decode
+    from dfdc_cli.faces.video import decode
 
     res, _ = batch
     (t,) = tubes_of(res, "two_faces.mp4")[:1]
@@ -183,7 +183,7 @@ def test_second_run_is_a_cache_hit(batch, monkeypatch, carphone_path, gen_videos
     def no_decode(*a, **k):
         raise AssertionError("a cached video was decoded")
 
-    monkeypatch.setattr("dfdc_cli.video.decode", no_decode)
+    monkeypatch.setattr("dfdc_cli.faces.video.decode", no_decode)
     again = X.extract([carphone_path, gen_videos], out, TRAIN, workers=1, progress=False, quiet=True)
     assert again.cached == 7 and again.n_errors == 0
     first = {(t.name, t.tube_id): t for t in res.tubes}
@@ -209,7 +209,7 @@ def test_interrupted_run_resumes(tmp_path, gen_videos, monkeypatch):
         calls.append((Path(path).name, r["cached"]))
         return r
 
-    monkeypatch.setattr("dfdc_cli.extract.job.process_video", spy)
+    monkeypatch.setattr("dfdc_cli.faces.extract.job.process_video", spy)
     res = X.extract([two, gen_videos / "no_face.mp4"], out, TRAIN, workers=1, progress=False, quiet=True)
     assert calls == [("no_face.mp4", False)]  # the finished video is not processed again
     assert res.cached == 1 and len(res.tubes) == 2
@@ -261,7 +261,7 @@ def test_scan_preset_with_2d_crops(tmp_path, carphone_path):
 
 
 def test_fallback_2x_finds_a_small_face(tmp_path):
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     small = astronaut_face(24)  # MTCNN misses this face at detection scale 0.5, finds it at 2x (1.0)
     write_video(tmp_path / "small.mp4", face_frames(40, (120, 160), lambda i: [(60, 30)], face=small), 25)
@@ -350,10 +350,10 @@ def test_iter_extract_hands_over_each_video_as_it_is_done(tmp_path, gen_videos, 
         calls.append(Path(path).name)
         return real(path, *a, **k)
 
-    monkeypatch.setattr("dfdc_cli.extract.job.process_video", spy)
+    monkeypatch.setattr("dfdc_cli.faces.extract.job.process_video", spy)
     paths = [gen_videos / "two_faces.mp4", bad_videos / "empty.mp4", gen_videos / "gap_face.mp4", bad_videos / "text.mp4"]
     seen = []
-    monkeypatch.setattr("dfdc_cli.index.INDEX_EVERY_S", 0.0)  # each finished video merged into the index at once
+    monkeypatch.setattr("dfdc_cli.faces.index.INDEX_EVERY_S", 0.0)  # each finished video merged into the index at once
     for d in X.iter_extract(paths, out, TRAIN, workers=1, progress=False, quiet=True):
         seen.append((d.index, d.video.name, d.video.status, d.cached, len(d.tubes), list(calls)))
         # the index is up to date as each video is handed over (a killed run loses nothing)
@@ -375,7 +375,7 @@ def test_iter_extract_stopped_early_indexes_what_it_handed_over(tmp_path, gen_vi
 
     with pytest.raises(UserError, match="unknown device"):  # at the call, before any iteration
         X.iter_extract([gen_videos], tmp_path / "out", TRAIN, device="tpu")
-    monkeypatch.setattr("dfdc_cli.extract.job.process_video", lambda *a, **k: pytest.fail("nothing is processed after close()"))
+    monkeypatch.setattr("dfdc_cli.faces.extract.job.process_video", lambda *a, **k: pytest.fail("nothing is processed after close()"))
     run = X.iter_extract([bad_videos / "empty.mp4", gen_videos / "two_faces.mp4"], tmp_path / "out", TRAIN,
                          workers=1, progress=False, quiet=True)
     first = next(run)

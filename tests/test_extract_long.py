@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfdc_cli import extract as X
-from dfdc_cli import video
-from dfdc_cli.index import Faces
-from dfdc_cli.tubes import find_tubes
+from dfdc_cli.faces import extract as X
+from dfdc_cli.faces import video
+from dfdc_cli.faces.index import Faces
+from dfdc_cli.faces.tubes import find_tubes
 
 TRAIN = X.PRESETS["train"]
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_windows_change_the_store_key_only_when_on():
 
 
 def test_video_too_large_for_memory_gets_a_status(tmp_path, monkeypatch, carphone_path):
-    monkeypatch.setattr("dfdc_cli.extract.memory.available_memory", lambda: 1 << 20)
+    monkeypatch.setattr("dfdc_cli.faces.extract.memory.available_memory", lambda: 1 << 20)
     res = X.extract([carphone_path], tmp_path, TRAIN, workers=1, progress=False, quiet=True)
     (v,) = res.videos
     assert v.status == "error" and v.reason.startswith("too large for the memory available: 176x144 frames need")
@@ -127,10 +127,10 @@ def test_video_too_large_for_memory_gets_a_status(tmp_path, monkeypatch, carphon
 
 def test_workers_default_is_limited_by_memory(monkeypatch, carphone_path, carphone_x3):
     peak = X.estimate_peak(176, 144, TRAIN, 360)
-    monkeypatch.setattr("dfdc_cli.extract.memory.available_memory", lambda: int(2.5 * peak))
+    monkeypatch.setattr("dfdc_cli.faces.extract.memory.available_memory", lambda: int(2.5 * peak))
     n, note = X.plan_workers([str(carphone_path), str(carphone_x3)], TRAIN, 8)
     assert n == 2 and note.startswith("workers: 2 instead of 8, as memory allows") and "176x144" in note
-    monkeypatch.setattr("dfdc_cli.extract.memory.available_memory", lambda: 100 * peak)
+    monkeypatch.setattr("dfdc_cli.faces.extract.memory.available_memory", lambda: 100 * peak)
     assert X.plan_workers([str(carphone_path)], TRAIN, 8) == (8, "")
     # a long 1080p video is streamed: its estimate does not grow with its length
     assert X.estimate_peak(1920, 1080, TRAIN, 9000) == X.estimate_peak(1920, 1080, TRAIN, 3000) < 2 << 30

@@ -10,7 +10,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from dfdc_cli.cli import app
-from dfdc_cli.video import read_video
+from dfdc_cli.faces.video import read_video
 
 
 def test_extract_self_blend_indexes_fakes_next_to_their_reals(carphone, tmp_path):

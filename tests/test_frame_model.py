@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from dfdc_cli import data
-from dfdc_cli import recipe as recipes
-from dfdc_cli import train as trainer
+from dfdc_cli.train import data
+from dfdc_cli.train import recipe as recipes
+from dfdc_cli.train import trainer
 from dfdc_cli.errors import UserError
-from models import builtin
-from models.registry import build, build_net
-from models.specs import FRAME_ARCHS, get_spec, spec_for
+from dfdc_models import builtin
+from dfdc_models.registry import build, build_net
+from dfdc_models.specs import FRAME_ARCHS, get_spec, spec_for
 
 from test_train import make_tiny_index
 
@@ -195,7 +195,7 @@ def test_fresh_install_scan_gives_a_verdict_from_the_builtin_model(carphone, mon
         pytest.skip("this checkout ships no built-in model")
     from cli_util import run_cli
 
-    from models import store
+    from dfdc_models import store
 
     assert store.members() == []  # an empty data folder: nothing registered
     code, out, err = run_cli(monkeypatch, capsys, "scan", carphone, "--json", tmp_path / "scan.json")
@@ -208,8 +208,8 @@ def test_fresh_install_scan_gives_a_verdict_from_the_builtin_model(carphone, mon
 
 
 def test_scan_uses_builtin_only_when_nothing_is_registered(tmp_path, monkeypatch):
-    from dfdc_cli import members, scan
-    from models import store
+    from dfdc_cli.scan import members, scanner as scan
+    from dfdc_models import store
 
     folder = _ship(tmp_path)
     monkeypatch.setattr(builtin, "folder", lambda: folder)
@@ -229,7 +229,7 @@ def test_scan_uses_builtin_only_when_nothing_is_registered(tmp_path, monkeypatch
 
 
 def test_no_builtin_no_registered_says_how_to_get_one(tmp_path, monkeypatch):
-    from dfdc_cli import members
+    from dfdc_cli.scan import members
 
     monkeypatch.setattr(builtin, "folder", lambda: tmp_path / "nothing")
     assert members.available_members() == []
@@ -250,8 +250,8 @@ def test_models_list_marks_the_builtin(tmp_path, monkeypatch):
 
 
 def test_extract_frames_2d_option_keys_the_cache():
-    from dfdc_cli.extract import ExtractParams
-    from dfdc_cli.index import FRAMES_2D
+    from dfdc_cli.faces.extract import ExtractParams
+    from dfdc_cli.faces.index import FRAMES_2D
 
     base = ExtractParams(with_2d=True)
     assert base.frames_2d == FRAMES_2D
@@ -262,7 +262,7 @@ def test_extract_frames_2d_option_keys_the_cache():
         del d["windows"]
     import hashlib
 
-    from dfdc_cli.extract import EXTRACTOR_VERSION
+    from dfdc_cli.faces.extract import EXTRACTOR_VERSION
 
     old = hashlib.sha256(json.dumps({"v": EXTRACTOR_VERSION, **d}, sort_keys=True).encode()).hexdigest()[:12]
     assert base.key() == old

@@ -2,11 +2,11 @@
 inference code gives (within 1e-5), on synthetic weights in the released layouts and three
 synthetic tubes (tests/data/medics_goldens.json, copied from ../shared/reference/goldens).
 
-The weights and tubes are regenerated here by :mod:`models.synthetic`; their sha256 must equal the
+The weights and tubes are regenerated here by :mod:`dfdc_models.synthetic`; their sha256 must equal the
 goldens' (else this platform draws other numbers and a p(fake) comparison would be meaningless).
 tube1 / tube2 are 256x256 tubes as the extractor hands them over; tube3 is a 200x170 face crop,
 which goes through the extractor's square-and-resize (3D) or its 2D crop resize first. The rest is
-scan's own path: :meth:`dfdc_cli.scan.Scanner.score_tubes` (centre crop, resize, the member's
+scan's own path: :meth:`dfdc_cli.scan.scanner.Scanner.score_tubes` (centre crop, resize, the member's
 scaling, flip TTA or the 2D median). The network input is checked first (sum, sum of squares and
 channel means), so a failure says whether preprocessing or the network differs.
 
@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfdc_cli import extract as X
-from dfdc_cli import scan as S
-from dfdc_cli import members as MB
-from dfdc_cli import scaninput as SI
-from models import synthetic as Y
+from dfdc_cli.faces import extract as X
+from dfdc_cli.scan import scanner as S
+from dfdc_cli.scan import members as MB
+from dfdc_cli.scan import inputs as SI
+from dfdc_models import synthetic as Y
 
 GOLD = json.loads((Path(__file__).parent / "data" / "medics_goldens.json").read_text())
 TOL = GOLD["tolerance_p_fake"]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dfdc_cli import index as I
+from dfdc_cli.faces import index as I
 from dfdc_cli.errors import UserError
-from dfdc_cli.extract import PRESETS, params_for
-from dfdc_cli.extract.pool import DetectSettings, detect_batched
-from dfdc_cli.extract.store import records_for
-from dfdc_cli.inputs import VideoInput
+from dfdc_cli.faces.extract import PRESETS, params_for
+from dfdc_cli.faces.extract.pool import DetectSettings, detect_batched
+from dfdc_cli.faces.extract.store import records_for
+from dfdc_cli.faces.inputs import VideoInput
 
 
 def _video(path: str, **kw) -> I.VideoRecord:
@@ -77,8 +77,8 @@ def test_records_of_a_result(tmp_path):
 
 
 def test_constants_have_one_home():
-    from dfdc_cli import tubes
-    from dfdc_cli.extract import ExtractParams
+    from dfdc_cli.faces import tubes
+    from dfdc_cli.faces.extract import ExtractParams
 
     assert ExtractParams().size == I.TUBE_SIZE and ExtractParams().frames_2d == I.FRAMES_2D
     assert tubes.box_2d_crops.__defaults__[0] == I.FRAMES_2D

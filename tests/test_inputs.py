@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dfdc_cli import extract as X
-from dfdc_cli import inputs, scan, scaninput
-from dfdc_cli.index import read_videos
+from dfdc_cli.faces import extract as X
+from dfdc_cli.faces import inputs
+from dfdc_cli.scan import scanner as scan, inputs as scaninput
+from dfdc_cli.faces.index import read_videos
 
 from cli_util import run_cli
 

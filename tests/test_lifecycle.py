@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dfdc_cli import lifecycle
-from dfdc_cli.index import read_videos
+from dfdc_cli.faces.index import read_videos
 
 from conftest import astronaut_face, face_frames
 
@@ -88,7 +88,7 @@ def gone_within(procs: set, timeout: float) -> set[int]:
 @pytest.fixture(scope="module")
 def many_videos(tmp_path_factory) -> Path:
     """Twelve small, distinct videos (160x120, 40 frames, a face moving its own way)."""
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     d = tmp_path_factory.mktemp("many")
     face = astronaut_face(48)
@@ -187,8 +187,8 @@ def test_ctrl_c_indexes_the_finished_videos_and_exits_130(tmp_path, many_videos)
 def test_a_video_whose_entry_is_complete_when_the_run_stops_is_indexed(tmp_path, many_videos, monkeypatch):
     """Ctrl-C right after a video's store entry is in place, before its outcome is handed over
     (in the pool: still in the pipe): the video is in the index all the same."""
-    from dfdc_cli import extract as X
-    from dfdc_cli.extract import run as R
+    from dfdc_cli.faces import extract as X
+    from dfdc_cli.faces.extract import run as R
 
     real, finished = R.safe_process, []
 

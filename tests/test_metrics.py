@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dfdc_cli import metrics as M
+from dfdc_cli.evaluate import metrics as M
 
 # Two REAL (0.1, 0.4) and two FAKE (0.35, 0.8).
 Y = [0, 0, 1, 1]

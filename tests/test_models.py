@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.registry import IMAGENET_MEAN, IMAGENET_STD, MemberModel, build, build_net, parameter_count
-from models.specs import MEMBERS, get_spec
+from dfdc_models.registry import IMAGENET_MEAN, IMAGENET_STD, MemberModel, build, build_net, parameter_count
+from dfdc_models.specs import MEMBERS, get_spec
 from models_util import layout, random_state_dict
 
 
@@ -111,7 +111,7 @@ def test_i3d_rejects_non_224_input():
 
 
 def test_i3d_state_dict_starts_with_logits_after_replace_logits():
-    from models.i3d import InceptionI3d
+    from dfdc_models.i3d import InceptionI3d
 
     with torch.device("meta"):
         net = InceptionI3d(num_classes=157)
@@ -122,7 +122,7 @@ def test_i3d_state_dict_starts_with_logits_after_replace_logits():
 
 
 def test_type_a_shortcut_pads_zeros_in_input_dtype():
-    from models.resnet3d import ZeroPadShortcut
+    from dfdc_models.resnet3d import ZeroPadShortcut
 
     x = torch.randn(2, 64, 4, 6, 6, dtype=torch.float64)
     out = ZeroPadShortcut(128, stride=2)(x)
@@ -227,7 +227,7 @@ def test_seresnext_matches_timm_network_with_cadene_stem_pool():
     """Our Cadene-layout SE-ResNeXt50 computes the same features as timm's seresnext50_32x4d given the
     same weights once timm's stem pool is Cadene's (MaxPool2d(3, 2, ceil_mode=True))."""
     timm = pytest.importorskip("timm")
-    from models.pretrained import pretrained_state_dict
+    from dfdc_models.pretrained import pretrained_state_dict
 
     torch.manual_seed(0)
     ref = timm.create_model("seresnext50_32x4d", pretrained=False).eval()

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import archs
-from models.archs import IMAGENET_ARCHS, get_arch
-from models.errors import UserError
-from models.member import MemberModel
-from models.pretrained import load_pretrained, packaged_weights_file
-from models.specs import spec_for
+from dfdc_models import archs
+from dfdc_models.archs import IMAGENET_ARCHS, get_arch
+from dfdc_models.errors import UserError
+from dfdc_models.member import MemberModel
+from dfdc_models.pretrained import load_pretrained, packaged_weights_file
+from dfdc_models.specs import spec_for
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -94,7 +94,7 @@ def test_missing_weights_package_is_one_line_naming_the_install(monkeypatch):
 
 
 def test_init_imagenet_resolves_to_the_packaged_file_and_refuses_other_archs():
-    from dfdc_cli.model_adapter import resolve_init
+    from dfdc_cli.train.model_adapter import resolve_init
 
     path, how = resolve_init(spec_for("efficientnet_lite0", 160), "imagenet")
     assert path == packaged_weights_file("efficientnet_lite0") and "Apache-2.0" in how
@@ -105,8 +105,8 @@ def test_init_imagenet_resolves_to_the_packaged_file_and_refuses_other_archs():
 
 def test_train_resize_and_scan_resize_agree_for_frame_models():
     """The resize a 2D member's crops get at scan is the one its frames got in training."""
-    from dfdc_cli.augment import apply_clip_params, val_clip_params
-    from dfdc_cli.members import prepare_2d
+    from dfdc_cli.train.augment import apply_clip_params, val_clip_params
+    from dfdc_cli.scan.members import prepare_2d
 
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (1, 1, 256, 256, 3), dtype=np.uint8)
@@ -119,8 +119,8 @@ def test_train_resize_and_scan_resize_agree_for_frame_models():
 
 
 def test_freeze_keeps_named_layers_out_of_training_and_rejects_typos():
-    from dfdc_cli.model_adapter import freeze
-    from models.registry import build
+    from dfdc_cli.train.model_adapter import freeze
+    from dfdc_models.registry import build
 
     model = build(spec_for("efficientnet_lite0", 160).name)
     n = freeze(model, ["body.conv_stem", "body.blocks.0"])
@@ -133,7 +133,7 @@ def test_freeze_keeps_named_layers_out_of_training_and_rejects_typos():
 
 
 def test_an_imagenet_start_has_a_zero_head_so_training_starts_at_p_half():
-    from dfdc_cli.model_adapter import build_model
+    from dfdc_cli.train.model_adapter import build_model
 
     model, how = build_model(spec_for("efficientnet_lite0", 160), "imagenet", torch.device("cpu"))
     assert how.startswith("ImageNet")

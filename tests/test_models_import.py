@@ -10,8 +10,8 @@ import pytest
 import torch
 from cli_util import run_cli
 
-from models import store
-from models.specs import MEMBERS, get_spec, named_as_released
+from dfdc_models import store
+from dfdc_models.specs import MEMBERS, get_spec, named_as_released
 from models_util import layout, shared_random, shared_state_dict
 
 
@@ -131,7 +131,7 @@ def test_identify_uses_layout_name_and_trainer_record(tmp_path):
 
 
 def test_identify_architecture_without_seed_member_asks_for_resolution(tmp_path):
-    from models.registry import build_net
+    from dfdc_models.registry import build_net
 
     with torch.device("meta"):
         shapes = build_net("r3d18").state_dict()

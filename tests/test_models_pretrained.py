@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dfdc_cli.errors import UserError
-from models.registry import build
+from dfdc_models.registry import build
 from models_util import random_state_dict
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.registry import build_net
-from models.synthetic import synthetic_state_dict
+from dfdc_models.registry import build_net
+from dfdc_models.synthetic import synthetic_state_dict
 from models_util import layout
 
 

@@ -15,20 +15,20 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_models_imports_no_cli_module():
-    loaded = _modules_after("import models, models.archs, models.registry, models.store, models.pretrained, "
-                            "models.builtin, models.synthetic, models.tiny")
+    loaded = _modules_after("import dfdc_models, dfdc_models.archs, dfdc_models.registry, dfdc_models.store, dfdc_models.pretrained, "
+                            "dfdc_models.builtin, dfdc_models.synthetic, dfdc_models.tiny")
     assert "torch" in loaded  # (the import above did load the networks' side)
     assert not [m for m in loaded if m == "dfdc_cli" or m.startswith("dfdc_cli.")]
 
 
 def test_registry_and_cli_help_import_no_torch():
-    loaded = _modules_after("import models.archs, models.specs, dfdc_cli.cli")
+    loaded = _modules_after("import dfdc_models.archs, dfdc_models.specs, dfdc_cli.cli")
     assert not [m for m in loaded if m.split(".")[0] in ("torch", "torchvision", "timm")]
 
 
 def test_one_error_class_for_the_cli_and_the_models():
     from dfdc_cli.errors import UserError
-    from models.errors import UserError as ModelUserError
+    from dfdc_models.errors import UserError as ModelUserError
 
     assert UserError is ModelUserError  # the CLI's one-line error handling catches what models raise
 
@@ -37,7 +37,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from models.atomic import _UMASK, atomic_dir, write_text
+    from dfdc_models.atomic import _UMASK, atomic_dir, write_text
 
     write_text(tmp_path / "a.txt", "x")
     with atomic_dir(tmp_path / "entry") as d:

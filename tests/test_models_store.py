@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from dfdc_cli import paths
 from dfdc_cli.errors import UserError
-from models import store
-from models.specs import MEMBERS
+from dfdc_models import store
+from dfdc_models.specs import MEMBERS
 from models_util import random_state_dict, save_layout_checkpoint
 
 
@@ -188,7 +188,7 @@ def test_cli_list_shows_the_eight_members_and_other_registered(mc3_file):
 
 
 def _r3d18_state():
-    from models.registry import build_net
+    from dfdc_models.registry import build_net
 
     return build_net("r3d18").state_dict()
 

@@ -37,7 +37,7 @@ def _malicious(path: Path, marker: Path, wrap: bool = True) -> Path:
 
 
 def test_resume_never_runs_code_from_last_pt(tmp_path):
-    from dfdc_cli.trainhooks import Checkpointer
+    from dfdc_cli.train.hooks import Checkpointer
 
     run, marker = tmp_path / "run", tmp_path / "pwned"
     run.mkdir()
@@ -60,7 +60,7 @@ def test_models_import_never_runs_code(tmp_path, monkeypatch, capsys):
 
 
 def _result(video: str, p: float = 0.25):
-    from dfdc_cli.scanresult import VideoScan
+    from dfdc_cli.scan.results import VideoScan
 
     return VideoScan(video=video, name=Path(video).name, status="ok", p_fake=p, verdict="REAL")
 
@@ -68,7 +68,7 @@ def _result(video: str, p: float = 0.25):
 def test_submission_csv_round_trips_names_with_commas_quotes_and_newlines(tmp_path):
     import pandas as pd
 
-    from dfdc_cli.scanresult import write_submission
+    from dfdc_cli.scan.results import write_submission
 
     names = ["a,b.mp4", 'say "cheese".mp4', "two\nlines.mp4", "plain.mp4"]
     write_submission(tmp_path / "sub.csv", [_result(f"/v/{n}", 0.1 * i) for i, n in enumerate(names)])
@@ -80,8 +80,8 @@ def test_submission_csv_round_trips_names_with_commas_quotes_and_newlines(tmp_pa
 def test_shard_merge_keeps_quoted_names_whole(tmp_path):
     import pandas as pd
 
-    from dfdc_cli.scanresult import write_submission
-    from dfdc_cli.shard import merge_outputs
+    from dfdc_cli.scan.results import write_submission
+    from dfdc_cli.scale.shard import merge_outputs
 
     write_submission(tmp_path / "sub.part-1-of-2.csv", [_result("/v/x,y.mp4", 0.5)])
     write_submission(tmp_path / "sub.part-2-of-2.csv", [_result("/v/a\nb.mp4", 0.25)])
@@ -91,7 +91,7 @@ def test_shard_merge_keeps_quoted_names_whole(tmp_path):
 
 
 def test_same_name_in_two_folders_shows_the_shortest_distinguishing_path():
-    from dfdc_cli.scanresult import distinct_names
+    from dfdc_cli.scan.results import distinct_names
 
     paths = ["/d/day1/cam/clip.mp4", "/d/day2/cam/clip.mp4", "/d/other.mp4", "/e/day1/cam/clip.mp4"]
     assert distinct_names(paths) == ["d/day1/cam/clip.mp4", "day2/cam/clip.mp4", "other.mp4",
@@ -127,12 +127,12 @@ def test_scan_table_and_csv_tell_same_named_videos_apart(tmp_path, monkeypatch, 
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a scan or an eval starts scoring (the output check must come first)."""
-    import dfdc_cli.scan
+    import dfdc_cli.scan.scanner
 
     def started(*_a, **_k):
         pytest.fail("the work started before the output path was checked")
 
-    monkeypatch.setattr(dfdc_cli.scan, "make_scanner", started)
+    monkeypatch.setattr(dfdc_cli.scan.scanner, "make_scanner", started)
 
 
 def _one_error_line(err: str, *words: str) -> None:
@@ -184,7 +184,7 @@ def test_eval_report_never_lands_in_an_extract_index(tmp_path, monkeypatch, caps
 
 
 def test_extract_index_never_lands_in_an_eval_report(tmp_path, monkeypatch, capsys, carphone):
-    import dfdc_cli.extract as X
+    import dfdc_cli.faces.extract as X
 
     report = tmp_path / "report"
     report.mkdir()
@@ -204,7 +204,7 @@ def test_extract_index_never_lands_in_an_eval_report(tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("damage", ["manifest", "active", "weights"])
 def test_a_damaged_registry_stops_scan_instead_of_changing_the_judge(damage, tmp_path, monkeypatch, capsys,
                                                                       bikes, tiny_members):
-    from models import store
+    from dfdc_models import store
 
     e = store.active("mc3_112")
     if damage == "manifest":
@@ -231,7 +231,7 @@ def test_a_damaged_registry_stops_scan_instead_of_changing_the_judge(damage, tmp
 
 def test_a_damaged_registry_with_nothing_else_registered_does_not_fall_back_on_the_builtin_model(
         tmp_path, monkeypatch, capsys, bikes, tiny_members):
-    from models import builtin, paths, store
+    from dfdc_models import builtin, paths, store
 
     assert builtin.member(), "this installation ships a built-in model"
     for m in tiny_members:
@@ -253,7 +253,7 @@ def test_a_member_giving_nan_is_an_error_for_that_member_and_video(tmp_path):
     from test_scan import Brightness3d, fake_extractor, member, scanner
     from torch import nn
 
-    from dfdc_cli.scanresult import to_json
+    from dfdc_cli.scan.results import to_json
 
     class NanWhenBright(nn.Module):
         """A broken network: NaN for tubes brighter than mid-grey, -Inf for the darkest."""
@@ -288,7 +288,7 @@ def test_a_member_giving_nan_is_an_error_for_that_member_and_video(tmp_path):
 def test_models_import_refuses_non_finite_weights(tmp_path, monkeypatch, capsys):
     from models_util import shared_state_dict
 
-    from models import store
+    from dfdc_models import store
 
     sd = shared_state_dict("mc3_112")
     key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
@@ -322,8 +322,8 @@ def never_read(monkeypatch):
 
 
 def test_size_cap_follows_the_largest_layout():
-    from models.checkpoint import size_cap
-    from models.registry import largest_layout_bytes
+    from dfdc_models.checkpoint import size_cap
+    from dfdc_models.registry import largest_layout_bytes
 
     largest = largest_layout_bytes()
     assert largest > 200e6  # r3d34's weights, ~253 MB in fp32
@@ -331,7 +331,7 @@ def test_size_cap_follows_the_largest_layout():
 
 
 def test_a_huge_file_is_refused_before_it_is_read(tmp_path, monkeypatch, capsys, never_read):
-    from models.checkpoint import size_cap
+    from dfdc_models.checkpoint import size_cap
 
     f = tmp_path / "huge.pt"
     with open(f, "wb") as fh:  # sparse: 3 GB long, nothing on disk
@@ -345,7 +345,7 @@ def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path, monkeypatch, caps
     import struct
     import zipfile
 
-    from models.checkpoint import size_cap
+    from dfdc_models.checkpoint import size_cap
 
     f = tmp_path / "bomb.pt"
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:

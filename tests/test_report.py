@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cli_util import run_cli
-from dfdc_cli import report as R
+from dfdc_cli.report import build as R
 
 
 class Links(HTMLParser):
@@ -78,7 +78,7 @@ class RedDetector(nn.Module):
 
 
 def test_grad_cam_is_where_the_logit_looks():
-    from dfdc_cli.saliency import grad_cam, overlay
+    from dfdc_cli.report.saliency import grad_cam, overlay
 
     x = torch.zeros(1, 3, 32, 32)
     x[:, 2] = 200.0  # blue everywhere...
@@ -92,8 +92,8 @@ def test_grad_cam_is_where_the_logit_looks():
 
 
 def test_grad_cam_of_a_3d_member_has_a_time_axis(tiny_members):
-    from dfdc_cli.members import load_member
-    from dfdc_cli.saliency import clip_cam, frame_cam, top_frames
+    from dfdc_cli.scan.members import load_member
+    from dfdc_cli.report.saliency import clip_cam, frame_cam, top_frames
 
     m3 = load_member("mc3_112", "cpu").module
     tube = (np.random.default_rng(0).random((20, 256, 256, 3)) * 255).astype(np.uint8)
@@ -212,7 +212,7 @@ def test_scan_report_of_a_generated_clip_and_carphone(monkeypatch, capsys, tmp_p
 @pytest.mark.slow
 def test_report_of_moved_videos_and_a_long_clip(monkeypatch, capsys, tmp_path, gen_videos):
     from conftest import face_frames
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     src = tmp_path / "late.mp4"
     write_video(src, face_frames(300, (240, 320), lambda i: [(110, 50)] if i >= 200 else []), 25)
@@ -280,8 +280,8 @@ def test_chromium_renders_the_index_and_a_page(monkeypatch, capsys, tmp_path, ca
 def test_timeline_puts_a_calibrated_models_scores_on_the_bands_scale():
     """The JSON keeps each face's raw scores; a calibrated scan's threshold and band are on the
     calibrated scale, so the timeline maps the scores through each member's recorded calibration."""
-    from dfdc_cli.report import score_map
-    from models.calibration import Calibration
+    from dfdc_cli.report.build import score_map
+    from dfdc_models.calibration import Calibration
 
     cal = Calibration("platt", {"a": 0.5, "b": -1.0}, 1 / 3, 2 / 3)
     doc = {"calibrated": True, "calibrations": {"m": cal.to_dict()}}

@@ -33,7 +33,7 @@ def test_precision_vocabulary():
 
 
 def test_old_run_recipe_with_amp_is_read_as_precision(tmp_path):
-    from dfdc_cli import recipe as recipes
+    from dfdc_cli.train import recipe as recipes
 
     r = recipes.resolve_recipe(member="mc3_112")
     text = recipes.dumps_toml(r).replace('precision = "auto"', 'amp = "off"')

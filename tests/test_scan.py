@@ -14,14 +14,14 @@ from cli_util import run_cli
 import torch
 from torch import nn
 
-from dfdc_cli import scan as S
-from dfdc_cli import ensemble as EN
-from dfdc_cli import members as MB
-from dfdc_cli import scaninput as SI
-from dfdc_cli import scanresult as SR
-from dfdc_cli.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
-from models.registry import MemberModel
-from models.specs import get_spec
+from dfdc_cli.scan import scanner as S
+from dfdc_cli.scan import ensemble as EN
+from dfdc_cli.scan import members as MB
+from dfdc_cli.scan import inputs as SI
+from dfdc_cli.scan import results as SR
+from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from dfdc_models.registry import MemberModel
+from dfdc_models.specs import get_spec
 
 
 def sig(x: float) -> float:
@@ -192,7 +192,7 @@ def test_parse_weights():
 def fake_extractor(tmp_path, spec: dict, keep_files: bool = False):
     """spec: video name -> list of tube brightness values, or "no_face", or "error".
     ``keep_files``: tube files already written are left alone (as the real tube store does)."""
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     def run(paths, device, workers, on_video):
         for i, p in reversed(list(enumerate(paths))):  # completion order != input order
@@ -216,7 +216,7 @@ def fake_extractor(tmp_path, spec: dict, keep_files: bool = False):
 
 
 def test_scanner_orders_results_and_averages_faces(tmp_path):
-    from dfdc_cli.video import read_video
+    from dfdc_cli.faces.video import read_video
 
     ext = fake_extractor(tmp_path, {"a.mp4": [60, 200], "b.mp4": "no_face", "c.mp4": "error", "d.mp4": [128]})
     m1 = member(Brightness3d(4.0), "mc3_112", "bright")
@@ -355,7 +355,7 @@ def test_scan_cli_end_to_end(tmp_path, monkeypatch, capsys, carphone, bikes, tin
         "filename,label", f"carphone_pristine.mp4,{car['p_fake']:.6f}", "bikes.mp4,0.500000", "notes.mp4,0.500000"]
 
     # Second run: tubes come from the cache; only readable videos -> exit 0 (no face counts as scanned).
-    monkeypatch.setattr("dfdc_cli.extract.run.run_pool", lambda *a, **k: pytest.fail("no worker needed for cache hits"))
+    monkeypatch.setattr("dfdc_cli.faces.extract.run.run_pool", lambda *a, **k: pytest.fail("no worker needed for cache hits"))
     code, out2, err = run_cli(monkeypatch, capsys, "scan", carphone, bikes, "--members", "mc3_112",
                               "--workers", "1", "--json", js)
     assert code == 0, err
@@ -372,7 +372,7 @@ def Path_name(p: str) -> str:
 
 
 def test_scan_without_models_says_how_to_get_one(monkeypatch, capsys, carphone, tmp_path):
-    from models import builtin
+    from dfdc_models import builtin
 
     monkeypatch.setattr(builtin, "folder", lambda: tmp_path)  # an installation that ships no built-in model
     code, out, err = run_cli(monkeypatch, capsys, "scan", carphone)
@@ -399,7 +399,7 @@ def test_prepare_3d_matches_the_seeds_opencv_resize():
     assert np.array_equal(got.permute(0, 2, 3, 4, 1).numpy(), ref)
     assert not np.array_equal(got.permute(0, 2, 3, 4, 1).numpy(), np.round(ref))
     # Training validates a member on exactly what scan hands it (one resize, no re-quantising).
-    from dfdc_cli import augment
+    from dfdc_cli.train import augment
 
     val = augment.apply_clip_params(x[0].numpy(), augment.val_clip_params(256, 256, augment.CLIP_DEFAULTS), 112,
                                     quantise=False)

@@ -13,10 +13,10 @@ import pytest
 from cli_util import run_cli
 from test_scan import Brightness3d, fake_extractor, member
 
-from dfdc_cli import scan as S
-from dfdc_cli import members as MB
-from dfdc_cli import scaninput as SI
-from dfdc_cli.index import STATUS_NO_FACE, STATUS_OK
+from dfdc_cli.scan import scanner as S
+from dfdc_cli.scan import members as MB
+from dfdc_cli.scan import inputs as SI
+from dfdc_cli.faces.index import STATUS_NO_FACE, STATUS_OK
 
 
 class Counted:
@@ -70,7 +70,7 @@ def test_scores_are_cached_per_member_model_and_tube_files(tmp_path, capsys):
 
     # New tube files (a re-extraction) are a new key: only that video is scored again.
     c1.forbid = False
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     write_video(tmp_path / "c_tube0.mp4", np.full((30, 256, 256, 3), 128, np.uint8), 30.0)
     S.Scanner(members=[m1], device="cpu", extractor=ext, score_dir=cache).scan(paths)
@@ -137,7 +137,7 @@ def labelled_index(tmp_path_factory):
 
 
 def no_extraction(monkeypatch):
-    import dfdc_cli.extract as X
+    import dfdc_cli.faces.extract as X
 
     def boom(*a, **k):
         pytest.fail("--index must not extract")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from test_scan import Brightness3d, member
 
-from dfdc_cli import scan as S
-from dfdc_cli import scaninput as SI
-from dfdc_cli.index import STATUS_OK
+from dfdc_cli.scan import scanner as S
+from dfdc_cli.scan import inputs as SI
+from dfdc_cli.faces.index import STATUS_OK
 
 
 def forbid(monkeypatch, module, name: str, why: str) -> None:
@@ -25,9 +25,9 @@ def forbid(monkeypatch, module, name: str, why: str) -> None:
 @pytest.mark.slow
 def test_scan_in_memory_is_resumable_and_keeps_tubes_on_request(tmp_path, monkeypatch, carphone,
                                                                  tiny_members):
-    import dfdc_cli.extract as X
-    import dfdc_cli.extract.job as XJ
-    import dfdc_cli.video as V
+    import dfdc_cli.faces.extract as X
+    import dfdc_cli.faces.extract.job as XJ
+    import dfdc_cli.faces.video as V
     from dfdc_cli.paths import scan_tubes_dir
 
     scores = tmp_path / "scores"

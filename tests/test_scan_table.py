@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 
 from dfdc_cli.commands import scan as C
-from dfdc_cli.scanresult import FaceScore, VideoScan
+from dfdc_cli.scan.results import FaceScore, VideoScan
 from dfdc_cli.ui import middle_ellipsis
-from models.specs import MEMBERS
+from dfdc_models.specs import MEMBERS
 
 EIGHT = list(MEMBERS)
 LONG = "holiday_2020_beach_party_with_the_whole_family_camera2_take7.mp4"  # 64 characters
@@ -140,9 +140,9 @@ def test_print_results_hint_and_second_table(monkeypatch, capsys):
 
 def eval_report(members, bootstrap: int) -> dict:
     """The metrics of ``members`` + the ensemble on 24 labelled videos, through eval's own arithmetic."""
-    from dfdc_cli.evaluate import evaluate_results
-    from dfdc_cli.scanresult import FaceScore, VideoScan
-    from dfdc_cli.evaluate import Labelled
+    from dfdc_cli.evaluate.report import evaluate_results
+    from dfdc_cli.scan.results import FaceScore, VideoScan
+    from dfdc_cli.evaluate.report import Labelled
     from pathlib import Path
 
     import numpy as np

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from dfdc_cli.errors import UserError
-from dfdc_cli.index import Track
-from dfdc_cli.selfblend import (
-    SelfBlendParams,
-    blend_clip,
-    sample_plan,
-    self_blend_tube,
-    track_tube_geometry,
+from dfdc_cli.faces.index import Track
+from dfdc_cli.train.selfblend import (
+    SelfBlendParams, blend_clip, sample_plan, self_blend_tube, track_tube_geometry,
 )
 
 # Landmarks of a frontal face relative to its box (x, y as fractions of the box side): eyes, nose,
@@ -163,7 +159,7 @@ def test_never_a_no_op():
 
 
 def test_self_blend_tube_writes_mp4_and_track(tmp_path):
-    from dfdc_cli.video import read_video, write_video
+    from dfdc_cli.faces.video import read_video, write_video
 
     frames, lm, bx = synthetic_face_tube(t=12, size=64, face=28.0, path=(8.0, 28.0))
     # Source coordinates = 2x tube coordinates (a 128-px crop shown as a 64-px tube).
@@ -192,8 +188,8 @@ def test_self_blend_tube_writes_mp4_and_track(tmp_path):
 
 
 def test_track_2d_geometry_centres_the_box():
-    pytest.importorskip("dfdc_cli.tubes")
-    from dfdc_cli.selfblend import track_2d_geometry
+    pytest.importorskip("dfdc_cli.faces.tubes")
+    from dfdc_cli.train.selfblend import track_2d_geometry
 
     _, lm, bx = synthetic_face_tube(t=40)
     track = Track(frames=np.arange(40), boxes=bx * 3, landmarks=lm * 3, probs=np.full(40, 0.9, np.float32),
@@ -213,8 +209,8 @@ _SWAP = [1, 0, 2, 4, 3]  # mirror: left/right eye and mouth corner swap places
 
 
 def _write_window(folder, name, frames, lm, bx, flip: bool, part: str):
-    from dfdc_cli.index import TubeRecord
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.index import TubeRecord
+    from dfdc_cli.faces.video import write_video
 
     n, size = len(frames), frames.shape[2]
     if flip:
@@ -235,13 +231,13 @@ def _write_window(folder, name, frames, lm, bx, flip: bool, part: str):
 @pytest.mark.slow
 def test_member_trained_on_self_blends_flags_held_out_self_blends(carphone, tmp_path):
     """~1-2 min on 2 CPU cores: extract carphone, train R3D-18 on its real windows + self-blends."""
-    pytest.importorskip("dfdc_cli.extract")
-    pytest.importorskip("dfdc_cli.train")
-    from dfdc_cli.extract import ExtractParams, extract
-    from dfdc_cli.index import TUBE_COLUMNS, write_table
-    from dfdc_cli.recipe import resolve_recipe
-    from dfdc_cli.train import train
-    from dfdc_cli.video import read_video
+    pytest.importorskip("dfdc_cli.faces.extract")
+    pytest.importorskip("dfdc_cli.train.trainer")
+    from dfdc_cli.faces.extract import ExtractParams, extract
+    from dfdc_cli.faces.index import TUBE_COLUMNS, write_table
+    from dfdc_cli.train.recipe import resolve_recipe
+    from dfdc_cli.train.trainer import train
+    from dfdc_cli.faces.video import read_video
 
     # One real face tube from carphone (the extractor's defaults: 100 frames).
     ex = extract([carphone], tmp_path / "ex", ExtractParams(), workers=1, quiet=True)
@@ -288,9 +284,9 @@ def test_member_trained_on_self_blends_flags_held_out_self_blends(carphone, tmp_
 
 
 def test_self_blend_records(tmp_path):
-    from dfdc_cli.index import TubeRecord
-    from dfdc_cli.selfblend import self_blend_records
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.index import TubeRecord
+    from dfdc_cli.train.selfblend import self_blend_records
+    from dfdc_cli.faces.video import write_video
 
     frames, lm, bx = synthetic_face_tube(t=8, size=64, face=28.0, path=(8.0, 28.0))
     recs = []

@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from dfdc_cli import extract as X
+from dfdc_cli.faces import extract as X
 from dfdc_cli.errors import UserError
-from dfdc_cli.index import (
-    VIDEO_COLUMNS,
-    VideoRecord,
-    merge_parts,
-    parts_of,
-    read_videos,
-    table_paths,
-    write_index,
+from dfdc_cli.faces.index import (
+    VIDEO_COLUMNS, VideoRecord, merge_parts, parts_of, read_videos, table_paths, write_index,
 )
-from dfdc_cli.shard import parse_shard, part_path, select, shard_of
+from dfdc_cli.scale.shard import parse_shard, part_path, select, shard_of
 
 from cli_util import run_cli
 from index_util import assert_same_index, index_rows
@@ -105,7 +99,7 @@ def test_a_shard_rerun_replaces_its_rows_and_the_cli_writes_its_part(tmp_path, s
 
 
 def read_videos_file(path):
-    from dfdc_cli.index import read_table
+    from dfdc_cli.faces.index import read_table
 
     return read_table(Path(path), VIDEO_COLUMNS)
 

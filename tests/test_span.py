@@ -10,8 +10,8 @@ import pytest
 
 from cli_util import run_cli
 from conftest import face_frames
-from dfdc_cli.extract.params import PRESETS, window_starts
-from dfdc_cli.span import combine_windows, frames_read_text, Window
+from dfdc_cli.faces.extract.params import PRESETS, window_starts
+from dfdc_cli.scan.span import combine_windows, frames_read_text, Window
 
 
 def test_window_starts_spread_without_overlap():
@@ -53,8 +53,8 @@ def test_frames_read_text():
 
 
 def test_aggregate_over_windows_is_the_seed_within_a_window_and_max_across():
-    from dfdc_cli.ensemble import aggregate_video
-    from dfdc_cli.scanresult import FaceScore, VideoScan
+    from dfdc_cli.scan.ensemble import aggregate_video
+    from dfdc_cli.scan.results import FaceScore, VideoScan
 
     def face(tid, window):
         return FaceScore(tube_id=tid, first_frame=0, last_frame=99, n_frames=100, box=[0, 0, 1, 1],
@@ -83,7 +83,7 @@ def test_aggregate_over_windows_is_the_seed_within_a_window_and_max_across():
 
 @pytest.fixture(scope="module")
 def late_face(tmp_path_factory):
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     d = tmp_path_factory.mktemp("late-face")
     p = d / "late_face.mp4"
@@ -154,8 +154,8 @@ def test_span_is_checked(monkeypatch, capsys, carphone, tmp_path):
 
 
 def test_merge_windows_offsets_ids_and_frames_and_leaves_out_fallback_only_faces():
-    from dfdc_cli.scaninput import Extracted
-    from dfdc_cli.span import merge_windows
+    from dfdc_cli.scan.inputs import Extracted
+    from dfdc_cli.scan.span import merge_windows
 
     def part(k, start, status, fallback="", reason=""):
         rows = [] if status != "ok" else [{"tube_id": 0, "first_frame": 5, "last_frame": 64, "n_frames": 60}]

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dfdc_cli import model_adapter, optim, trainhooks
-from dfdc_cli import recipe as recipes
-from dfdc_cli import train as trainer
+from dfdc_cli.train import model_adapter, optim, hooks as trainhooks
+from dfdc_cli.train import recipe as recipes
+from dfdc_cli.train import trainer
 from dfdc_cli.errors import UserError
-from dfdc_cli.index import TUBE_COLUMNS, TUBES_CSV, write_table
+from dfdc_cli.faces.index import TUBE_COLUMNS, TUBES_CSV, write_table
 from dfdc_cli.runtime import Runtime
 
 SIZE = 64
@@ -37,7 +37,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _track(n: int, size: int):
     """A face track for a tiny tube: a fixed box in the middle, landmarks placed inside it."""
-    from dfdc_cli.index import Track
+    from dfdc_cli.faces.index import Track
 
     box = np.array([0.3, 0.25, 0.7, 0.75], np.float32) * size
     template = np.array([[0.34, 0.46], [0.66, 0.46], [0.5, 0.64], [0.37, 0.82], [0.63, 0.82]], np.float32)
@@ -50,7 +50,7 @@ def _track(n: int, size: int):
 def make_tiny_index(folder: Path, n_videos: int = 12, seed: int = 0) -> Path:
     """n_videos real tubes and one fake per real (same content plus a learnable spatio-temporal
     artefact: a bright patch that flickers on and off every other frame), tube MP4s + tubes.csv."""
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def tiny_recipe(index: Path, **over) -> dict:
 
 
 def test_builtin_recipes_resolve():
-    from models.specs import MEMBERS
+    from dfdc_models.specs import MEMBERS
 
     # + the built-in model's recipe and the one it replaced
     assert set(recipes.available_recipes()) == set(MEMBERS) | {"resnet18_160", "efficientnet_lite0_224"}
@@ -236,7 +236,7 @@ def test_recipe_values_take_their_defaults_types_and_resume_rules(tmp_path):
 
 
 def test_resolve_init(tmp_path):
-    from models.specs import get_spec
+    from dfdc_models.specs import get_spec
 
     spec = get_spec("mc3_112")
     assert model_adapter.resolve_init(spec, "scratch")[0] is None
@@ -263,7 +263,7 @@ def test_train_learns_and_registers(tiny_index, tmp_path):
     from typer.testing import CliRunner
 
     from dfdc_cli.cli import app
-    from models import store
+    from dfdc_models import store
 
     run = tmp_path / "run"
     args = ["train", "--member", "mc3_112", "--index", str(tiny_index), "--init", "scratch", "--epochs", "6",
@@ -356,7 +356,7 @@ def test_torchrun_two_processes_ddp(tiny_index, tmp_path):
     assert not any(line.startswith("[default1]:") and ("ETA" in line or "epoch" in line) for line in lines)
     log = pd.read_csv(run / "log.csv")
     assert len(log) == 1 and not math.isnan(log["val_loss"][0])
-    from models import store
+    from dfdc_models import store
 
     assert len(store.list_entries("mc3_112")) == 1
     # rank 0 alone wrote: no stray run folders beside the one asked for
@@ -386,10 +386,10 @@ def test_2d_validation_scores_tubes_like_predict(tiny_index):
     rule: the first 32 frames, even-indexed ones flipped, lower median of per-frame p(fake))."""
     from torch.utils.data import DataLoader
 
-    from dfdc_cli import data
-    from models.registry import MemberModel
-    from models.specs import get_spec
-    from models.tiny import Tiny2d
+    from dfdc_cli.train import data
+    from dfdc_models.registry import MemberModel
+    from dfdc_models.specs import get_spec
+    from dfdc_models.tiny import Tiny2d
 
     torch.manual_seed(0)
     model = MemberModel(get_spec("seresnext50_2d"), Tiny2d())  # not mirror-symmetric: the flips matter
@@ -424,10 +424,10 @@ def test_train_2d_member_end_to_end(tiny_index, tmp_path):
     """seresnext50_2d trains on single frames and validates on whole tubes: the logged validation
     loss is the balanced log loss of the registered model's predict (scan's rule) on the validation
     tubes."""
-    from dfdc_cli import augment
-    from dfdc_cli.video import read_video
-    from models import store
-    from models.archs import get_arch
+    from dfdc_cli.train import augment
+    from dfdc_cli.faces.video import read_video
+    from dfdc_models import store
+    from dfdc_models.archs import get_arch
 
     sets = {
         "data": {"index": str(tiny_index), "input_res": 32, "val_fraction": 0.25, "workers": 0},
@@ -461,7 +461,7 @@ def test_validation_hook_selects_best_by_loss_auc_or_last():
     import math
     from types import SimpleNamespace
 
-    from dfdc_cli.trainhooks import Validation
+    from dfdc_cli.train.hooks import Validation
 
     rows = [{"val_loss": 0.60, "val_auc": 0.70}, {"val_loss": 0.55, "val_auc": 0.65},
             {"val_loss": 0.80, "val_auc": 0.90}, {"val_loss": 0.90, "val_auc": 0.85}]

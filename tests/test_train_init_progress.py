@@ -13,11 +13,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from dfdc_cli import model_adapter, trainloop
-from dfdc_cli import train as trainer
+from dfdc_cli.train import model_adapter, loop as trainloop
+from dfdc_cli.train import trainer
 from dfdc_cli.errors import UserError
-from models.pretrained import hub_checkpoints_dir, torchvision_file_name, torchvision_weights
-from models.specs import get_spec
+from dfdc_models.pretrained import hub_checkpoints_dir, torchvision_file_name, torchvision_weights
+from dfdc_models.specs import get_spec
 from test_train import make_tiny_index, tiny_recipe
 
 TV_ARCHS = {"mc3": "mc3_112", "r2plus1d": "r2plus1d_112", "r3d18": "r3d18_112"}

@@ -1,12 +1,12 @@
-"""The mask / component / span rules of dfdc_cli.tubes against hand-computed results."""
+"""The mask / component / span rules of dfdc_cli.faces.tubes against hand-computed results."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dfdc_cli.index import Faces
-from dfdc_cli.tubes import box_2d_crops, build_mask, fill_gaps, find_tubes
+from dfdc_cli.faces.index import Faces
+from dfdc_cli.faces.tubes import box_2d_crops, build_mask, fill_gaps, find_tubes
 
 
 def faces(*dets):

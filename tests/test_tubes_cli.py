@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from cli_util import run_cli
 
-from dfdc_cli.index import TUBE_COLUMNS, TubeRecord, Track, write_table
-from dfdc_cli.video import write_video
+from dfdc_cli.faces.index import TUBE_COLUMNS, TubeRecord, Track, write_table
+from dfdc_cli.faces.video import write_video
 
 
 def make_tube(folder, t: int = 25, size: int = 64, stem: str = "clip_0"):
@@ -36,7 +36,7 @@ def make_tube(folder, t: int = 25, size: int = 64, stem: str = "clip_0"):
 
 
 def test_contact_sheet_size(tmp_path):
-    from dfdc_cli.sheets import render_sheet
+    from dfdc_cli.faces.sheets import render_sheet
 
     frames = np.zeros((25, 64, 48, 3), np.uint8)  # non-square frames are letter-boxed
     sheet = render_sheet(frames, every=5, cols=3, thumb=64)  # frames 0,5,10,15,20: 2 rows of 3
@@ -61,7 +61,7 @@ def test_show_writes_png(tmp_path, monkeypatch, capsys):
 
 
 def test_show_overlay_draws_the_track(tmp_path):
-    from dfdc_cli.sheets import load_track_geometry, load_tube_frames, render_sheet
+    from dfdc_cli.faces.sheets import load_track_geometry, load_tube_frames, render_sheet
 
     tube = make_tube(tmp_path)
     frames = load_tube_frames(tube)
@@ -135,7 +135,7 @@ def test_blend_command(tmp_path, monkeypatch, capsys):
 
 
 def test_show_2d_crops_use_the_tube_track(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("dfdc_cli.tubes")
+    pytest.importorskip("dfdc_cli.faces.tubes")
     tube = make_tube(tmp_path)
     crops = tmp_path / "clip_0_2d.mp4"  # stands in for the 2D pathway's crops of the same track
     crops.write_bytes(tube.read_bytes())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dfdc_cli.errors import VideoError
-from dfdc_cli.video import decode, decode_count, probe, read_video, write_video
+from dfdc_cli.faces.video import decode, decode_count, probe, read_video, write_video
 
 
 def pyav_rgb(path, k: int = 0) -> list[np.ndarray]:

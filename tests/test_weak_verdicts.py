@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfdc_cli import members as MB
-from dfdc_cli import scan as S
-from dfdc_cli import scaninput as SI
+from dfdc_cli.scan import members as MB
+from dfdc_cli.scan import scanner as S
+from dfdc_cli.scan import inputs as SI
 from dfdc_cli.commands import scan as C
-from dfdc_cli.scanresult import FaceScore, Tally, VideoScan
+from dfdc_cli.scan.results import FaceScore, Tally, VideoScan
 
 
 def always_fake() -> MB.Member:
@@ -33,7 +33,7 @@ def static_noise(seed: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_no_face_clips_and_noise_are_never_a_plain_fake(tmp_path, bikes, bigbuckbunny, carphone):
-    from dfdc_cli.video import write_video
+    from dfdc_cli.faces.video import write_video
 
     noise = []
     for seed in (0, 1, 2):

@@ -8,7 +8,7 @@ from typing import List, Mapping, Optional
 
 import typer
 
-from ..runtime import DEVICE_HELP, PRECISION_HELP
+from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
 
 HELP = """Measure the members and the ensemble on labelled videos.
 
@@ -70,17 +70,18 @@ def register(app: typer.Typer) -> None:
         band: str = typer.Option("odds:2", "--band", help="With --calibrate: the UNSURE band rule (see "
                                  "`deepfake models calibrate --help`)."),
     ) -> None:
-        from ..evaluate import (default_out_dir, eval_set, evaluate_results, label_results, report_meta,
-                                write_report)
-        from ..index import resolve_index, table_paths
-        from ..outputs import check_report_dir
-        from ..scan import make_scanner
-        from ..ui import console, err_console
-        from .scan import scan_with_progress, split_members, warn_missing_2d
+        from dfdc_cli.evaluate.report import (
+            default_out_dir, eval_set, evaluate_results, label_results, report_meta, write_report,
+        )
+        from dfdc_cli.faces.index import resolve_index, table_paths
+        from dfdc_cli.commands.outputs import check_report_dir
+        from dfdc_cli.scan.scanner import make_scanner
+        from dfdc_cli.ui import console, err_console
+        from dfdc_cli.commands.scan import scan_with_progress, split_members, warn_missing_2d
 
         if calibrate:  # a bad --method/--band is a usage error before the scan, not after it
-            from ..calibrate import FITS, parse_band
-            from ..errors import UserError
+            from dfdc_cli.evaluate.calibrate import FITS, parse_band
+            from dfdc_cli.errors import UserError
 
             parse_band(band)
             if method not in FITS:
@@ -100,7 +101,7 @@ def register(app: typer.Typer) -> None:
         try:
             write_report(out_dir, results, es.labels, report, meta)
         except OSError as exc:  # a full disk: the tables below are still shown
-            from ..ui import fail_line
+            from dfdc_cli.ui import fail_line
 
             fail_line(str(exc.filename or out_dir), f"the report is incomplete ({exc.strerror or exc})")
             report_failed = True
@@ -110,7 +111,7 @@ def register(app: typer.Typer) -> None:
         for table in tables:
             console.print(table)
         if short:
-            from .scan import member_label
+            from dfdc_cli.commands.scan import member_label
 
             names = [n for n in report["video"] if member_label(n) != n]
             err_console.print("models: " + ", ".join(f"{member_label(n)} = {n}" for n in names), highlight=False)
@@ -119,15 +120,15 @@ def register(app: typer.Typer) -> None:
             f"{c['videos']} videos ({c['fake']} FAKE, {c['real']} REAL): {c['no_face']} no face, "
             f"{c['error']} failed (scored 0.5); {c['tubes']} tubes. Report: {out_dir}", highlight=False)
         if calibrate:
-            from ..calibrate import calibrate_report, summary_line
-            from ..errors import UserError
-            from models.calibration import Calibration
+            from dfdc_cli.evaluate.calibrate import calibrate_report, summary_line
+            from dfdc_cli.errors import UserError
+            from dfdc_models.calibration import Calibration
 
             try:
                 doc = calibrate_report([r.to_dict() for r in results], meta["models"], out_dir, method, band,
                                        source=str(Path(out_dir).resolve()))
             except UserError as exc:  # the report is written; the fit alone failed
-                from ..ui import warn
+                from dfdc_cli.ui import warn
 
                 warn(f"no calibration fitted: {exc}")
                 raise typer.Exit(1) from None
@@ -159,7 +160,7 @@ def metrics_tables(report: dict, width: int) -> tuple[list, bool]:
 
 def _interval(fig: Mapping, key: str) -> str:
     """``lo–hi`` of a figure's bootstrap interval (two decimals: six columns fit 80), or ""."""
-    from ..evaluate import _num
+    from dfdc_cli.evaluate.report import _num
 
     ci = fig.get("ci", {}).get(key)
     if not ci or _num(ci.get("lo")) is None:
@@ -175,8 +176,8 @@ def metrics_table(level: Mapping[str, Mapping], title: str, short: bool = False,
     from rich.table import Table
     from rich.text import Text
 
-    from ..evaluate import COLUMNS, ENSEMBLE, fmt, summary_rows
-    from .scan import _plain_table, member_label
+    from dfdc_cli.evaluate.report import COLUMNS, ENSEMBLE, fmt, summary_rows
+    from dfdc_cli.commands.scan import _plain_table, member_label
 
     split = split and any(_interval(fig, k) for fig in level.values() for k, _ in COLUMNS)
     t = _plain_table(f"deepfake eval, {title}")

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..runtime import DEVICE_HELP
-from ..errors import UserError
+from dfdc_cli.runtime import DEVICE_HELP
+from dfdc_cli.errors import UserError
 
 
 def _thresholds(text: Optional[str]) -> Optional[tuple[float, float, float]]:
@@ -124,9 +124,9 @@ def extract_cmd(
 
     Writes OUT/videos.csv (one row per video: status ok / no_face / error, with the reason) and OUT/tubes.csv (one row per tube). A video already extracted with the same settings is reused; an interrupted run resumes. Exit code 1 if any video failed.
     """
-    from .. import extract as X
-    from ..paths import default_tubes_dir
-    from ..shard import parse_shard
+    from dfdc_cli.faces import extract as X
+    from dfdc_cli.paths import default_tubes_dir
+    from dfdc_cli.scale.shard import parse_shard
 
     params = X.params_for(
         preset, every=every, scale=scale, long_side=long_side, thresholds=_thresholds(thresholds), factor=factor,
@@ -143,20 +143,20 @@ def extract_cmd(
             raise UserError(f"--label: expected REAL or FAKE, got {label!r}")
     blend_params = None
     if self_blend:
-        from ..selfblend import SelfBlendParams, params_from_file
+        from dfdc_cli.train.selfblend import SelfBlendParams, params_from_file
 
         # Read before extracting: a bad parameter file should fail in a second, not after an hour.
         blend_params = params_from_file(self_blend_params) if self_blend_params else SelfBlendParams()
     part = parse_shard(shard)
     out_dir = out if out is not None else default_tubes_dir()
-    from ..outputs import check_index_dir
+    from dfdc_cli.commands.outputs import check_index_dir
 
     check_index_dir(out_dir, "--out")
 
     def run():
         executor = None
         if ray is not None:
-            from ..cluster import ExtractExecutor
+            from dfdc_cli.scale.cluster import ExtractExecutor
 
             executor = ExtractExecutor(out_dir, params, device=device)
         return X.extract(
@@ -164,7 +164,7 @@ def extract_cmd(
             summary=not quiet, default_label=default_label, shard=part, executor=executor,
         )
 
-    from ..cluster import run_with
+    from dfdc_cli.scale.cluster import run_with
 
     result = run_with(ray, workers, run)
     if blend_params is not None:
@@ -175,9 +175,9 @@ def extract_cmd(
 
 def _self_blend(result, params, seed: int, quiet: bool) -> None:
     """Self-blended fakes of the run's REAL tubes, appended to the index beside them."""
-    from ..index import write_index
-    from ..selfblend import self_blend_records
-    from ..ui import console, progress, warn
+    from dfdc_cli.faces.index import write_index
+    from dfdc_cli.train.selfblend import self_blend_records
+    from dfdc_cli.ui import console, progress, warn
 
     reals = [t for t in result.tubes if str(t.label).upper() == "REAL"]
     if not reals:

@@ -22,8 +22,8 @@ def list_cmd(
     registered for each and which model is active."""
     from dfdc_cli import paths
     from dfdc_cli.ui import console
-    from models import builtin, store
-    from models.specs import MEMBERS, get_spec
+    from dfdc_models import builtin, store
+    from dfdc_models.specs import MEMBERS, get_spec
 
     entries = store.list_entries()
     broken = store.damaged()
@@ -138,10 +138,10 @@ def import_cmd(
 ) -> None:
     from dfdc_cli.errors import UserError
     from dfdc_cli.ui import err_console, progress
-    from models import store
+    from dfdc_models import store
 
     if member is not None:
-        from models.specs import get_spec
+        from dfdc_models.specs import get_spec
 
         try:
             get_spec(member)
@@ -177,7 +177,7 @@ def print_imported(results, skipped) -> None:
     """The table of registered files (stdout) and one summary line (stderr)."""
     from dfdc_cli import paths
     from dfdc_cli.ui import console, err_console, middle_ellipsis
-    from models.specs import MEMBERS
+    from dfdc_models.specs import MEMBERS
 
     order = {m: i for i, m in enumerate(MEMBERS)}
     done = sorted((r for r in results if r.ok), key=lambda r: (order.get(r.entry.member, len(order)), r.entry.member))
@@ -216,7 +216,7 @@ def activate_cmd(
 ) -> None:
     """Make a registered model the one MEMBER uses."""
     from dfdc_cli.ui import console
-    from models import store
+    from dfdc_models import store
 
     e = store.activate(member, model_id)
     console.print(f"{e.member}: {e.model_id} is active", highlight=False)
@@ -229,7 +229,7 @@ def remove_cmd(
 ) -> None:
     """Delete a registered model (its weights folder)."""
     from dfdc_cli.ui import console
-    from models import store
+    from dfdc_models import store
 
     e = store.remove(member, model_id)
     now = store.active(e.member)
@@ -274,9 +274,9 @@ def calibrate_cmd(
                                     "bench/export_builtin.py exported as the built-in one."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Fit, report and plot, but record nothing."),
 ) -> None:
-    from dfdc_cli.calibrate import calibrate_eval_report, record, summary_line
+    from dfdc_cli.evaluate.calibrate import calibrate_eval_report, record, summary_line
     from dfdc_cli.ui import console, err_console
-    from models.calibration import Calibration
+    from dfdc_models.calibration import Calibration
 
     names = [n.strip() for v in member or [] for n in v.split(",") if n.strip()] or None
     doc, folder = calibrate_eval_report(report, method, band, names)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..runtime import DEVICE_HELP
+from dfdc_cli.runtime import DEVICE_HELP
 
 HELP = """Write the report folder of a scan from its --json output (what `scan --report` writes).
 
@@ -27,9 +27,9 @@ def register(app: typer.Typer) -> None:
         heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Grad-CAM maps (loads the members)."),
         device: str = typer.Option("cpu", "--device", help=DEVICE_HELP + " (for the heatmaps)."),
     ) -> None:
-        from ..report import check_out, load_scan_json, write_report_with_progress
-        from ..runtime import resolve_device
-        from ..ui import err_console
+        from dfdc_cli.report.build import check_out, load_scan_json, write_report_with_progress
+        from dfdc_cli.runtime import resolve_device
+        from dfdc_cli.ui import err_console
 
         out = check_out(out)
         doc = load_scan_json(scan_json)

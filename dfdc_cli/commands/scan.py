@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..runtime import DEVICE_HELP, PRECISION_HELP
-from ..span import SPAN_HELP
+from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
+from dfdc_cli.scan.span import SPAN_HELP
 
 HELP = """Score videos with the ensemble: p(fake) per video, per member and per face.
 
@@ -56,7 +56,7 @@ def split_members(values: Optional[List[str]]) -> Optional[list[str]]:
 
 def scan_with_progress(scanner, videos, desc: str) -> list:
     """Scan ``videos`` under a progress bar, one line per video that failed (shared with eval)."""
-    from ..ui import fail_line, progress
+    from dfdc_cli.ui import fail_line, progress
 
     results = []
     with progress(transient=True) as bar:
@@ -72,7 +72,7 @@ def scan_with_progress(scanner, videos, desc: str) -> list:
 def write_outputs(outputs) -> bool:
     """Write each (option, path, writer) whose path is given; one that fails (a full disk) is one
     line naming the file and the reason, and the others are still written. True when all were."""
-    from ..ui import err_console, fail_line
+    from dfdc_cli.ui import err_console, fail_line
 
     ok = True
     for option, path, write in outputs:
@@ -91,11 +91,11 @@ def write_outputs(outputs) -> bool:
 def check_outputs(outputs: dict, videos, index=None, more_inputs=()) -> None:
     """Refuse, before any work, output files that would replace an input (a scanned video, the
     index's tables) or an existing video, or that cannot be written."""
-    from ..outputs import check_distinct, check_output_file
+    from dfdc_cli.commands.outputs import check_distinct, check_output_file
 
     inputs = [*videos, *more_inputs]
     if index is not None:
-        from ..index import resolve_index, table_paths
+        from dfdc_cli.faces.index import resolve_index, table_paths
 
         inputs.extend(table_paths(resolve_index(index)))
     for option, path in outputs.items():
@@ -104,8 +104,8 @@ def check_outputs(outputs: dict, videos, index=None, more_inputs=()) -> None:
 
 
 def warn_missing_2d(scanner, items) -> None:
-    from ..scaninput import missing_2d_note
-    from ..ui import warn
+    from dfdc_cli.scan.inputs import missing_2d_note
+    from dfdc_cli.ui import warn
 
     note = missing_2d_note(scanner.members, items)
     if note:
@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
             None, "--report", help="Also write a report folder (HTML + PNG, opens from disk): an index "
             "ordered by p(fake), a page per video with its faces, timeline and heatmaps.", show_default=False),
     ) -> None:
-        from ..cluster import run_with
+        from dfdc_cli.scale.cluster import run_with
 
         run_with(ray, None, lambda: _scan(paths, index, members, weights, threshold, device, workers, batch_size,
                                           precision, json_out, csv_out, rescore, ray, shard, members_table,
@@ -176,17 +176,17 @@ def register(app: typer.Typer) -> None:
 
 def _scan(paths, index, members, weights, threshold, device, workers, batch_size, precision, json_out, csv_out,
           rescore, ray, shard, members_table, keep_tubes=False, span="auto", windows=8, report=None) -> None:
-    from ..atomic import write_json
-    from ..scan import make_scanner
-    from ..scaninput import scan_inputs
-    from ..scanresult import Tally, to_json, write_submission
-    from ..shard import parse_shard, part_path
-    from ..span import check_span
-    from ..ui import err_console
+    from dfdc_cli.atomic import write_json
+    from dfdc_cli.scan.scanner import make_scanner
+    from dfdc_cli.scan.inputs import scan_inputs
+    from dfdc_cli.scan.results import Tally, to_json, write_submission
+    from dfdc_cli.scale.shard import parse_shard, part_path
+    from dfdc_cli.scan.span import check_span
+    from dfdc_cli.ui import err_console
 
     span = check_span(span, windows)
     if index is not None and span == "whole":
-        from ..errors import UserError
+        from dfdc_cli.errors import UserError
 
         raise UserError("--span whole reads windows of the videos themselves; with --index the index's tubes are "
                         "scored as they were extracted (leave --span out)")
@@ -199,7 +199,7 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
     csv_out = part_path(csv_out, part) if csv_out is not None else None
     check_outputs({"--json": json_out, "--csv": csv_out}, videos, index)
     if report is not None:
-        from ..report import check_out, write_report_with_progress
+        from dfdc_cli.report.build import check_out, write_report_with_progress
 
         report = check_out(part_path(report, part))
     scanner = make_scanner(split_members(members), weights, threshold, device, workers, batch_size, precision,
@@ -261,7 +261,7 @@ _FIXED = {"faces": 5, "p(fake)": 7, "verdict": 7}  # "(0.500)" and "NO FACE" are
 
 def member_label(name: str) -> str:
     """A member's short column label (I3D-CM for i3d_cutmix_224); other members keep their name."""
-    from models.specs import get_spec
+    from dfdc_models.specs import get_spec
 
     try:
         return get_spec(name).short
@@ -287,7 +287,7 @@ def _plain_table(title: Optional[str] = None):
 
 def table_layout(results, members, width: int) -> tuple[int, bool]:
     """(video column width, whether the member columns fit in the main table) at ``width``."""
-    from ..scanresult import display_names
+    from dfdc_cli.scan.results import display_names
 
     longest = max([len(n) for n in display_names(results)] + [len("video")])
     notes = max([len(_note(r)) for r in results] + [len("note")])
@@ -310,10 +310,10 @@ def results_table(results, members, rule, width: int = 80, inline_members: Optio
     calibrated where the verdicts are) when they fit (``inline_members=None``) or when asked (True).
     Videos without a verdict show their prior in brackets, NO FACE / ERROR as the verdict, and the
     reason; UNSURE ones (weak ones too, with the note saying so) in yellow. ``rule``: the
-    :class:`~dfdc_cli.ensemble.VerdictRule` (or a plain threshold) for the title."""
-    from ..ensemble import VerdictRule
-    from ..scanresult import display_names
-    from ..ui import middle_ellipsis
+    :class:`~dfdc_cli.scan.ensemble.VerdictRule` (or a plain threshold) for the title."""
+    from dfdc_cli.scan.ensemble import VerdictRule
+    from dfdc_cli.scan.results import display_names
+    from dfdc_cli.ui import middle_ellipsis
 
     if not isinstance(rule, VerdictRule):
         rule = VerdictRule.single(rule)
@@ -349,8 +349,8 @@ def member_scores_tables(results, members, width: int = 80) -> list:
     """Compact tables of every member's p(fake) per video (short labels; the video name shortened
     to what the member columns leave): one table, or several when the members do not fit side by
     side at ``width``."""
-    from ..scanresult import display_names
-    from ..ui import middle_ellipsis
+    from dfdc_cli.scan.results import display_names
+    from dfdc_cli.ui import middle_ellipsis
 
     names = display_names(results)
     widths = dict(zip(members, _member_widths(members)))
@@ -383,7 +383,7 @@ def member_scores_tables(results, members, width: int = 80) -> list:
 def print_results(results, members, rule, members_table: bool = False) -> None:
     """Print a scan's tables on stdout, fitted to the console: the member scores inline when they
     fit, as a second table with ``members_table``, otherwise a hint (stderr) how to see them."""
-    from ..ui import console, err_console
+    from dfdc_cli.ui import console, err_console
 
     width = console.width
     console.print(results_table(results, members, rule, width, inline_members=False if members_table else None))

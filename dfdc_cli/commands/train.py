@@ -7,10 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from models.archs import IMAGENET_ARCHS, help_text, resolution_help
-from models.specs import MEMBERS
+from dfdc_models.archs import IMAGENET_ARCHS, help_text, resolution_help
+from dfdc_models.specs import MEMBERS
 
-from ..runtime import DEVICE_HELP, PRECISION_HELP
+from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
 
 def train_cmd(
     member: Optional[str] = typer.Option(
@@ -61,8 +61,8 @@ def train_cmd(
     `deepfake train --arch mc3 --res 112 --epochs 5 --lr 3e-4 --val-parts 45-49`,
     `torchrun --nproc-per-node 4 -m dfdc_cli.cli train --member i3d_224` (DistributedDataParallel).
     """
-    from dfdc_cli import recipe as recipes
-    from dfdc_cli import train as trainer
+    from dfdc_cli.train import recipe as recipes
+    from dfdc_cli.train import trainer
     from dfdc_cli.ui import console, err_console
 
     over = recipes.parse_sets(list(sets or []))

@@ -6,7 +6,7 @@
 - ``tubes blend TUBE``  a self-blended copy of a real tube (MP4 + track), and optionally a sheet that
                         shows real / fake / mask frame by frame: what ``--fakes self-blended`` trains on.
 
-The sheets' geometry: :mod:`dfdc_cli.sheets`.
+The sheets' geometry: :mod:`dfdc_cli.faces.sheets`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import UserError
+from dfdc_cli.errors import UserError
 
 tubes_app = typer.Typer(
     name="tubes",
@@ -38,10 +38,12 @@ def show(
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Draw the track when there is one."),
 ) -> None:
     """Render a contact sheet PNG of a tube (box green = detected frame, yellow = interpolated)."""
-    from ..sheets import default_track, is_2d, load_track_geometry, load_tube_frames, render_sheet, write_png
-    from ..ui import console, warn
+    from dfdc_cli.faces.sheets import (
+        default_track, is_2d, load_track_geometry, load_tube_frames, render_sheet, write_png,
+    )
+    from dfdc_cli.ui import console, warn
 
-    from ..outputs import check_output_file
+    from dfdc_cli.commands.outputs import check_output_file
 
     out = out if out is not None else Path.cwd() / f"{tube.stem}_sheet.png"
     check_output_file(out, "--out", [p for p in (tube, track, default_track(tube)) if p is not None],
@@ -69,9 +71,9 @@ def list_tubes(
     limit: int = typer.Option(0, "--limit", help="Show at most N tubes (0: all)."),
 ) -> None:
     """List the tubes of an index: video, tube id, frames, detector confidence, label, path."""
-    from ..index import TUBES_CSV, has_index, read_records, resolve_index
-    from ..sheets import one_line
-    from ..ui import console
+    from dfdc_cli.faces.index import TUBES_CSV, has_index, read_records, resolve_index
+    from dfdc_cli.faces.sheets import one_line
+    from dfdc_cli.ui import console
 
     folder = resolve_index(index)
     if not has_index(folder):
@@ -109,11 +111,13 @@ def blend(
     """Write a self-blended fake of a real tube (the generator behind `train --fakes self-blended`)."""
     import numpy as np
 
-    from ..selfblend import SelfBlendParams, blend_clip, params_from_file, self_blend_tube
-    from ..sheets import load_track_geometry, load_tube_frames, one_line, render_blend_sheet, write_png
-    from ..ui import console
+    from dfdc_cli.train.selfblend import SelfBlendParams, blend_clip, params_from_file, self_blend_tube
+    from dfdc_cli.faces.sheets import (
+        load_track_geometry, load_tube_frames, one_line, render_blend_sheet, write_png,
+    )
+    from dfdc_cli.ui import console
 
-    from ..outputs import check_distinct, check_output_file
+    from dfdc_cli.commands.outputs import check_distinct, check_output_file
 
     track_path = track if track is not None else tube.with_suffix(".npz")
     out = out if out is not None else Path.cwd() / f"{tube.stem}_sbi{seed}.mp4"

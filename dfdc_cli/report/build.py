@@ -1,0 +1,633 @@
+"""A scan's report folder (`scan --report DIR`, `deepfake report scan.json --out DIR`): HTML and PNG
+that open from disk, no network, no JavaScript.
+
+Built from the scan's JSON document alone (:func:`dfdc_cli.scan.results.to_json`: per video, window,
+face, member and frame), plus the videos themselves for the pictures:
+
+- ``index.html``: one row per video, ordered by p(fake) (videos without a verdict last), with a
+  thumbnail, verdict, p(fake), faces and the note;
+- ``v/<n>-<name>.html`` per video: each face tube's frame strip with its boxes and its p(fake) per
+  member; the timeline of p(fake) over the video (the frame models' per-frame scores, each
+  member's per-tube score over the tube's span, the windows read, the verdict threshold and the
+  UNSURE band when the result carries one); Grad-CAM maps (:mod:`dfdc_cli.report.saliency`) beside the
+  plain crops for the highest-scoring frames of the frame models and the frames that weighed most
+  for the 3D members; the technical facts (models and ids, extraction settings, frames read).
+
+Pictures are thumbnails (strips 128 px high, crops at the member's resolution up to 160 px), so a
+report stays small: the README gives MB per video. A video that is no longer where the scan
+found it gets its page without pictures, saying so. Heatmaps need the members that judged: the
+scanner's (``scan --report``) or those registered with the same model ids (``deepfake report``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from dfdc_cli.errors import UserError
+
+MARKER = ".deepfake-report"  # a folder holding it is a report this tool may replace
+STRIP_FRAMES = 6
+STRIP_HEIGHT = 128
+THUMB_WIDTH = 192
+HEAT_FRAMES = 3  # heatmaps per face and member
+HEAT_SIZE = 160
+SALIENCY_NOTE = ("A heatmap shows where the member's score is most sensitive (Grad-CAM, a saliency map); "
+                 "it is not a mask of manipulated pixels, and a real face gets one too.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and the output folder
+
+
+def check_out(path: str | Path) -> Path:
+    """The report folder, checked before any work: a new or empty folder, or an earlier report
+    (which is replaced); never a file or a folder holding anything else."""
+    p = Path(path).expanduser().resolve()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--report {p}: is a file, not a folder")
+    if p.is_dir() and any(p.iterdir()) and not (p / MARKER).is_file():
+        raise UserError(f"--report {p}: the folder exists and is not a deepfake report; give a new folder")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UserError(f"--report {p}: its parent folder {parent} does not exist")
+    return p
+
+
+def load_scan_json(path: str | Path) -> dict:
+    """A scan's ``--json`` document; a UserError naming the file when it is not one."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read ({exc})") from None
+    except ValueError as exc:
+        raise UserError(f"{p}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list) or "members" not in doc:
+        raise UserError(f"{p}: not the --json output of `deepfake scan` (no 'videos' and 'members')")
+    return doc
+
+
+def unsure_band(doc: Mapping, video: Optional[Mapping] = None) -> Optional[tuple[float, float]]:
+    """The UNSURE band (low, high) a result carries, if any: ``unsure_band`` (what scan writes from
+    the calibration recorded with the model) or ``unsure``, on the video or the scan, as [low, high]
+    or {"low": .., "high": ..}."""
+    for where in (video or {}, doc):
+        if not isinstance(where, Mapping):
+            continue
+        band = where.get("unsure_band", where.get("unsure"))
+        if band is None:
+            continue
+        try:
+            lo, hi = (band.get("low"), band.get("high")) if isinstance(band, Mapping) else band
+            lo, hi = float(lo), float(hi)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= lo < hi <= 1:
+            return lo, hi
+    return None
+
+
+def slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "video"
+    return s[:60]
+
+
+def ordered(videos: Sequence[Mapping]) -> list[int]:
+    """Video indices by p(fake), highest first; videos without a verdict after them (no face, then
+    errors), each group by name."""
+    def key(i):
+        v = videos[i]
+        group = 0 if v.get("verdict") else (1 if v.get("status") == "no_face" else 2)
+        return (group, -float(v.get("p_fake") or 0.0) if group == 0 else 0.0, str(v.get("name", "")))
+
+    return sorted(range(len(videos)), key=key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+
+def _png(path: Path, rgb: np.ndarray) -> None:
+    """An RGB picture as a 256-colour PNG: a third of the full-colour file, and thumbnails do not
+    need more (what keeps a report of many videos small)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def _box_at(face: Mapping, frame: int) -> Optional[list[int]]:
+    """The face's box at ``frame``: the nearest sampled one (every 10th frame)."""
+    boxes = face.get("boxes") or []
+    if not boxes:
+        return list(face.get("box") or []) or None
+    return list(min(boxes, key=lambda b: abs(int(b[0]) - frame))[1:5])
+
+
+def strip_frames(face: Mapping, n: int = STRIP_FRAMES) -> list[int]:
+    first, last = int(face["first_frame"]), int(face["last_frame"])
+    if last <= first:
+        return [first]
+    return sorted({int(round(first + k * (last - first) / (n - 1))) for k in range(n)})
+
+
+def _scaled_with_box(frames, i: int, box, height: int, colour=(255, 64, 64)) -> np.ndarray:
+    import cv2
+
+    w = max(2, int(round(frames.width * height / frames.height)))
+    img = np.ascontiguousarray(frames.rgb_resized(i, w, height))
+    if box:
+        s = height / frames.height
+        x1, y1, x2, y2 = (int(round(v * s)) for v in box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
+    return img
+
+
+def _crop_2d_box(face: Mapping, k: int) -> Optional[np.ndarray]:
+    """The 2D crop box of tube frame ``k`` as extracted (from the track in the scan cache), or
+    one like it from the sampled boxes when the track is gone."""
+    from dfdc_cli.faces.index import Track
+    from dfdc_cli.faces.tubes import box_2d_crops
+
+    tp = face.get("track_path") or ""
+    if tp:
+        try:
+            boxes = box_2d_crops(Track.load(tp), n=k + 1)
+            if len(boxes) > k:
+                return boxes[k]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    b = _box_at(face, int(face["first_frame"]) + k)
+    if not b:
+        return None
+    cx, cy, side = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, 1.2 * max(b[2] - b[0], b[3] - b[1])
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+class _Needs:
+    """What a video's pictures need from its frames, gathered in one decode."""
+
+    def __init__(self):
+        self.strip: dict[int, list] = {}  # frame -> [(face idx, box)]
+        self.thumb: Optional[tuple[int, Optional[list]]] = None
+        self.crops_2d: dict[tuple[int, int], np.ndarray] = {}  # (face idx, k) -> crop box
+        self.tubes_3d: dict[int, tuple[int, int, list]] = {}  # face idx -> (first, last, box)
+
+    def last(self) -> int:
+        frames = list(self.strip) + ([self.thumb[0]] if self.thumb else [])
+        for (fi, k) in self.crops_2d:
+            frames.append(self._first[fi] + k)
+        frames += [t[1] for t in self.tubes_3d.values()]
+        return max(frames, default=0)
+
+
+def _decode_needed(path: str, needs: _Needs, faces: Sequence[Mapping]) -> dict:
+    """One decode of the video up to the last frame needed: strip images, the thumbnail, 2D crops
+    and 3D tubes, as extracted (:mod:`dfdc_cli.faces.extract.crops`)."""
+    from dfdc_cli.faces.extract.crops import _frame_2d, _square_tube_frame, _tube_square
+    from dfdc_cli.faces.index import TUBE_SIZE
+    from dfdc_cli.faces.video import decode_iter
+
+    needs._first = {fi: int(f["first_frame"]) for fi, f in enumerate(faces)}
+    end = needs.last()
+    got: dict = {"strip": {}, "thumb": None, "crops_2d": {}, "tubes_3d": {}}
+    tubes = {fi: (np.empty((last - first + 1, TUBE_SIZE, TUBE_SIZE, 3), np.uint8), _tube_square(box))
+             for fi, (first, last, box) in needs.tubes_3d.items()}
+    by_frame_2d: dict[int, list] = {}
+    for (fi, k), box in needs.crops_2d.items():
+        by_frame_2d.setdefault(needs._first[fi] + k, []).append((fi, k, box))
+    frames = None
+    for frames in decode_iter(path, max_frames=end + 1):
+        i = len(frames) - 1
+        if i in needs.strip:
+            got["strip"][i] = _scaled_with_box(frames, i, None, STRIP_HEIGHT), frames.height
+        if needs.thumb and i == needs.thumb[0]:
+            got["thumb"] = _scaled_with_box(frames, i, needs.thumb[1], int(round(THUMB_WIDTH * frames.height / frames.width)))
+        for fi, k, box in by_frame_2d.get(i, ()):
+            got["crops_2d"][(fi, k)] = _frame_2d(frames, i, box, TUBE_SIZE)
+        for fi, (first, last, box) in needs.tubes_3d.items():
+            if first <= i <= last:
+                tubes[fi][0][i - first] = _square_tube_frame(frames, i, tuple(int(v) for v in box), TUBE_SIZE, tubes[fi][1])
+        frames.drop_before(i + 1)
+    got["tubes_3d"] = {fi: t[0] for fi, t in tubes.items()}
+    got["height"] = frames.height if frames is not None else 0
+    return got
+
+
+def _draw_strip(face_idx: int, face: Mapping, got: dict) -> Optional[np.ndarray]:
+    import cv2
+
+    tiles = []
+    for i in strip_frames(face):
+        if i not in got["strip"]:
+            continue
+        img, src_h = got["strip"][i]
+        img = img.copy()
+        b = _box_at(face, i)
+        if b:
+            s = STRIP_HEIGHT / src_h
+            cv2.rectangle(img, (int(b[0] * s), int(b[1] * s)), (int(b[2] * s), int(b[3] * s)), (255, 64, 64), 2)
+        cv2.putText(img, str(i), (4, STRIP_HEIGHT - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(img)
+        tiles.append(np.full((STRIP_HEIGHT, 3, 3), 255, np.uint8))
+    return np.concatenate(tiles[:-1], axis=1) if tiles else None
+
+
+def score_map(doc: Mapping) -> Callable[[str, Sequence[float]], list[float]]:
+    """(member, raw scores) -> the scores on the scale of the verdict threshold and band: each
+    member's recorded calibration applied when the scan applied them (``calibrated``), else as they
+    are. A face's per-tube and per-frame figures in the JSON are raw; the threshold and band of a
+    calibrated model are on the calibrated scale."""
+    from dfdc_models.calibration import Calibration
+
+    cals = {m: Calibration.from_dict(c) for m, c in (doc.get("calibrations") or {}).items() if c} \
+        if doc.get("calibrated") else {}
+
+    def apply(member: str, ps: Sequence[float]) -> list[float]:
+        c = cals.get(member)
+        return [float(c.apply(float(p))) if c is not None else float(p) for p in ps]
+
+    return apply
+
+
+def draw_timeline(path: Path, video: Mapping, members: Sequence[str], threshold: float,
+                  band: Optional[tuple[float, float]], short: Callable[[str], str] = str,
+                  scale: Optional[Callable[[str, Sequence[float]], list[float]]] = None,
+                  calibrated: bool = False) -> None:
+    """p(fake) over the video's frames: per face, the frame models' per-frame scores (dots and
+    line) and each member's tube score over the tube's span (segment); the windows read (grey),
+    the verdict threshold and the UNSURE band. ``scale`` (:func:`score_map`) puts the scores on the
+    threshold's scale (calibrated models)."""
+    scale = scale or (lambda _m, ps: [float(p) for p in ps])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    faces = video.get("faces") or []
+    n = int(video.get("n_frames") or 0)
+    read = video.get("frames_read") or []
+    end = max([n] + [int(r[1]) + 1 for r in read] + [int(f["last_frame"]) + 1 for f in faces] + [1])
+    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
+    try:
+        for a, b in read:
+            ax.axvspan(a, b + 1, color="#eeeeee", zorder=0, lw=0)
+        if band:
+            ax.axhspan(band[0], band[1], color="#ffd54f", alpha=0.35, zorder=1, lw=0, label="UNSURE")
+        ax.axhline(threshold, color="#c62828", ls="--", lw=1.2, zorder=2, label=f"threshold {threshold:g}")
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        styles = ["-", (0, (4, 2)), (0, (1, 1)), (0, (6, 2, 1, 2)), (0, (3, 1, 1, 1))]
+        for fi, f in enumerate(faces):
+            c = colours[fi % len(colours)]
+            first, last = int(f["first_frame"]), int(f["last_frame"])
+            label = f"face {f['tube_id']}"
+            for mi, (m, p) in enumerate(sorted((f.get("members") or {}).items())):
+                (p,) = scale(m, [p])
+                ax.plot([first, last + 1], [p, p], color=c, ls=styles[mi % len(styles)], lw=2.2, alpha=0.8,
+                        zorder=3, label=f"{label} {short(m)} (tube)")
+            for m, ps in sorted((f.get("frame_scores") or {}).items()):
+                xs = np.arange(first, first + len(ps))
+                ax.plot(xs, scale(m, ps), color=c, marker="o", ms=2.5, lw=0.8, alpha=0.9, zorder=4,
+                        label=f"{label} {short(m)} (per frame)")
+        ax.set_xlim(0, end)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("frame" + (f" ({float(video['fps']):g} fps; grey: frames read)" if video.get("fps") else
+                                 " (grey: frames read)"))
+        ax.set_ylabel("p(fake), calibrated" if calibrated else "p(fake)")
+        handles, labels = ax.get_legend_handles_labels()
+        if len(labels) > 10:
+            handles, labels = handles[:10], labels[:10]
+        ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Heatmaps
+
+
+def _heatmaps(fi: int, face: Mapping, got: dict, members: Mapping[str, object], folder: Path,
+              stem: str) -> list[dict]:
+    """Heatmap pairs (plain crop, map) of one face: the frame models' highest-scoring frames and
+    the frames that weighed most for the 3D members. Returns [{member, frame, p, plain, heat}]."""
+    from dfdc_cli.report.saliency import clip_cam, frame_cam, overlay, top_frames
+
+    import cv2
+
+    def save(img: np.ndarray, name: str) -> str:
+        img = cv2.resize(img, (HEAT_SIZE, HEAT_SIZE), interpolation=cv2.INTER_AREA) if img.shape[0] > HEAT_SIZE else img
+        _png(folder / name, img)
+        return name
+
+    out = []
+    for m, model in members.items():
+        if m not in (face.get("members") or {}):
+            continue
+        if model.spec.kind == "2d":
+            ps = (face.get("frame_scores") or {}).get(m) or []
+            ks = [int(k) for k in np.argsort(-np.asarray(ps), kind="stable")[:HEAT_FRAMES]] if ps else [0]
+            for k in ks:
+                crop = got["crops_2d"].get((fi, k))
+                if crop is None:
+                    continue
+                seen, cam = frame_cam(model, crop, flipped=(k % 2 == 0))
+                name = f"{stem}-{m}-f{k}"
+                out.append({"member": m, "frame": int(face["first_frame"]) + k,
+                            "p": float(ps[k]) if k < len(ps) else None,
+                            "plain": save(seen, f"{name}.png"), "heat": save(overlay(seen, cam), f"{name}-cam.png")})
+        else:
+            tube = got["tubes_3d"].get(fi)
+            if tube is None:
+                continue
+            seen, cam = clip_cam(model, tube)
+            for t in top_frames(cam, HEAT_FRAMES):
+                name = f"{stem}-{m}-t{t}"
+                out.append({"member": m, "frame": int(face["first_frame"]) + t, "p": None,
+                            "plain": save(seen[t], f"{name}.png"), "heat": save(overlay(seen[t], cam[t]), f"{name}-cam.png")})
+    return out
+
+
+def load_report_members(doc: Mapping, device: str = "cpu") -> tuple[dict, list[str]]:
+    """The members that judged the scan, loaded (registered or built-in) when their model id is
+    still the one the scan used: ({name: MemberModel}, notes on those that are not)."""
+    from dfdc_cli.scan.members import load_member
+
+    models, notes = {}, []
+    for name in doc.get("members") or []:
+        want = (doc.get("models") or {}).get(name, "")
+        try:
+            m = load_member(name, device)
+        except UserError as exc:
+            notes.append(f"{name}: no heatmaps ({exc})")
+            continue
+        if want and m.model_id != want:
+            notes.append(f"{name}: no heatmaps (the scan used model {want}; {m.model_id or 'another'} is registered now)")
+            continue
+        if m.module is not None:
+            models[name] = m.module
+    return models, notes
+
+
+# ----------------------------------------------------------------------------------------------
+# Pages
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222;max-width:1200px}
+table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}
+th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
+.FAKE{color:#b71c1c;font-weight:bold}.REAL{color:#1b5e20;font-weight:bold}.NOFACE{color:#8d6e00}.ERROR{color:#6a1b9a}
+.UNSURE{color:#e65100;font-weight:bold}
+img{image-rendering:auto}img.thumb{max-width:128px;max-height:96px}.note{color:#555;font-size:90%}.heat td{border:none;padding:2px 6px;text-align:center;font-size:85%}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:bold}dd{margin:0}
+code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(p) -> str:
+    return "-" if p is None or (isinstance(p, float) and math.isnan(p)) else f"{float(p):.3f}"
+
+
+def _verdict_cell(v: Mapping) -> str:
+    if v.get("verdict"):
+        return f'<span class="{_e(v["verdict"])}">{_e(v["verdict"])}</span>'
+    if v.get("status") == "no_face":
+        return '<span class="NOFACE">NO FACE</span>'
+    return '<span class="ERROR">ERROR</span>'
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _facts(doc: Mapping, v: Mapping) -> str:
+    rows = [
+        ("tool", doc.get("tool", "")),
+        ("judged by", doc.get("judged_by", "")),
+        ("models", ", ".join(f"{m} ({(doc.get('models') or {}).get(m, '')}, weight "
+                             f"{(doc.get('weights') or {}).get(m, 1.0):g})" for m in doc.get("members") or [])),
+        ("threshold", f"FAKE at p(fake) >= {doc.get('threshold', 0.5):g}"
+                      + (f"; UNSURE in [{unsure_band(doc, v)[0]:g}, {unsure_band(doc, v)[1]:g})" if unsure_band(doc, v) else "")),
+        ("span", f"{v.get('span', doc.get('span', 'first'))} (up to {doc.get('max_windows', 1)} windows of "
+                 f"{(doc.get('extraction') or {}).get('first_frames', 100)} frames; a video's p(fake) is its "
+                 "highest window's)" if len(v.get("windows") or []) > 1 else v.get("span", doc.get("span", "first"))),
+        ("frames read", ", ".join(f"{a}-{b}" for a, b in v.get("frames_read") or []) +
+         (f" of {v['n_frames']}" if v.get("n_frames") else "") + (f" at {float(v['fps']):g} fps" if v.get("fps") else "")),
+        ("extraction", ", ".join(f"{k}={_json_short(x)}" for k, x in (doc.get("extraction") or {}).items())),
+        ("device", doc.get("device", "")),
+        ("extraction time", f"{float(v.get('extract_seconds') or 0):.1f} s"),
+        ("file", v.get("video", "")),
+    ]
+    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(x)}</dd>" for k, x in rows) + "</dl>"
+
+
+def _json_short(x) -> str:
+    return json.dumps(x) if isinstance(x, (list, dict)) else str(x)
+
+
+def _member_table(members: Sequence[str], faces: Sequence[Mapping], short: Callable[[str], str]) -> str:
+    head = "<tr><th>face</th><th>window</th><th>frames</th>" + "".join(
+        f'<th class="num" title="{_e(m)}">{_e(short(m))}</th>' for m in members) + '<th class="num">p(fake)</th></tr>'
+    rows = []
+    for f in faces:
+        rows.append(f"<tr><td>{_e(f['tube_id'])}</td><td>{int(f.get('window') or 0) + 1}</td>"
+                    f"<td>{_e(f['first_frame'])}-{_e(f['last_frame'])}</td>" +
+                    "".join(f'<td class="num">{_fmt((f.get("members") or {}).get(m))}</td>' for m in members) +
+                    f'<td class="num"><b>{_fmt(f.get("p_fake"))}</b></td></tr>')
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _short_label(name: str) -> str:
+    try:
+        from dfdc_models.specs import get_spec
+
+        return get_spec(name).short
+    except KeyError:
+        return name
+
+
+def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Sequence[str]) -> str:
+    """The HTML of one video's page (``assets``: its picture folder, relative to the page)."""
+    members = list(doc.get("members") or [])
+    faces = v.get("faces") or []
+    parts = ['<p><a href="../index.html">&larr; all videos</a></p>',
+             f"<h1>{_e(v.get('name'))}</h1>",
+             f"<p>{_verdict_cell(v)} &nbsp; p(fake) <b>{_fmt(v.get('p_fake')) if v.get('verdict') else '(' + _fmt(v.get('p_fake')) + ')'}</b>"
+             f" &nbsp; faces {len(faces)}</p>"]
+    if v.get("reason"):
+        parts.append(f'<p class="note">{_e(v["reason"])}</p>')
+    for n in notes:
+        parts.append(f'<p class="note">{_e(n)}</p>')
+    if pictures.get("timeline"):
+        parts.append("<h2>Timeline</h2>"
+                     f'<p><img src="{_e(assets)}/{_e(pictures["timeline"])}" alt="p(fake) over time" width="900"></p>'
+                     '<p class="note">Lines: each member\'s p(fake) of a face tube over the frames it spans; dots: a '
+                     "frame model's p(fake) of single frames (every other one mirrored, as scored). Grey: the frames "
+                     "read; dashed red: the verdict threshold" + ("; yellow: the UNSURE band." if unsure_band(doc, v) else ".") +
+                     "</p>")
+    if faces:
+        parts.append("<h2>Faces</h2>" + _member_table(members, faces, _short_label))
+    for fi, f in enumerate(faces):
+        parts.append(f"<h3>Face {_e(f['tube_id'])}: frames {_e(f['first_frame'])}-{_e(f['last_frame'])}, "
+                     f"p(fake) {_fmt(f.get('p_fake'))}</h3>")
+        strip = pictures.get("strips", {}).get(fi)
+        if strip:
+            parts.append(f'<p><img src="{_e(assets)}/{_e(strip)}" alt="frames of face {_e(f["tube_id"])} with its box"></p>')
+        heats = pictures.get("heat", {}).get(fi) or []
+        if heats:
+            cells = "".join(
+                f'<td><img src="{_e(assets)}/{_e(h["plain"])}" alt="crop" width="{HEAT_SIZE}">'
+                f'<img src="{_e(assets)}/{_e(h["heat"])}" alt="heatmap" width="{HEAT_SIZE}"><br>'
+                f'{_e(_short_label(h["member"]))}, frame {h["frame"]}'
+                + (f", p(fake) {_fmt(h['p'])}" if h.get("p") is not None else "") + "</td>" for h in heats)
+            parts.append(f'<p class="note">{_e(SALIENCY_NOTE)}</p><table class="heat"><tr>{cells}</tr></table>')
+    parts.append("<h2>Technical facts</h2>" + _facts(doc, v))
+    return _page(str(v.get("name", "video")), "\n".join(parts))
+
+
+def index_page(doc: Mapping, rows: Sequence[tuple[Mapping, str, Optional[str]]]) -> str:
+    """The index: (video, page, thumbnail) rows in the order given."""
+    band = unsure_band(doc)
+    head = ('<tr><th></th><th>video</th><th>verdict</th><th class="num">p(fake)</th><th class="num">faces</th>'
+            "<th>note</th></tr>")
+    body = []
+    for v, page, thumb in rows:
+        img = f'<a href="{_e(page)}"><img class="thumb" src="{_e(thumb)}" alt=""></a>' if thumb else ""
+        p = _fmt(v.get("p_fake")) if v.get("verdict") else f"({_fmt(v.get('p_fake'))})"
+        body.append(f'<tr><td>{img}</td><td><a href="{_e(page)}">{_e(v.get("name"))}</a></td>'
+                    f'<td>{_verdict_cell(v)}</td><td class="num">{p}</td><td class="num">{_e(v.get("n_faces", 0))}</td>'
+                    f'<td class="note">{_e(v.get("reason", ""))}</td></tr>')
+    counts = {k: sum(1 for v, _, _ in rows if (v.get("verdict") or v.get("status")) == k)
+              for k in ("FAKE", "UNSURE", "REAL", "no_face", "error")}
+    summary = (f"{len(rows)} videos: {counts['FAKE']} FAKE, "
+               + (f"{counts['UNSURE']} UNSURE, " if counts["UNSURE"] else "")
+               + f"{counts['REAL']} REAL, {counts['no_face']} no face, "
+               f"{counts['error']} failed. Verdict FAKE at p(fake) &gt;= {float(doc.get('threshold', 0.5)):g}"
+               + (f"; UNSURE between {band[0]:g} and {band[1]:g}" if band else "") + ".")
+    intro = (f"<h1>deepfake scan report</h1><p>{summary}</p><p class=\"note\">{_e(doc.get('judged_by', ''))}. "
+             f"Ordered by p(fake), highest first; videos without a verdict last.</p>")
+    return _page("deepfake scan report", intro + f"<table>{head}{''.join(body)}</table>")
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def _video_pictures(doc: Mapping, v: Mapping, folder: Path, members: Mapping[str, object], heatmaps: bool) -> tuple[dict, list[str]]:
+    """Draw one video's pictures into ``folder``: (file names by role, notes)."""
+    from dfdc_cli.errors import VideoError
+
+    faces = v.get("faces") or []
+    pics: dict = {"strips": {}, "heat": {}}
+    notes: list[str] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    if faces or v.get("frames_read"):
+        draw_timeline(folder / "timeline.png", v, doc.get("members") or [], float(doc.get("threshold", 0.5)),
+                      unsure_band(doc, v), _short_label, score_map(doc), bool(doc.get("calibrated")))
+        pics["timeline"] = "timeline.png"
+    if v.get("status") == "error":
+        return pics, notes
+    needs = _Needs()
+    for fi, f in enumerate(faces):
+        for i in strip_frames(f):
+            needs.strip.setdefault(i, []).append(fi)
+    if faces:
+        best = max(faces, key=lambda f: float(f.get("p_fake") or 0.0))
+        mid = (int(best["first_frame"]) + int(best["last_frame"])) // 2
+        needs.thumb = (mid, _box_at(best, mid))
+    else:
+        read = v.get("frames_read") or [[0, 0]]
+        needs.thumb = ((int(read[0][0]) + int(read[0][1])) // 2, None)
+    if heatmaps:
+        for fi, f in enumerate(faces):
+            for m, model in members.items():
+                if m not in (f.get("members") or {}):
+                    continue
+                if model.spec.kind == "2d":
+                    ps = (f.get("frame_scores") or {}).get(m) or []
+                    ks = [int(k) for k in np.argsort(-np.asarray(ps), kind="stable")[:HEAT_FRAMES]] if ps else [0]
+                    for k in ks:
+                        box = _crop_2d_box(f, k)
+                        if box is not None:
+                            needs.crops_2d[(fi, k)] = box
+                else:
+                    needs.tubes_3d[fi] = (int(f["first_frame"]), int(f["last_frame"]), list(f["box"]))
+    try:
+        got = _decode_needed(str(v.get("video", "")), needs, faces)
+    except VideoError as exc:
+        notes.append(f"no pictures: the video cannot be read now ({exc})")
+        return pics, notes
+    if got["thumb"] is not None:
+        _png(folder / "thumb.png", got["thumb"])
+        pics["thumb"] = "thumb.png"
+    for fi, f in enumerate(faces):
+        strip = _draw_strip(fi, f, got)
+        if strip is not None:
+            _png(folder / f"strip-{fi}.png", strip)
+            pics["strips"][fi] = f"strip-{fi}.png"
+        if heatmaps and members:
+            pics["heat"][fi] = _heatmaps(fi, f, got, members, folder, f"face{fi}")
+    return pics, notes
+
+
+def write_report(doc: Mapping, out: str | Path, members: Optional[Mapping[str, object]] = None,
+                 heatmaps: bool = True, on_video: Optional[Callable[[str], None]] = None,
+                 notes: Sequence[str] = ()) -> Path:
+    """Write the report of a scan document into ``out`` (replaced as a whole when done: an earlier
+    report there is never half-overwritten). ``members``: name -> MemberModel for the heatmaps
+    (None: none). ``on_video(name)`` is called as each video is done. Returns ``out``."""
+    from dfdc_cli.atomic import atomic_dir
+
+    out = check_out(out)
+    videos = list(doc.get("videos") or [])
+    with atomic_dir(out) as tmp:
+        (tmp / MARKER).write_text("written by deepfake scan --report / deepfake report\n")
+        (tmp / "v").mkdir()
+        rows = []
+        names = set()
+        for n, i in enumerate(ordered(videos)):
+            v = videos[i]
+            base = f"{n + 1:03d}-{slug(str(v.get('name', 'video')))}"
+            while base in names:
+                base += "_"
+            names.add(base)
+            pics, vnotes = _video_pictures(doc, v, tmp / "v" / base, members or {}, heatmaps)
+            (tmp / "v" / f"{base}.html").write_text(video_page(doc, v, base, pics, list(notes) + vnotes))
+            rows.append((v, f"v/{base}.html", f"v/{base}/{pics['thumb']}" if pics.get("thumb") else None))
+            if on_video is not None:
+                on_video(str(v.get("name", "")))
+        (tmp / "index.html").write_text(index_page(doc, rows))
+    return out
+
+
+def write_report_with_progress(doc: Mapping, out: str | Path, members: Optional[Mapping[str, object]] = None,
+                               device: str = "cpu") -> Path:
+    """:func:`write_report` under a progress bar; ``members`` None: the scan's members are loaded
+    (those whose model id is unchanged) for the heatmaps."""
+    from dfdc_cli.ui import progress, warn
+
+    notes: list[str] = []
+    if members is None:
+        members, notes = load_report_members(doc, device)
+        for n in notes:
+            warn(n)
+    videos = doc.get("videos") or []
+    with progress(transient=True) as bar:
+        task = bar.add_task("report", total=len(videos), status="")
+        return write_report(doc, out, members, on_video=lambda name: bar.update(task, advance=1, status=name),
+                            notes=notes)

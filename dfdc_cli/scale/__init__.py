@@ -1,0 +1,1 @@
+"""Many machines: the Ray cluster and job-array shards."""
