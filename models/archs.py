@@ -52,6 +52,8 @@ class PackagedWeights:
 
 def _resolve(ref: str) -> Callable[..., Any]:
     module, _, name = ref.partition(":")
+    if module == "models" or module.startswith("models."):
+        module = "dfdc_" + module  # a reference written before the package was named dfdc_models (0.1.0)
     return getattr(importlib.import_module(module), name)
 
 

@@ -173,7 +173,7 @@ def carphone_540p(tmp_path_factory, carphone_path):
 def test_peak_memory_stays_bounded_as_the_video_gets_longer(tmp_path, carphone_540p):
     """1,200 decoded 960x540 frames are 0.93 GB: held, they would push the 10x video's peak far
     above the 1x one's (which holds its 120 frames)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DEEPFAKE_EXTRACT_HOLD_MB": "256"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "DEEPFAKE_EXTRACT_HOLD_MB": "256"}
     peaks = []
     for i, path in enumerate(carphone_540p):
         out = subprocess.run(

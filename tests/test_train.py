@@ -344,7 +344,7 @@ def test_torchrun_two_processes_ddp(tiny_index, tmp_path):
            "train", "--member", "mc3_112", "--index", str(tiny_index), "--init", "scratch", "--epochs", "1",
            "--batch-size", "5", "--workers", "0", "--device", "cpu", "--run-dir", str(run),
            "--set", "data.clip_frames=8", "--set", "data.input_res=32", "--set", "data.val_fraction=0.25"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])),
                TTY_COMPATIBLE="1")  # (rich: draw bars as on a terminal)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
