@@ -71,11 +71,11 @@ def _venv(dest: Path, wheel: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory, worker_id):
+def installed(tmp_path_factory):
     """(wheel, venv): built and installed once per session, shared by the xdist workers."""
     shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        shared = shared.parent
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above the workers' own
     root = shared / "packaging"
     with FileLock(str(shared / "packaging.lock")):
         done = root / "done.json"
