@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 from dfdc_models.calibration import FAKE, REAL, UNSURE, Calibration, band_verdict
 
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_OK
+from dfdc_cli.scan.results import PRIOR, VideoScan  # the records are a leaf: they import nothing of this
 
-if TYPE_CHECKING:
-    from dfdc_cli.scan.results import VideoScan
 
 CLIP_LO, CLIP_HI = 0.001, 0.999
-PRIOR = 0.5  # p(fake) of a video with no face or that failed (the seed's rule)
 
 
 def clip_p(p: float) -> float:

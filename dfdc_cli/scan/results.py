@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from dfdc_cli.scan.ensemble import PRIOR
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+
+PRIOR = 0.5  # p(fake) of a video with no face or that failed (the seed's rule; scan.ensemble applies it)
 
 
 @dataclass
