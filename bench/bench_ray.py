@@ -32,7 +32,8 @@ def main() -> None:
     import ray
 
     from dfdc_cli.faces import extract as X
-    from dfdc_cli.scale.cluster import ExtractExecutor, local_priority
+    from dfdc_cli.faces.extract.cluster import ExtractExecutor
+    from dfdc_cli.scale.cluster import local_priority
     from dfdc_cli.faces.index import read_tubes, read_videos
     from dfdc_cli.faces.inputs import collect_inputs
 

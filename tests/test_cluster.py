@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dfdc_cli.faces.extract import cluster as XC
 from dfdc_cli.scale import cluster as C
 from dfdc_cli.faces import extract as X
 from dfdc_cli.faces.index import Track, read_tubes
@@ -53,14 +54,14 @@ def test_ray_extract_gives_the_local_index_and_resumes(ray_cluster, tmp_path, sm
         # float32 detections: other torch thread counts may change the last bits, not the geometry
         assert np.array_equal(a.frames, b.frames) and np.allclose(a.boxes, b.boxes, atol=1e-3)
     # A second run (e.g. after an interruption) finds every finished video in the shared store.
-    res = X.extract([small_batch], out, TRAIN, progress=False, quiet=True, executor=C.ExtractExecutor(out, TRAIN))
+    res = X.extract([small_batch], out, TRAIN, progress=False, quiet=True, executor=XC.ExtractExecutor(out, TRAIN))
     assert res.cached == 3 and res.n_errors == 1
 
 
 def test_detector_actor_gives_the_same_index(ray_cluster, tmp_path, small_batch, small_batch_index):
     """The GPU path's detector actor (here on the CPU: no GPU in CI) gives the same tubes."""
     out = tmp_path / "actor"
-    ex = C.ExtractExecutor(out, TRAIN, detect_actors=1, actor_device="cpu")
+    ex = XC.ExtractExecutor(out, TRAIN, detect_actors=1, actor_device="cpu")
     res = X.extract([small_batch], out, TRAIN, progress=False, quiet=True, executor=ex)
     assert res.n_errors == 1
     assert_same_index(out, small_batch_index)
@@ -73,13 +74,13 @@ def _dying_job(path, out_dir, params, detectors):
     if name == "two_faces.mp4" or (name == "no_face.mp4" and not marker.exists()):
         marker.touch()
         os._exit(3)
-    return C._extract_job(path, out_dir, params, detectors)
+    return XC._extract_job(path, out_dir, params, detectors)
 
 
 def test_a_dying_worker_is_retried_then_reported(ray_cluster, tmp_path, small_batch):
     out = tmp_path / "out"
     out.mkdir()
-    ex = C.ExtractExecutor(out, TRAIN, max_retries=1, job=_dying_job)
+    ex = XC.ExtractExecutor(out, TRAIN, max_retries=1, job=_dying_job)
     res = X.extract([small_batch], out, TRAIN, progress=False, quiet=True, executor=ex)
     by = {v.name: v for v in res.videos}
     assert by["two_faces.mp4"].status == "error" and "worker died" in by["two_faces.mp4"].reason

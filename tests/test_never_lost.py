@@ -127,12 +127,12 @@ def test_scan_table_and_csv_tell_same_named_videos_apart(tmp_path, monkeypatch, 
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a scan or an eval starts scoring (the output check must come first)."""
-    import dfdc_cli.scan.scanner
+    import dfdc_cli.scan.factory
 
     def started(*_a, **_k):
         pytest.fail("the work started before the output path was checked")
 
-    monkeypatch.setattr(dfdc_cli.scan.scanner, "make_scanner", started)
+    monkeypatch.setattr(dfdc_cli.scan.factory, "make_scanner", started)
 
 
 def _one_error_line(err: str, *words: str) -> None:

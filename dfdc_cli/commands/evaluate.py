@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         )
         from dfdc_cli.faces.index import resolve_index, table_paths
         from dfdc_cli.commands.outputs import check_report_dir
-        from dfdc_cli.scan.scanner import make_scanner
+        from dfdc_cli.scan.factory import make_scanner
         from dfdc_cli.ui import console, err_console
         from dfdc_cli.commands.scan import scan_with_progress, split_members, warn_missing_2d
 

@@ -156,7 +156,7 @@ def extract_cmd(
     def run():
         executor = None
         if ray is not None:
-            from dfdc_cli.scale.cluster import ExtractExecutor
+            from dfdc_cli.faces.extract.cluster import ExtractExecutor
 
             executor = ExtractExecutor(out_dir, params, device=device)
         return X.extract(

@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
 def _scan(paths, index, members, weights, threshold, device, workers, batch_size, precision, json_out, csv_out,
           rescore, ray, shard, members_table, keep_tubes=False, span="auto", windows=8, report=None) -> None:
     from dfdc_cli.atomic import write_json
-    from dfdc_cli.scan.scanner import make_scanner
+    from dfdc_cli.scan.factory import make_scanner
     from dfdc_cli.scan.inputs import scan_inputs
     from dfdc_cli.scan.results import Tally, to_json, write_submission
     from dfdc_cli.scale.shard import parse_shard, part_path

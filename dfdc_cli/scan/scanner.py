@@ -36,12 +36,12 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from dfdc_cli.scan.ensemble import CLIP_HI, CLIP_LO, PRIOR, aggregate_video, parse_weights, verdict_rule
+from dfdc_cli.scan.ensemble import CLIP_HI, CLIP_LO, PRIOR, aggregate_video, verdict_rule
 from dfdc_cli.faces.extract.params import LOW_THRESHOLDS, fallback_stage
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_OK
-from dfdc_cli.scan.members import Member, is_builtin, load_members, resolve_members
-from dfdc_cli.runtime import autocast, autocast_dtype, check_precision, effective_precision, resolve_device
-from dfdc_cli.scan.inputs import Extracted, LoadedTube, items_extractor, read_tube, stream_extract
+from dfdc_cli.scan.members import Member, is_builtin, load_members
+from dfdc_cli.runtime import autocast, autocast_dtype, effective_precision, resolve_device
+from dfdc_cli.scan.inputs import Extracted, LoadedTube, read_tube, stream_extract
 from dfdc_cli.scan.results import FaceScore, VideoScan
 
 
@@ -570,27 +570,3 @@ def _scan_settings() -> dict:
     d = PRESETS["scan"].to_dict()
     d.pop("span_window", None)
     return d
-
-
-def make_scanner(members: Optional[Sequence[str]], weights: Optional[str], threshold: Optional[float], device, workers,
-                 batch_size: int, precision: str = "auto", rescore: bool = False, ray: bool = False,
-                 items: Optional[Sequence[Extracted]] = None, keep_tubes: bool = False,
-                 span: str = "first", windows: int = 8):
-    """The scanner of `deepfake scan` and `deepfake eval`: ``members`` (None: the available ones),
-    ``weights`` as given to --weights; scores are cached under the cache dir. ``items``: index
-    items to score (``--index``, aligned with the paths scanned) instead of extracting. ``ray``: a
-    :class:`~dfdc_cli.scale.cluster.RayScanner` whose actors scan; the members are loaded here, on the CPU."""
-    from dfdc_cli.paths import scan_scores_dir
-
-    precision = check_precision(precision)
-    names = resolve_members(members)
-    options = dict(weights=parse_weights(weights, names), threshold=threshold, device=device, workers=workers,
-                   batch_size=batch_size, precision=precision, score_dir=scan_scores_dir().resolve(),
-                   reuse_scores=not rescore, keep_tubes=keep_tubes, span=span, windows=windows)
-    if ray:
-        from dfdc_cli.scale.cluster import RayScanner
-
-        base = Scanner(members=names, **{**options, "device": "cpu", "score_dir": None})
-        return RayScanner(base, options, items=items)
-    extractor = items_extractor(items) if items is not None else None
-    return Scanner(members=names, extractor=extractor, **options)
