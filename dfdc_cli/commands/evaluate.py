@@ -9,6 +9,7 @@ from typing import List, Mapping, Optional
 import typer
 
 from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
+from dfdc_cli.scan.options import ScanOptions
 
 HELP = """Measure the members and the ensemble on labelled videos.
 
@@ -90,8 +91,9 @@ def register(app: typer.Typer) -> None:
         out_dir = check_report_dir(out or default_out_dir(), "--out",
                                    [*es.videos, *([val] if val else []), *(metadata or []),
                                     *(table_paths(resolve_index(index)) if index is not None else ())])
-        scanner = make_scanner(split_members(members), weights, None, device, workers, batch_size, precision,
-                               rescore=rescore, items=es.items)
+        options = ScanOptions(members=split_members(members), weights=weights, device=device, workers=workers,
+                              batch_size=batch_size, precision=precision, rescore=rescore)
+        scanner = make_scanner(options, items=es.items)
         if es.items is not None:
             warn_missing_2d(scanner, es.items)
         results = scan_with_progress(scanner, es.videos, "eval")

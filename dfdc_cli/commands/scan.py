@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
+from dfdc_cli.scan.options import ScanOptions
 from dfdc_cli.scan.span import SPAN_HELP
 
 HELP = """Score videos with the ensemble: p(fake) per video, per member and per face.
@@ -44,14 +45,14 @@ video could not be read or an output could not be written (the others are), 2 on
 """
 
 
-def split_members(values: Optional[List[str]]) -> Optional[list[str]]:
-    """``--members a,b --members c`` -> [a, b, c]; None when not given."""
+def split_members(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
+    """``--members a,b --members c`` -> (a, b, c); None when not given."""
     if not values:
         return None
     out: list[str] = []
     for v in values:
         out.extend(s.strip() for s in v.split(",") if s.strip())
-    return out or None
+    return tuple(out) or None
 
 
 def scan_with_progress(scanner, videos, desc: str) -> list:
@@ -169,23 +170,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from dfdc_cli.scale.cluster import run_with
 
-        run_with(ray, None, lambda: _scan(paths, index, members, weights, threshold, device, workers, batch_size,
-                                          precision, json_out, csv_out, rescore, ray, shard, members_table,
-                                          keep_tubes, span, windows, report))
+        from dfdc_cli.scan.span import check_span
+        span = check_span(span, windows)
+        options = ScanOptions(members=split_members(members), weights=weights, threshold=threshold,
+                              device=device, workers=workers, batch_size=batch_size, precision=precision,
+                              rescore=rescore, ray=ray, keep_tubes=keep_tubes, span=span, windows=windows)
+        run_with(ray, None, lambda: _scan(paths, index, options, json_out, csv_out, shard, members_table, report))
 
 
-def _scan(paths, index, members, weights, threshold, device, workers, batch_size, precision, json_out, csv_out,
-          rescore, ray, shard, members_table, keep_tubes=False, span="auto", windows=8, report=None) -> None:
+def _scan(paths, index, options: ScanOptions, json_out, csv_out, shard, members_table, report=None) -> None:
     from dfdc_cli.atomic import write_json
     from dfdc_cli.scan.factory import make_scanner
     from dfdc_cli.scan.inputs import scan_inputs
     from dfdc_cli.scan.results import Tally, to_json, write_submission
     from dfdc_cli.scale.shard import parse_shard, part_path
-    from dfdc_cli.scan.span import check_span
     from dfdc_cli.ui import err_console
 
-    span = check_span(span, windows)
-    if index is not None and span == "whole":
+    if index is not None and options.span == "whole":
         from dfdc_cli.errors import UserError
 
         raise UserError("--span whole reads windows of the videos themselves; with --index the index's tubes are "
@@ -202,9 +203,7 @@ def _scan(paths, index, members, weights, threshold, device, workers, batch_size
         from dfdc_cli.report.build import check_out, write_report_with_progress
 
         report = check_out(part_path(report, part))
-    scanner = make_scanner(split_members(members), weights, threshold, device, workers, batch_size, precision,
-                           rescore=rescore, ray=ray is not None, items=items, keep_tubes=keep_tubes,
-                           span=span, windows=windows)
+    scanner = make_scanner(options, items=items)
     if items is not None:
         warn_missing_2d(scanner, items)
     results = scan_with_progress(scanner, videos, "scan")
