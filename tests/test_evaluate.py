@@ -185,3 +185,23 @@ def test_eval_set_labels_the_results_and_the_meta_names_the_sources(tmp_path):
     meta = E.report_meta({"members": ["m"]}, None, [tmp_path], None, es.missing, 0, 3)
     assert meta["members"] == ["m"] and meta["sources"] == [str(tmp_path)]
     assert (meta["missing"], meta["bootstrap"], meta["seed"]) == (1, 0, 3)
+
+
+def test_a_metric_added_in_one_place_reaches_every_report(tmp_path, monkeypatch):
+    """metrics.METRICS is the one place: a new row there is computed, bootstrapped, written to
+    metrics.json and shown in summary.md / summary.html and eval's table."""
+    from dfdc_cli.commands.evaluate import metrics_table
+    from rich.console import Console
+
+    monkeypatch.setitem(M.METRICS, "fake_rate", M.Metric(lambda y, p: float((p >= 0.5).mean()), "FAKE rate"))
+    results, items = synthetic()
+    rep = E.evaluate_results(results, items, ["a", "b"], bootstrap=10)
+    assert rep["video"]["ensemble"]["fake_rate"] == pytest.approx(0.5)  # 0.6 and 0.5 of 0.6, 0.4, 0.25, 0.5
+    assert "fake_rate" in rep["video"]["a"]["ci"]
+    meta = {"members": ["a", "b"], "weights": {"a": 1.0, "b": 1.0}, "date": "today", "sources": ["x"]}
+    paths = E.write_report(tmp_path / "rep", results, items, rep, meta)
+    assert json.loads(paths["metrics"].read_text())["tube"]["b"]["fake_rate"] is not None
+    assert "FAKE rate" in paths["summary_md"].read_text() and "FAKE rate" in paths["summary_html"].read_text()
+    console = Console(width=200, record=True)
+    console.print(metrics_table(rep["video"], "video level"))
+    assert "FAKE rate" in console.export_text()

@@ -178,16 +178,16 @@ def metrics_table(level: Mapping[str, Mapping], title: str, short: bool = False,
     from rich.table import Table
     from rich.text import Text
 
-    from dfdc_cli.evaluate.report import COLUMNS, ENSEMBLE, fmt, summary_rows
+    from dfdc_cli.evaluate.report import columns, ENSEMBLE, fmt, summary_rows
     from dfdc_cli.commands.scan import _plain_table, member_label
 
-    split = split and any(_interval(fig, k) for fig in level.values() for k, _ in COLUMNS)
+    split = split and any(_interval(fig, k) for fig in level.values() for k, _ in columns())
     t = _plain_table(f"deepfake eval, {title}")
     if split:  # one space between columns: eight columns of intervals fit 80
         t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
                   title=t.title, title_justify="left", title_style="bold")
     t.add_column("model", no_wrap=True)
-    for _, h in COLUMNS:
+    for _, h in columns():
         t.add_column(h, justify="right", no_wrap=True)
     t.add_column("n (F/R)" if not split else "n", justify="right", no_wrap=True)
     for row, (name, fig) in zip(summary_rows(level), level.items()):
@@ -196,7 +196,7 @@ def metrics_table(level: Mapping[str, Mapping], title: str, short: bool = False,
         if not split:
             t.add_row(label, *row[1:], style=style)
             continue
-        t.add_row(label, *[fmt(fig.get(k), 3) for k, _ in COLUMNS], str(fig["n"]), style=style)
-        t.add_row(Text("  95% CI", style="dim"), *[Text(_interval(fig, k), style="dim") for k, _ in COLUMNS],
+        t.add_row(label, *[fmt(fig.get(k), 3) for k, _ in columns()], str(fig["n"]), style=style)
+        t.add_row(Text("  95% CI", style="dim"), *[Text(_interval(fig, k), style="dim") for k, _ in columns()],
                   Text(f"{fig['n_fake']}F/{fig['n_real']}R", style="dim"))
     return t

@@ -15,6 +15,7 @@ one class present; anything on zero samples) is NaN, and :func:`binary_metrics` 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -185,14 +186,26 @@ def calibration_bins(y, p, n_bins: int = 10) -> dict[str, list]:
     }
 
 
-# name -> function(y, p) -> float; the figures every report gives (and bootstraps).
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "log_loss": log_loss,
-    "roc_auc": roc_auc,
-    "average_precision": average_precision,
-    "accuracy": accuracy,
-    "balanced_accuracy": balanced_accuracy,
-    "eer": lambda y, p: eer(y, p)[0],
+@dataclass(frozen=True)
+class Metric:
+    """One figure of every report: its function and its column header (eval's tables, summary.md/html)."""
+
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    label: str
+
+    def __call__(self, y, p) -> float:
+        return self.fn(y, p)
+
+
+# The one place to add a metric: name -> Metric. Every report gives these figures (and bootstraps them),
+# in this order; metrics.json uses the names, the tables the labels.
+METRICS: dict[str, Metric] = {
+    "log_loss": Metric(log_loss, "log loss"),
+    "roc_auc": Metric(roc_auc, "ROC AUC"),
+    "average_precision": Metric(average_precision, "AP"),
+    "accuracy": Metric(accuracy, "acc@0.5"),
+    "balanced_accuracy": Metric(balanced_accuracy, "bal acc"),
+    "eer": Metric(lambda y, p: eer(y, p)[0], "EER"),
 }
 
 

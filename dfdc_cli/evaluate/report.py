@@ -334,14 +334,15 @@ def fmt_ci(fig: Mapping, key: str, digits: int = 3) -> str:
     return s
 
 
-COLUMNS = [("log_loss", "log loss"), ("roc_auc", "ROC AUC"), ("average_precision", "AP"),
-           ("accuracy", "acc@0.5"), ("balanced_accuracy", "bal acc"), ("eer", "EER")]
+def columns() -> list[tuple[str, str]]:
+    """The metric columns of every table: (metrics.json key, header), from :data:`metrics.METRICS`."""
+    return [(name, m.label) for name, m in M.METRICS.items()]
 
 
 def summary_rows(level: Mapping[str, Mapping]) -> list[list[str]]:
     rows = []
     for name, fig in level.items():
-        rows.append([name] + [fmt_ci(fig, k) for k, _ in COLUMNS]
+        rows.append([name] + [fmt_ci(fig, k) for k, _ in columns()]
                     + [f"{fig['n']} ({fig['n_fake']}F/{fig['n_real']}R)"])
     return rows
 
@@ -430,7 +431,7 @@ CONVENTIONS = [
 
 
 def _table_md(level: Mapping[str, Mapping]) -> str:
-    head = ["model"] + [h for _, h in COLUMNS] + ["n"]
+    head = ["model"] + [h for _, h in columns()] + ["n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary_rows(level):
         lines.append("| " + " | ".join(row) + " |")
@@ -475,7 +476,7 @@ def summary_markdown(report: dict, meta: Mapping) -> str:
 
 def summary_html(report: dict, meta: Mapping) -> str:
     def table(level):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model"] + [h for _, h in COLUMNS] + ["n"])
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model"] + [h for _, h in columns()] + ["n"])
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                        for row in summary_rows(level))
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
