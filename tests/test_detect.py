@@ -244,3 +244,37 @@ def test_min_nms_per_image():
         want += [int(sel[k]) for k in _greedy_min_nms(boxes[sel], scores[sel], 0.7)]
     assert got.tolist() == want
     assert D._nms_min_per_image(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.7).numel() == 0
+
+
+def test_the_detector_interface_finds_a_detector_module_by_name(detector, two_faces, tmp_path, monkeypatch):
+    """Extraction calls detectors only through ``faces(frames, settings)``; a detector is one module of
+    dfdc_cli/faces/detectors with ``make(device, batch_size)``, found by name."""
+    import sys
+
+    from dfdc_cli.faces import detectors
+
+    settings = detectors.DetectSettings((0.6, 0.7, 0.7), 0.709, 20.0)
+    mtcnn = detectors.load("mtcnn")
+    got, want = mtcnn.faces([two_faces], settings), detector.detect([two_faces])
+    assert len(got[0]) == len(want[0]) == 2 and np.array_equal(got[0].boxes, want[0].boxes)
+    # another detector: one module in the folder (here a temporary one on the package's path)
+    (tmp_path / "centre.py").write_text(
+        "import numpy as np\n"
+        "from dfdc_cli.faces.index import Faces\n"
+        "class Centre:\n"
+        "    def faces(self, frames, settings):\n"
+        "        out = []\n"
+        "        for f in frames:\n"
+        "            h, w = f.shape[:2]\n"
+        "            box = np.array([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], np.float32)\n"
+        "            out.append(Faces(box, np.array([settings.thresholds[-1]], np.float32),\n"
+        "                             np.zeros((1, 5, 2), np.float32)))\n"
+        "        return out\n"
+        "def make(device='cpu', batch_size=None):\n"
+        "    return Centre()\n")
+    monkeypatch.setattr(detectors, "__path__", [*detectors.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "dfdc_cli.faces.detectors.centre", raising=False)
+    (f,) = detectors.load("centre").faces([two_faces], settings)
+    assert f.boxes.tolist() == [[140.0, 75.0, 420.0, 225.0]] and f.probs.tolist() == [pytest.approx(0.7)]
+    with pytest.raises(ValueError, match="unknown face detector 'nope'"):
+        detectors.load("nope")

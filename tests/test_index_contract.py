@@ -10,7 +10,8 @@ import pytest
 from dfdc_cli.faces import index as I
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.extract import PRESETS, params_for
-from dfdc_cli.faces.extract.pool import DetectSettings, detect_batched
+from dfdc_cli.faces.detectors import DetectSettings
+from dfdc_cli.faces.extract.pool import detect_batched
 from dfdc_cli.faces.extract.store import records_for
 from dfdc_cli.faces.inputs import VideoInput
 
@@ -99,9 +100,9 @@ class _Detector:
     def __init__(self):
         self.calls = []
 
-    def detect(self, images, thresholds, factor, min_face_size):
-        self.calls.append((len(images), thresholds))
-        if thresholds == (0.1, 0.1, 0.1):
+    def faces(self, images, settings):
+        self.calls.append((len(images), settings.thresholds))
+        if settings.thresholds == (0.1, 0.1, 0.1):
             raise RuntimeError("boom")
         return [I.Faces.empty() for _ in images]
 

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, nms
 
+from dfdc_cli.faces.detectors import DetectSettings
 from dfdc_cli.faces.index import Faces
 
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
@@ -409,6 +410,16 @@ class FaceDetector:
                     out.append(Faces(boxes[pos : pos + c], probs[pos : pos + c], points[pos : pos + c]))
                     pos += c
         return out
+
+    def faces(self, frames: Sequence[np.ndarray], settings: DetectSettings) -> list[Faces]:
+        """The :class:`~dfdc_cli.faces.detectors.Detector` interface: :meth:`detect` with ``settings``."""
+        return self.detect(frames, thresholds=settings.thresholds, factor=settings.factor,
+                           min_face_size=settings.min_face_size)
+
+
+def make(device: str = "cpu", batch_size: Optional[int] = None) -> FaceDetector:
+    """This module's detector for :func:`dfdc_cli.faces.detectors.load`."""
+    return FaceDetector(device=device, batch_size=batch_size)
 
 
 def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, float, float]:

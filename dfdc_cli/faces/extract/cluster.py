@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from dfdc_cli.errors import UserError
+from dfdc_cli.faces.detectors import DetectSettings, load as load_detector
 from dfdc_cli.runtime import one_thread
 from dfdc_cli.scale.cluster import describe_failure, require_ray
 
@@ -35,8 +36,8 @@ def _extract_job(path: str, out_dir: str, params, detectors: Sequence) -> tuple:
         ray = require_ray()
         actor = detectors[sum(path.encode()) % len(detectors)]
 
-        def detect(images, thresholds, factor, min_face_size):
-            return ray.get(actor.detect.remote(images, tuple(thresholds), factor, min_face_size))
+        def detect(images, settings: DetectSettings):
+            return ray.get(actor.detect.remote(images, settings))
     else:
         if _local_detect is None:
             _local_detect = LazyDetect("cpu")
@@ -45,34 +46,29 @@ def _extract_job(path: str, out_dir: str, params, detectors: Sequence) -> tuple:
 
 
 class DetectorActor:
-    """MTCNN on one device, serving the tasks' detection requests batched across videos: the
+    """The face detector on one device, serving the tasks' detection requests batched across videos: the
     requests that arrive while a batch runs (or within ``wait_s`` of the first) form the next one
     (:func:`dfdc_cli.faces.extract.pool.detect_batched`, the local CUDA path's batching)."""
 
     def __init__(self, device: str = "cuda", batch_size: int = 64, wait_s: float = 0.005):
         from concurrent.futures import ThreadPoolExecutor
 
-        from dfdc_cli.faces.detectors.mtcnn import FaceDetector
-
         one_thread()
-        self.detector = FaceDetector(device=device, batch_size=batch_size)
+        self.detector = load_detector(device=device, batch_size=batch_size)
         self.wait_s = wait_s
         self.queue: list = []
         self.flushing = False
         self.pool = ThreadPoolExecutor(1)  # the device runs one batch at a time
         self.batches = 0
 
-    async def detect(self, images, thresholds, factor, min_face_size):
+    async def detect(self, images, settings: DetectSettings):
         import asyncio
 
         import numpy as np
 
-        from dfdc_cli.faces.extract.pool import DetectSettings
-
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         # Arrays from Ray's object store are read-only; torch wants writable ones.
-        settings = DetectSettings(tuple(thresholds), factor, min_face_size)
         self.queue.append(([np.array(im) for im in images], settings, fut))
         if not self.flushing:
             self.flushing = True

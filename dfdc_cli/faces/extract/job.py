@@ -13,34 +13,30 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from dfdc_cli.errors import UserError, VideoError
+from dfdc_cli.faces.detectors import DetectFn, DetectSettings, load as load_detector
 from dfdc_cli.faces.index import STATUS_OK, Faces
 from dfdc_cli.faces.extract.crops import write_tubes
 from dfdc_cli.faces.extract.memory import check_memory, detect_chunk
 from dfdc_cli.faces.extract.params import ExtractParams, fallback_attempts
 from dfdc_cli.faces.extract.store import RESULT_JSON, lookup, new_result, tube_json
 
-# (images, thresholds, factor, min_face_size) -> one dfdc_cli.faces.index.Faces per image
-DetectFn = Callable[[list, tuple, float, float], list]
 
 FILES, MEMORY, MEMORY_AND_FILES = "files", "memory", "memory+files"  # where the tube pixels go
 MODES = (FILES, MEMORY, MEMORY_AND_FILES)
 
 
 def local_detector(device: str = "cpu", batch_size: int = 16) -> DetectFn:
-    """A detect function backed by an in-process :class:`~dfdc_cli.faces.detectors.mtcnn.FaceDetector`."""
-    from dfdc_cli.faces.detectors.mtcnn import FaceDetector
+    """A detect function backed by an in-process detector (:func:`dfdc_cli.faces.detectors.load`)."""
+    return load_detector(device=device, batch_size=batch_size).faces
 
-    det = FaceDetector(device=device, batch_size=batch_size)
 
-    def detect(images, thresholds, factor, min_face_size):
-        return det.detect(images, thresholds=thresholds, factor=factor, min_face_size=min_face_size)
-
-    return detect
+def _settings(params: ExtractParams, thresholds) -> DetectSettings:
+    return DetectSettings(tuple(thresholds), params.factor, float(params.min_face_size))
 
 
 def _to_source(found, width: int, height: int, w: int, h: int) -> list:
@@ -60,7 +56,7 @@ def _detect_sampled(frames, params: ExtractParams, detect: DetectFn, mult: float
     w, h = params.detect_size(frames.width, frames.height, mult)
     idx = list(range(0, len(frames), params.every))
     images = [frames.rgb_resized(i, w, h) for i in idx]
-    found = detect(images, tuple(thresholds), params.factor, float(params.min_face_size))
+    found = detect(images, _settings(params, thresholds))
     return _to_source(found, frames.width, frames.height, w, h)
 
 
@@ -88,7 +84,7 @@ def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thr
     fit the budget (``held`` says whether all of them were); otherwise only the current one."""
     from dfdc_cli.faces import video
 
-    thresholds = tuple(thresholds)
+    settings = _settings(params, thresholds)
     faces: list = []
     batch: list = []
     frames = None
@@ -97,7 +93,7 @@ def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thr
     budget = 0
 
     def flush() -> None:
-        found = detect(batch, thresholds, params.factor, float(params.min_face_size))
+        found = detect(batch, settings)
         faces.extend(_to_source(found, frames.width, frames.height, *size))
         batch.clear()
 
@@ -291,10 +287,10 @@ class DetectClock:
         self.detect = detect
         self.seconds = 0.0
 
-    def __call__(self, images, thresholds, factor, min_face_size):
+    def __call__(self, images, settings: DetectSettings):
         t = time.time()
         try:
-            return self.detect(images, thresholds, factor, min_face_size)
+            return self.detect(images, settings)
         finally:
             self.seconds += time.time() - t
 
@@ -316,13 +312,13 @@ def safe_process(path: str, out_dir: str, params: ExtractParams, detect,
 
 
 class LazyDetect:
-    """A detect function that loads MTCNN on first use (a run of cache hits never loads it)."""
+    """A detect function that loads the detector on first use (a run of cache hits never loads it)."""
 
     def __init__(self, device: str = "cpu"):
         self.device = device
         self.fn: Optional[DetectFn] = None
 
-    def __call__(self, images, thresholds, factor, min_face_size):
+    def __call__(self, images, settings: DetectSettings):
         if self.fn is None:
             self.fn = local_detector(self.device, batch_size=64 if self.device != "cpu" else 16)
-        return self.fn(images, thresholds, factor, min_face_size)
+        return self.fn(images, settings)

@@ -21,16 +21,9 @@ import time
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 from dfdc_cli.faces.inputs import VideoInput
+from dfdc_cli.faces.detectors import DetectSettings, load as load_detector
 from dfdc_cli.faces.extract.job import FILES, LazyDetect, safe_process
 from dfdc_cli.faces.extract.params import ExtractParams
-
-
-class DetectSettings(NamedTuple):
-    """The MTCNN settings of one detection call: frames with equal settings and size share a batch."""
-
-    thresholds: tuple
-    factor: float
-    min_face_size: float
 
 
 class Job(NamedTuple):
@@ -107,10 +100,10 @@ def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, 
     one_thread()
     counter = [0]
 
-    def remote_detect(images, thresholds, factor, min_face_size):
+    def remote_detect(images, settings: DetectSettings):
         counter[0] += 1
         req = counter[0]
-        results.put(DetectRequest(wid, req, images, DetectSettings(tuple(thresholds), factor, min_face_size)))
+        results.put(DetectRequest(wid, req, images, settings))
         while True:
             msg = tasks.get()
             if isinstance(msg, DetectAnswer) and msg.req_id == req:
@@ -247,8 +240,7 @@ def detect_batched(detector, requests: Sequence[tuple[list, DetectSettings]]) ->
     for (size, settings), idx in groups.items():
         allimgs = [im for i in idx for im in requests[i][0]]
         try:
-            faces = detector.detect(allimgs, thresholds=settings.thresholds, factor=settings.factor,
-                                    min_face_size=settings.min_face_size) if allimgs else []
+            faces = detector.faces(allimgs, settings) if allimgs else []
             err = None
         except Exception as exc:  # noqa: BLE001 -- reported to each video of the batch
             faces, err = None, f"{type(exc).__name__}: {exc}"
@@ -277,9 +269,7 @@ def run_pool(
     was handed to a worker."""
     detector = None
     if remote:
-        from dfdc_cli.faces.detectors.mtcnn import FaceDetector
-
-        detector = FaceDetector(device=device, batch_size=64)
+        detector = load_detector(device=device, batch_size=64)
     pool = Pool(max(1, workers), out_dir, params, remote, mode)
     pending = list(range(len(jobs)))[::-1]
     crashes: dict[int, int] = {}
