@@ -87,6 +87,7 @@ def bench_member(member: str, args, index: Path) -> dict:
     from torch.utils.data import DataLoader
 
     from dfdc_cli.train import data
+    from dfdc_cli.train import sampling
     from dfdc_cli.train.model_adapter import build_model
     from dfdc_cli.train.optim import make_optimizer, make_scheduler
     from dfdc_cli.train.recipe import resolve_recipe
@@ -121,7 +122,7 @@ def bench_member(member: str, args, index: Path) -> dict:
     total = args.warmup + args.steps
     # Enough epochs of the balanced sampler for warmup + steps batches.
     labels = tubes["y"].to_numpy()
-    sampler = data.BalancedSampler(labels, seed=0)
+    sampler = sampling.BalancedSampler(labels, seed=0)
     items = []
     e = 0
     while len(items) < total * bs:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dfdc_cli.train import data
+from dfdc_cli.train import sampling
 from dfdc_cli.errors import UserError
 
 
@@ -88,7 +89,7 @@ def test_parts_split_moves_straddling_groups():
 
 def test_balanced_sampler_epoch():
     labels = np.array([0] * 10 + [1] * 35)
-    s = data.BalancedSampler(labels, seed=5)
+    s = sampling.BalancedSampler(labels, seed=5)
     items = list(s)
     assert len(items) == len(s) == 20
     rows = [r for r, _, _ in items]
@@ -99,28 +100,28 @@ def test_balanced_sampler_epoch():
     # per-sample seeds are distinct
     assert len({sd for _, _, sd in items}) == 20
     # deterministic in (seed, epoch), different across epochs
-    assert list(data.BalancedSampler(labels, seed=5)) == items
+    assert list(sampling.BalancedSampler(labels, seed=5)) == items
     s.set_epoch(1)
     assert list(s) != items
 
 
 def test_balanced_sampler_walks_all_fakes():
     labels = np.array([0] * 8 + [1] * 24)  # 3 epochs of fakes
-    s = data.BalancedSampler(labels, seed=0)
+    s = sampling.BalancedSampler(labels, seed=0)
     seen = Counter()
     for e in range(3):
         seen.update(r for r, _, _ in s.epoch_items(e) if labels[r] == 1)
     assert set(seen) == set(range(8, 32)) and set(seen.values()) == {1}
     # fewer fakes than reals: fakes repeat, still balanced
-    s2 = data.BalancedSampler(np.array([0] * 9 + [1] * 2), seed=0)
+    s2 = sampling.BalancedSampler(np.array([0] * 9 + [1] * 2), seed=0)
     rows = [r for r, _, _ in s2]
     assert sum(1 for r in rows if r >= 9) == 9
 
 
 def test_balanced_sampler_sharding():
     labels = np.array([0] * 7 + [1] * 20)
-    full = data.BalancedSampler(labels, seed=1).epoch_items(0)
-    shards = [list(data.BalancedSampler(labels, seed=1, rank=r, world_size=3)) for r in range(3)]
+    full = sampling.BalancedSampler(labels, seed=1).epoch_items(0)
+    shards = [list(sampling.BalancedSampler(labels, seed=1, rank=r, world_size=3)) for r in range(3)]
     assert len({len(sh) for sh in shards}) == 1
     union = [it for sh in shards for it in sh]
     assert set(union) == set(full)  # all items covered (with padding repeats)
@@ -129,19 +130,19 @@ def test_balanced_sampler_sharding():
 
 def test_sampler_self_blended_and_mixed():
     labels = np.array([0] * 6 + [1] * 12)
-    s = data.BalancedSampler(labels, fakes="self-blended", seed=0)
+    s = sampling.BalancedSampler(labels, fakes="self-blended", seed=0)
     items = list(s)
     assert len(items) == 12
     sbi = [r for r, b, _ in items if b]
     assert len(sbi) == 6 and all(labels[r] == 0 for r in sbi)
     assert all(labels[r] == 0 for r, _, _ in items)  # the index's fakes are not used
-    m = data.BalancedSampler(labels, fakes="mixed", selfblend_fraction=0.5, seed=0)
+    m = sampling.BalancedSampler(labels, fakes="mixed", selfblend_fraction=0.5, seed=0)
     kinds = Counter((labels[r], b) for r, b, _ in m)
     assert kinds == {(0, False): 6, (0, True): 3, (1, False): 3}
     with pytest.raises(UserError):
-        data.BalancedSampler(np.array([0, 0, 0]), fakes="real")
-    assert len(list(data.BalancedSampler(np.array([0, 0, 0]), fakes="self-blended"))) == 6
-    v = data.val_items(labels, "self-blended")
+        sampling.BalancedSampler(np.array([0, 0, 0]), fakes="real")
+    assert len(list(sampling.BalancedSampler(np.array([0, 0, 0]), fakes="self-blended"))) == 6
+    v = sampling.val_items(labels, "self-blended")
     assert sum(b for _, b, _ in v) == 6 and len(v) == 12
 
 
@@ -323,13 +324,13 @@ def test_2d_validation_item_is_the_first_frames_2d_frames(tmp_path):
 
 def test_sampler_paired_self_blends_follow_their_real():
     labels = np.array([0] * 5)
-    s = data.BalancedSampler(labels, fakes="self-blended", seed=3, paired=True, repeat=2)
+    s = sampling.BalancedSampler(labels, fakes="self-blended", seed=3, paired=True, repeat=2)
     items = s.epoch_items(0)
     assert len(items) == s.epoch_size == 20
     for real, fake in zip(items[0::2], items[1::2]):
         assert real[1] is False and fake[1] is True
         assert real[0] == fake[0] and real[2] == fake[2]  # same tube, same sample seed: same frame
     assert sorted(r for r, b, _ in items if not b) == sorted(list(range(5)) * 2)
-    assert items != data.BalancedSampler(labels, fakes="self-blended", seed=4, paired=True, repeat=2).epoch_items(0)
+    assert items != sampling.BalancedSampler(labels, fakes="self-blended", seed=4, paired=True, repeat=2).epoch_items(0)
     with pytest.raises(UserError, match="paired"):
-        data.BalancedSampler(np.array([0, 1]), fakes="mixed", paired=True)
+        sampling.BalancedSampler(np.array([0, 1]), fakes="mixed", paired=True)

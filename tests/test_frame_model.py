@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dfdc_cli.train import data
+from dfdc_cli.train import sampling
 from dfdc_cli.train import recipe as recipes
 from dfdc_cli.train import trainer
 from dfdc_cli.errors import UserError
@@ -92,8 +93,8 @@ def test_groups_csv_must_list_every_video(tmp_path):
 
 def test_sampler_repeat_makes_longer_epochs_and_keeps_repeat_one():
     y = np.zeros(10, np.int64)
-    one = data.BalancedSampler(y, seed=1, fakes="self-blended")
-    three = data.BalancedSampler(y, seed=1, fakes="self-blended", repeat=3)
+    one = sampling.BalancedSampler(y, seed=1, fakes="self-blended")
+    three = sampling.BalancedSampler(y, seed=1, fakes="self-blended", repeat=3)
     assert len(one) == 20 and len(three) == 60
     items = three.epoch_items(0)
     assert items[:20] == one.epoch_items(0)  # the first pass is the plain epoch 0

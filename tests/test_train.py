@@ -387,6 +387,7 @@ def test_2d_validation_scores_tubes_like_predict(tiny_index):
     from torch.utils.data import DataLoader
 
     from dfdc_cli.train import data
+    from dfdc_cli.train import sampling
     from dfdc_models.registry import MemberModel
     from dfdc_models.specs import get_spec
     from dfdc_models.tiny import Tiny2d
@@ -396,7 +397,7 @@ def test_2d_validation_scores_tubes_like_predict(tiny_index):
     tubes = data.load_tubes(tiny_index)
     aug = {"val_crop": 224}
     val_ds = data.ClipDataset(tubes, clip_frames=8, res=32, train=False, kind="2d", aug=aug, frames_2d=FRAMES)
-    items = data.val_items(tubes["y"].to_numpy())
+    items = sampling.val_items(tubes["y"].to_numpy())
     loader = DataLoader(val_ds, batch_size=5, sampler=items, num_workers=0)  # (a last, partial batch too)
     ys, ps = trainhooks.evaluate(model, loader, Runtime(torch.device("cpu")))
     assert ys.tolist() == tubes["y"].tolist() and ps.shape == (len(tubes),)

@@ -95,6 +95,7 @@ def _make_data(r: Mapping, spec, rt: Runtime, say: Callable[[str], None]) -> _Da
     from torch.utils.data import DataLoader
 
     from dfdc_cli.train import data
+    from dfdc_cli.train import sampling
 
     d, o, a, t = r["data"], r["optim"], r["augment"], r["train"]
     seed = int(t["seed"])
@@ -108,7 +109,7 @@ def _make_data(r: Mapping, spec, rt: Runtime, say: Callable[[str], None]) -> _Da
     say(split.summary())
     if len(split.train) == 0:
         raise UserError("the training side of the split is empty")
-    sampler = data.BalancedSampler(
+    sampler = sampling.BalancedSampler(
         split.train["y"].to_numpy(), seed=seed, fakes=d["fakes"],
         selfblend_fraction=float(d["selfblend_fraction"]), rank=rt.rank, world_size=rt.world_size,
         repeat=int(d.get("repeat") or 1), paired=bool(d.get("paired", False)),
@@ -126,7 +127,7 @@ def _make_data(r: Mapping, spec, rt: Runtime, say: Callable[[str], None]) -> _Da
     else:
         train_ds = data.ClipDataset(split.train, train=True, **common)
     val_ds = data.ClipDataset(split.val, train=False, **common)
-    val_list = data.shard(data.val_items(split.val["y"].to_numpy(), d["fakes"], seed), rt.rank, rt.world_size)
+    val_list = sampling.shard(sampling.val_items(split.val["y"].to_numpy(), d["fakes"], seed), rt.rank, rt.world_size)
     workers = _loader_workers(d, rt)
     loader_kw = dict(num_workers=workers, pin_memory=rt.device.type == "cuda", worker_init_fn=data.worker_init)
     if workers > 0:
