@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .layouts import largest_layout_bytes
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -41,8 +42,6 @@ def size_cap() -> int:
     """The largest checkpoint (bytes on disk, or unpacked from its zip) loaded at all: a few times the
     largest registered architecture's fp32 weights. A bigger file is refused before it is read, so
     neither a huge file nor a zip bomb can take the machine's memory."""
-    from .registry import largest_layout_bytes
-
     return max(SIZE_FLOOR, _COPIES * largest_layout_bytes() + _MARGIN)
 
 

@@ -10,7 +10,6 @@ a network and say in one line what differs, naming the architecture the file is 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -20,6 +19,7 @@ from torch import nn
 from .archs import arch_names, get_arch
 from .checkpoint import (describe_mismatch, differences, extract_state_dict, mismatch_report, read_checkpoint,
                          strip_prefix)
+from . import layouts
 from .errors import UserError
 from .member import IMAGENET_MEAN, IMAGENET_STD, MemberModel  # noqa: F401 - where callers import them from
 from .specs import MemberSpec, get_spec
@@ -75,19 +75,9 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@lru_cache(maxsize=None)
-def _meta_state_dict(arch: str, builder) -> dict[str, torch.Tensor]:
-    """An architecture's state_dict on the meta device (shapes only, no memory), built once per
-    builder (tests swap in tiny networks)."""
-    with torch.device("meta"):
-        return builder(arch).state_dict()
-
-
 def largest_layout_bytes() -> int:
-    """The fp32 size of the largest registered architecture's weights (from meta-device networks;
-    built once)."""
-    return max(sum(v.numel() * max(4, v.element_size()) for v in _meta_state_dict(a, build_net).values())
-               for a in arch_names())
+    """The fp32 size of the largest registered architecture's weights, as :func:`build_net` builds them."""
+    return layouts.largest_layout_bytes(build_net)
 
 
 def match_layouts(sd: Mapping[str, torch.Tensor]) -> tuple[list[str], str, str]:
@@ -98,7 +88,7 @@ def match_layouts(sd: Mapping[str, torch.Tensor]) -> tuple[list[str], str, str]:
     matches: list[str] = []
     closest: tuple[int, str, str] = (1 << 30, "", "")
     for arch in arch_names():
-        own = _meta_state_dict(arch, build_net)
+        own = layouts.meta_state_dict(arch, build_net)
         shapes, missing, unexpected = differences(own, sd)
         n = len(shapes) + len(missing) + len(unexpected)
         if n == 0:
