@@ -3,7 +3,7 @@ shipped inside the package in half precision so that `deepfake scan` gives verdi
 ``pip install``.
 
 It is used only when NO model is registered: any registered or imported model (the seed's members
-first) takes precedence (:func:`dfdc_cli.scan.scanner.available_members`). Its files live in
+first) takes precedence (:func:`dfdc_cli.scan.members.available_members`). Its files live in
 ``models/builtin/``: ``<member>.pt`` (a plain fp16 state_dict of the member's network, loaded
 strictly) and ``builtin.json`` (which member, the validation figures, where the card is, and the
 model's calibration and UNSURE band when one was fitted: :mod:`dfdc_models.calibration`).

@@ -155,7 +155,7 @@ def test_span_is_checked(monkeypatch, capsys, carphone, tmp_path):
 
 def test_merge_windows_offsets_ids_and_frames_and_leaves_out_fallback_only_faces():
     from dfdc_cli.scan.inputs import Extracted
-    from dfdc_cli.scan.span import merge_windows
+    from dfdc_cli.scan.inputs import merge_windows
 
     def part(k, start, status, fallback="", reason=""):
         rows = [] if status != "ok" else [{"tube_id": 0, "first_frame": 5, "last_frame": 64, "n_frames": 60}]

@@ -99,7 +99,7 @@ def merge_outputs(folder: str | Path) -> list[Merged]:
 
     from dfdc_cli.atomic import write_json, write_text
     from dfdc_cli.faces.index import index_lock
-    from dfdc_cli.scan.results import csv_text
+    from dfdc_cli.atomic import csv_text
 
     folder = Path(folder)
     out = []

@@ -14,6 +14,7 @@ import numpy as np
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 from dfdc_cli.scan.members import FRAMES_2D
+from dfdc_cli.scan.span import TUBE_ID_STRIDE, Window, frames_read_text
 
 if TYPE_CHECKING:
     from dfdc_cli.scale.shard import Shard
@@ -148,7 +149,7 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     ``windows`` windows spread over it (videos taken ``group`` at a time, so that results keep
     coming); ``auto`` reads the windows of the videos with no face in their first frames only,
     after the others were handed over. Each handed-over record is one video, its windows merged
-    (:func:`dfdc_cli.scan.span.merge_windows`).
+    (:func:`dfdc_cli.scan.inputs.merge_windows`).
 
     ``paths`` are files (:func:`expand_paths`): the extractor's inputs are the same, one to one, so
     its input index is the position in ``paths``.
@@ -161,7 +162,7 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     from dfdc_cli.errors import VideoError
     from dfdc_cli.faces.index import STATUS_NO_FACE, STATUS_OK
     from dfdc_cli.paths import scan_tubes_dir
-    from dfdc_cli.scan.span import TUBE_ID_STRIDE, merge_windows
+    from dfdc_cli.scan.span import TUBE_ID_STRIDE
     from dfdc_cli.ui import warn
     from dfdc_cli.faces.video import frame_count
 
@@ -316,3 +317,74 @@ def scan_inputs(paths: Optional[Sequence[Path]], index: Optional[Path],
     if not videos:
         raise UserError("no video files found in the given paths")
     return select(videos, part, lambda p: p.name), None
+
+
+def merge_windows(parts: Sequence[tuple[int, int, object]], total: int, span: str):
+    """One :class:`~dfdc_cli.scan.inputs.Extracted` of a video from its windows' extractions
+    ``(k, start frame, Extracted)`` (window order): tube ids offset by window, frame numbers made
+    absolute, pixels re-keyed, the windows recorded, and the note saying which frames were read."""
+    from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+
+    from dfdc_cli.faces.extract.params import LOW_THRESHOLDS
+
+    parts = sorted(parts, key=lambda p: p[0])
+    first = parts[0][2]
+    # Faces found only by the low-threshold fallback may be none (noise, cartoons): when another
+    # window has faces found at the seed's thresholds, those windows' "faces" are left out, lest
+    # the highest window be a patch of texture.
+    solid = any(e.tubes and e.fallback != LOW_THRESHOLDS for _, _, e in parts)
+    dropped = [k for k, _, e in parts if solid and e.tubes and e.fallback == LOW_THRESHOLDS]
+    tubes: list[dict] = []
+    pixels: Optional[dict] = {} if any(e.pixels is not None for _, _, e in parts) else None
+    windows: list[Window] = []
+    keys = []
+    notes = []
+    for k, start, e in parts:
+        ids = []
+        for row in ([] if k in dropped else e.tubes):
+            tid = k * TUBE_ID_STRIDE + int(row["tube_id"])
+            r = dict(row)
+            r.update(tube_id=tid, window=k, first_frame=int(row["first_frame"]) + start,
+                     last_frame=int(row["last_frame"]) + start, start_frame=start)
+            tubes.append(r)
+            ids.append(tid)
+            if pixels is not None and e.pixels is not None and int(row["tube_id"]) in e.pixels:
+                pixels[tid] = e.pixels[int(row["tube_id"])]
+        windows.append(Window(k, start, int(e.n_frames), e.status, e.reason, ids))
+        keys.append(e.entry)
+        if k in dropped:
+            notes.append(f"window {k + 1}: left out, its face found only by the low-threshold fallback")
+        elif len(parts) > 1 and e.reason and e.status != STATUS_NO_FACE:
+            notes.append(f"window {k + 1}: {e.reason}")
+    if first.status == STATUS_ERROR:
+        status, reason = STATUS_ERROR, first.reason
+    elif tubes:
+        status, reason = STATUS_OK, (first.reason if len(parts) == 1 else "")
+    elif any(w.status == STATUS_NO_FACE for w in windows):
+        status, reason = STATUS_NO_FACE, "no face found"
+    else:
+        status, reason = STATUS_ERROR, "; ".join(w.reason for w in windows if w.reason)
+    read = frames_read_text(windows, total)
+    if status == STATUS_NO_FACE:
+        if span == "first" and not (total and windows[0].n_frames >= total):
+            reason = (f"no face in the first {windows[0].n_frames} frames (only those were read; "
+                      f"--span whole reads the whole video): {read}")
+        else:
+            reason = f"no face in {read}"
+    elif status == STATUS_OK and len(parts) > 1:
+        notes.insert(0, f"read {read}")
+    if status != STATUS_ERROR and notes:
+        reason = "; ".join(([reason] if reason else []) + notes)
+    key = ""
+    if all(keys):
+        key = video_key(keys[0]) if len(keys) == 1 else video_key("+".join(keys))
+    out = Extracted(first.video, first.name, status, reason, sum(e.seconds for _, _, e in parts), tubes,
+                    first.label, pixels if tubes else None, key)
+    out.windows = windows
+    out.n_total = int(total)
+    # Weak (the faces may be none) when every window with faces found them only by the
+    # low-threshold fallback; one window of faces found at the seed's thresholds is enough.
+    found = [e.fallback for k, _, e in parts if e.tubes and k not in dropped]
+    out.fallback = found[0] if len(set(found)) == 1 else ""
+    out.fps = next((e.fps for _, _, e in parts if e.fps), 0.0)
+    return out

@@ -138,7 +138,7 @@ class Member:
     predict_frames: Optional[Callable] = None
 
     def pixels(self, tube):
-        """The part of a :class:`~dfdc_cli.scansource.LoadedTube` this member scores (None: it has none)."""
+        """The part of a :class:`~dfdc_cli.scan.inputs.LoadedTube` this member scores (None: it has none)."""
         return tube.frames if self.kind == "3d" else tube.frames2d
 
     def score(self, batch):

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from dfdc_cli.atomic import csv_text
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 
 PRIOR = 0.5  # p(fake) of a video with no face or that failed (the seed's rule; scan.ensemble applies it)
@@ -163,18 +164,6 @@ def submission_rows(results: Sequence[VideoScan]) -> list[tuple[str, float]]:
     """DFDC submission: (filename, p(fake)); the prior 0.5 for videos without a verdict. Two
     videos with one name get their distinguishing paths (:func:`display_names`)."""
     return [(n, float(r.p_fake)) for n, r in zip(display_names(results), results)]
-
-
-def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """CSV through the csv module, so that names with commas, quotes or line breaks read back whole."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def write_submission(path: str | Path, results: Sequence[VideoScan]) -> None:
