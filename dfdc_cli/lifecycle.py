@@ -17,6 +17,7 @@ the way out; a second one ends the process at once. The exit code is 128 + the s
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -151,8 +152,6 @@ def _unwinding_sigterm(signum, _frame):
 def main_pid() -> int:
     """The process that started this one: multiprocessing's parent (the process that created the
     Process object, also when a fork server forked it), else the OS parent."""
-    import multiprocessing
-
     parent = multiprocessing.parent_process()
     return parent.pid if parent is not None and parent.pid else os.getppid()
 

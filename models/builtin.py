@@ -17,7 +17,12 @@ from typing import Optional, Union
 
 import torch
 
+from . import calibration as C
+from .atomic import atomic_path, write_text
+from .checkpoint import extract_state_dict, read_checkpoint, sha256_file
 from .errors import UserError
+from .registry import build
+from .specs import get_spec
 
 CARD = "README.md#built-in-model"  # where `scan` points for the model card
 META = "builtin.json"
@@ -51,9 +56,6 @@ def member(where: Optional[Path] = None) -> Optional[str]:
 
 def load(device: Optional[Union[str, torch.device]] = None, where: Optional[Path] = None):
     """The built-in model as a :class:`dfdc_models.registry.MemberModel` (float32, eval mode)."""
-    from .checkpoint import sha256_file
-    from .registry import build
-
     meta = info(where)
     if meta is None:
         raise UserError("this installation ships no built-in model")
@@ -69,8 +71,6 @@ def load(device: Optional[Union[str, torch.device]] = None, where: Optional[Path
 
 def model_id(where: Optional[Path] = None) -> Optional[str]:
     """The built-in model's id (``builtin-`` and its weights' hash), or None when there is none."""
-    from .checkpoint import sha256_file
-
     meta = info(where)
     return None if meta is None else "builtin-" + sha256_file((where or folder()) / meta["weights"])[:8]
 
@@ -78,8 +78,6 @@ def model_id(where: Optional[Path] = None) -> Optional[str]:
 def calibration(where: Optional[Path] = None):
     """The built-in model's :class:`~dfdc_models.calibration.Calibration`, or None when it records none;
     a damaged one is an error naming ``builtin.json``."""
-    from . import calibration as C
-
     try:
         return C.read(info(where), str((where or folder()) / META))
     except ValueError as exc:
@@ -89,9 +87,6 @@ def calibration(where: Optional[Path] = None):
 def set_calibration(record: dict, where: Optional[Path] = None) -> Path:
     """Record a calibration (:meth:`Calibration.to_dict`, checked) in ``builtin.json``; the rest of
     the description is kept as it is."""
-    from . import calibration as C
-    from .atomic import write_text
-
     C.Calibration.from_dict(record)
     meta = info(where)
     if meta is None:
@@ -104,11 +99,7 @@ def set_calibration(record: dict, where: Optional[Path] = None) -> Path:
 def export(weights: Union[str, Path], member_name: str, out_dir: Union[str, Path], extra: Optional[dict] = None) -> Path:
     """Write ``weights`` (a trainer checkpoint or state_dict of ``member_name``) as the built-in model:
     ``out_dir/<member>.pt`` in half precision (after a strict load check) and ``builtin.json``."""
-    from .atomic import atomic_path, write_text
-
-    from .checkpoint import extract_state_dict, read_checkpoint
     from .registry import build_net, load_strict, normalize_keys
-    from .specs import get_spec
 
     spec = get_spec(member_name)
     sd = normalize_keys(extract_state_dict(read_checkpoint(weights), source=str(weights)))

@@ -10,10 +10,12 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,8 +61,6 @@ def _check_size(path: Path, size: int, what: str) -> None:
 
 def _check_unpacked(path: Path, source) -> None:
     """A zip checkpoint (torch's format) is refused when its entries unpack to more than the cap."""
-    import zipfile
-
     try:
         if not zipfile.is_zipfile(source):
             return
@@ -96,8 +96,6 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def numpy_globals() -> list:
     """The numpy types a trainer checkpoint pickles (the numpy RNG state, numpy scalars in the
     history): allow-listed by name for a safe load, so no other global can run."""
-    import numpy as np
-
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2

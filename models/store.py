@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,12 +29,14 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 
-from . import paths
+from . import calibration as C, paths
+from .archs import get_arch
 from .atomic import atomic_dir, write_text
-from .errors import UserError
+from .calibration import Calibration
 from .checkpoint import extract_state_dict, read_bytes, read_checkpoint, sha256_file
-from .registry import check_layout, load_strict, match_layouts
-from .specs import MEMBERS, MemberSpec, get_spec
+from .errors import UserError
+from .registry import check_layout, load_strict, match_layouts, normalize_keys
+from .specs import MEMBERS, MemberSpec, get_spec, named_as_released
 
 WEIGHTS = "weights.pt"
 MANIFEST = "manifest.json"
@@ -421,9 +424,6 @@ def identify(path: Union[str, os.PathLike], obj: Any, sd: Mapping[str, torch.Ten
     of the same run - or the member a `deepfake train` checkpoint records tells which. Raises
     :class:`AmbiguousCheckpoint` (with the candidates) when nothing does, :class:`UserError` when no
     layout fits."""
-    from .archs import get_arch
-    from .specs import named_as_released
-
     path = Path(path)
     archs, closest, why = match_layouts(sd)
     if not archs:
@@ -458,8 +458,6 @@ def identify(path: Union[str, os.PathLike], obj: Any, sd: Mapping[str, torch.Ten
 
 def _import(path: Union[str, os.PathLike], member: Optional[str], val_loss: Optional[float],
             activate: bool) -> tuple[Entry, bool]:
-    from .registry import normalize_keys
-
     path = Path(path).expanduser()
     data = read_bytes(path)
     obj = read_checkpoint(path, data)
@@ -515,8 +513,6 @@ def import_files(files: Iterable[Union[str, os.PathLike]], member: Optional[str]
 
 
 def _val_loss_of(path: Path, obj: Any) -> Optional[float]:
-    import re
-
     if isinstance(obj, Mapping):
         v = obj.get("val_loss")
         if isinstance(v, (int, float)):
@@ -552,8 +548,6 @@ def remove(member: str, model_id: str) -> Entry:
 def calibration(entry: Entry):
     """The entry's :class:`~dfdc_models.calibration.Calibration`, or None when it records none; a damaged
     one is an error naming the manifest (never silently ignored: it changes the verdicts)."""
-    from . import calibration as C
-
     try:
         return C.read({"calibration": entry.calibration}, str(entry.path / MANIFEST))
     except ValueError as exc:
@@ -563,8 +557,6 @@ def calibration(entry: Entry):
 def set_calibration(member: str, model_id: str, record: Optional[Mapping[str, Any]]) -> Entry:
     """Record (or, with None, drop) a calibration in a registered model's manifest (checked first;
     the weights and the id are unchanged)."""
-    from .calibration import Calibration
-
     if record is not None:
         Calibration.from_dict(record)
     e = get_entry(member, model_id)

@@ -31,6 +31,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from .specs import get_spec
+
 RES_GAMMA = 0.5  # residual rule: scale of the BN that closes each residual block's main branch
 RAW_INPUT_GAIN = 1.0 / 127.5  # raw-pixel rule: extra scale of the stem of a member fed 0..255
 _BLOCK = re.compile(r"^(.*layer\d+\.\d+)\.(.*)$")
@@ -46,7 +48,6 @@ def layout_of(member: str) -> list[tuple[str, list[int], torch.dtype]]:
     """The member's state_dict layout (key, shape, dtype) in order, from our own network (which
     matches the released checkpoints key for key)."""
     from .registry import build_net
-    from .specs import get_spec
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         sd = build_net(get_spec(member).arch).state_dict()
@@ -58,7 +59,6 @@ def synthetic_member(member: str, seed: int = 0, state_dict=None):
     strictly, as a registered checkpoint is), in eval mode. ``state_dict``: those weights, when
     already made (:func:`synthetic_state_dict`)."""
     from .registry import MemberModel, build_net
-    from .specs import get_spec
 
     spec = get_spec(member)
     with torch.device("meta"):  # the weights are assigned below: skip the random initialisation
@@ -75,8 +75,6 @@ def synthetic_state_dict(member: str, seed: int = 0,
                          raw_pixels: Optional[bool] = None) -> "OrderedDict[str, torch.Tensor]":
     """The member's synthetic weights (rules in the module docstring). ``layout`` defaults to
     :func:`layout_of`; ``raw_pixels`` to whether the member takes raw 0..255 input."""
-    from .specs import get_spec
-
     entries = [(k, [int(d) for d in s], dt) for k, s, dt in (layout if layout is not None else layout_of(member))]
     if raw_pixels is None:
         raw_pixels = get_spec(member).scaling == "raw"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .archs import get_arch
+
 
 class Tiny3d(nn.Module):
     """(B, 3, T, H, W) -> 2 logits, like the 3D members' softmax heads."""
@@ -37,6 +39,4 @@ class Tiny2d(nn.Module):
 
 def tiny_net(arch: str) -> nn.Module:
     """A stand-in for :func:`dfdc_models.registry.build_net`: the architecture record's tiny variant."""
-    from .archs import get_arch
-
     return get_arch(arch).build_tiny()

@@ -8,6 +8,7 @@ from typing import List, Mapping, Optional
 
 import typer
 
+from dfdc_cli.commands.scan import _plain_table, member_label, scan_with_progress, split_members, warn_missing_2d
 from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
 from dfdc_cli.scan.options import ScanOptions
 
@@ -78,7 +79,6 @@ def register(app: typer.Typer) -> None:
         from dfdc_cli.commands.outputs import check_report_dir
         from dfdc_cli.scan.factory import make_scanner
         from dfdc_cli.ui import console, err_console
-        from dfdc_cli.commands.scan import scan_with_progress, split_members, warn_missing_2d
 
         if calibrate:  # a bad --method/--band is a usage error before the scan, not after it
             from dfdc_cli.evaluate.calibrate import FITS, parse_band
@@ -179,7 +179,6 @@ def metrics_table(level: Mapping[str, Mapping], title: str, short: bool = False,
     from rich.text import Text
 
     from dfdc_cli.evaluate.report import columns, ENSEMBLE, fmt, summary_rows
-    from dfdc_cli.commands.scan import _plain_table, member_label
 
     split = split and any(_interval(fig, k) for fig in level.values() for k, _ in columns())
     t = _plain_table(f"deepfake eval, {title}")

@@ -7,8 +7,10 @@ from typing import List, Optional
 
 import typer
 
-from dfdc_cli.runtime import DEVICE_HELP
 from dfdc_cli.errors import UserError
+from dfdc_cli.paths import default_tubes_dir
+from dfdc_cli.runtime import DEVICE_HELP
+from dfdc_cli.ui import console, progress, warn
 
 
 def _thresholds(text: Optional[str]) -> Optional[tuple[float, float, float]]:
@@ -125,7 +127,6 @@ def extract_cmd(
     Writes OUT/videos.csv (one row per video: status ok / no_face / error, with the reason) and OUT/tubes.csv (one row per tube). A video already extracted with the same settings is reused; an interrupted run resumes. Exit code 1 if any video failed.
     """
     from dfdc_cli.faces import extract as X
-    from dfdc_cli.paths import default_tubes_dir
     from dfdc_cli.scale.shard import parse_shard
 
     params = X.params_for(
@@ -177,7 +178,6 @@ def _self_blend(result, params, seed: int, quiet: bool) -> None:
     """Self-blended fakes of the run's REAL tubes, appended to the index beside them."""
     from dfdc_cli.faces.index import write_index
     from dfdc_cli.train.selfblend import self_blend_records
-    from dfdc_cli.ui import console, progress, warn
 
     reals = [t for t in result.tubes if str(t.label).upper() == "REAL"]
     if not reals:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from dfdc_cli.errors import UserError
+from dfdc_cli.ui import console, warn
+
 index_app = typer.Typer(help="The tube index of `deepfake extract` (and the outputs of sharded scans).",
                         no_args_is_help=True)
 
@@ -20,10 +23,8 @@ def merge_cmd(
     Reading a folder with parts merges them anyway (train, scan --index and eval --index do); merging makes it
     one table again. Run it after the last shard has finished; merging twice is harmless.
     """
-    from dfdc_cli.errors import UserError
     from dfdc_cli.faces.index import merge_parts, table_paths
     from dfdc_cli.scale.shard import Merged, merge_outputs
-    from dfdc_cli.ui import console, warn
 
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder")

@@ -7,6 +7,11 @@ from typing import List, Optional
 
 import typer
 
+from dfdc_cli import paths
+from dfdc_cli.errors import UserError
+from dfdc_cli.ui import console, middle_ellipsis
+from dfdc_models.specs import MEMBERS, get_spec
+
 models_app = typer.Typer(
     name="models",
     help="The model registry: which weights each ensemble member uses.",
@@ -20,10 +25,7 @@ def list_cmd(
 ) -> None:
     """Show the eight seed members (and any other registered architecture/resolution), what is
     registered for each and which model is active."""
-    from dfdc_cli import paths
-    from dfdc_cli.ui import console
     from dfdc_models import builtin, store
-    from dfdc_models.specs import MEMBERS, get_spec
 
     entries = store.list_entries()
     broken = store.damaged()
@@ -101,8 +103,6 @@ def list_cmd(
 def _short_source(source: str, width: int) -> str:
     """``import:/a/long/path/j3d_e1_l0.1374.model`` as ``import:j3d_e1_l0.1374.model`` when the whole
     does not fit: the file (or run folder) name is what tells entries apart."""
-    from dfdc_cli.ui import middle_ellipsis
-
     if len(source) <= width:
         return source
     kind, sep, rest = source.partition(":")
@@ -136,7 +136,6 @@ def import_cmd(
                                              show_default=False),
     no_activate: bool = typer.Option(False, "--no-activate", help="Register without making it active."),
 ) -> None:
-    from dfdc_cli.errors import UserError
     from dfdc_cli.ui import err_console, progress
     from dfdc_models import store
 
@@ -175,9 +174,7 @@ def _compact_table(title: str, caption: Optional[str] = None):
 
 def print_imported(results, skipped) -> None:
     """The table of registered files (stdout) and one summary line (stderr)."""
-    from dfdc_cli import paths
     from dfdc_cli.ui import console, err_console, middle_ellipsis
-    from dfdc_models.specs import MEMBERS
 
     order = {m: i for i, m in enumerate(MEMBERS)}
     done = sorted((r for r in results if r.ok), key=lambda r: (order.get(r.entry.member, len(order)), r.entry.member))
@@ -215,7 +212,6 @@ def activate_cmd(
     model_id: str = typer.Argument(..., help="Registered model id (a unique prefix is enough)."),
 ) -> None:
     """Make a registered model the one MEMBER uses."""
-    from dfdc_cli.ui import console
     from dfdc_models import store
 
     e = store.activate(member, model_id)
@@ -228,7 +224,6 @@ def remove_cmd(
     model_id: str = typer.Argument(..., help="Registered model id (a unique prefix is enough)."),
 ) -> None:
     """Delete a registered model (its weights folder)."""
-    from dfdc_cli.ui import console
     from dfdc_models import store
 
     e = store.remove(member, model_id)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from dfdc_cli.errors import UserError
+from dfdc_cli.evaluate.report import REPORT_FILES
+from dfdc_cli.faces.index import has_index
 from dfdc_cli.faces.inputs import is_video_name
 
 # What marks a folder as an eval report (written by dfdc_cli.evaluate.report.write_report).
@@ -92,15 +94,12 @@ def check_report_dir(path: Path, option: str, inputs: Iterable[Path] = ()) -> Pa
     """An eval report folder: refuse an existing file, a folder holding a `deepfake extract` index
     (the report's videos.csv/tubes.csv would replace the index's), and a folder that would replace
     one of ``inputs``; a missing folder is created later (its parents too)."""
-    from dfdc_cli.faces.index import has_index
-
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path}: is a file, not a folder")
     if path.is_dir() and has_index(path) and not is_report(path):
         raise UserError(f"{option} {path}: holds a tube index of `deepfake extract` (videos.csv/tubes.csv), "
                         "which a report would overwrite; choose another folder")
-    from dfdc_cli.evaluate.report import REPORT_FILES
 
     for src in inputs:
         for name in REPORT_FILES:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dfdc_cli.runtime import DEVICE_HELP
+from dfdc_cli.runtime import DEVICE_HELP, resolve_device
 
 HELP = """Write the report folder of a scan from its --json output (what `scan --report` writes).
 
@@ -28,7 +28,6 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help=DEVICE_HELP + " (for the heatmaps)."),
     ) -> None:
         from dfdc_cli.report.build import check_out, load_scan_json, write_report_with_progress
-        from dfdc_cli.runtime import resolve_device
         from dfdc_cli.ui import err_console
 
         out = check_out(out)

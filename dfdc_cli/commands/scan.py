@@ -9,7 +9,9 @@ import typer
 
 from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
 from dfdc_cli.scan.options import ScanOptions
-from dfdc_cli.scan.span import SPAN_HELP
+from dfdc_cli.scan.span import SPAN_HELP, check_span
+from dfdc_cli.ui import fail_line, middle_ellipsis, progress, warn
+from dfdc_models.specs import get_spec
 
 HELP = """Score videos with the ensemble: p(fake) per video, per member and per face.
 
@@ -57,8 +59,6 @@ def split_members(values: Optional[List[str]]) -> Optional[tuple[str, ...]]:
 
 def scan_with_progress(scanner, videos, desc: str) -> list:
     """Scan ``videos`` under a progress bar, one line per video that failed (shared with eval)."""
-    from dfdc_cli.ui import fail_line, progress
-
     results = []
     with progress(transient=True) as bar:
         task = bar.add_task(desc, total=len(videos), status="")
@@ -106,7 +106,6 @@ def check_outputs(outputs: dict, videos, index=None, more_inputs=()) -> None:
 
 def warn_missing_2d(scanner, items) -> None:
     from dfdc_cli.scan.inputs import missing_2d_note
-    from dfdc_cli.ui import warn
 
     note = missing_2d_note(scanner.members, items)
     if note:
@@ -170,7 +169,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from dfdc_cli.scale.cluster import run_with
 
-        from dfdc_cli.scan.span import check_span
         span = check_span(span, windows)
         options = ScanOptions(members=split_members(members), weights=weights, threshold=threshold,
                               device=device, workers=workers, batch_size=batch_size, precision=precision,
@@ -260,8 +258,6 @@ _FIXED = {"faces": 5, "p(fake)": 7, "verdict": 7}  # "(0.500)" and "NO FACE" are
 
 def member_label(name: str) -> str:
     """A member's short column label (I3D-CM for i3d_cutmix_224); other members keep their name."""
-    from dfdc_models.specs import get_spec
-
     try:
         return get_spec(name).short
     except KeyError:
@@ -312,7 +308,6 @@ def results_table(results, members, rule, width: int = 80, inline_members: Optio
     :class:`~dfdc_cli.scan.ensemble.VerdictRule` (or a plain threshold) for the title."""
     from dfdc_cli.scan.ensemble import VerdictRule
     from dfdc_cli.scan.results import display_names
-    from dfdc_cli.ui import middle_ellipsis
 
     if not isinstance(rule, VerdictRule):
         rule = VerdictRule.single(rule)
@@ -349,7 +344,6 @@ def member_scores_tables(results, members, width: int = 80) -> list:
     to what the member columns leave): one table, or several when the members do not fit side by
     side at ``width``."""
     from dfdc_cli.scan.results import display_names
-    from dfdc_cli.ui import middle_ellipsis
 
     names = display_names(results)
     widths = dict(zip(members, _member_widths(members)))

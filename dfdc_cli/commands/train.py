@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
+from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
 from dfdc_models.archs import IMAGENET_ARCHS, help_text, resolution_help
 from dfdc_models.specs import MEMBERS
-
-from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
 
 def train_cmd(
     member: Optional[str] = typer.Option(

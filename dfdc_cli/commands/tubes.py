@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 
 from dfdc_cli.errors import UserError
+from dfdc_cli.ui import console, warn
 
 tubes_app = typer.Typer(
     name="tubes",
@@ -41,7 +42,6 @@ def show(
     from dfdc_cli.faces.sheets import (
         default_track, is_2d, load_track_geometry, load_tube_frames, render_sheet, write_png,
     )
-    from dfdc_cli.ui import console, warn
 
     from dfdc_cli.commands.outputs import check_output_file
 
@@ -73,7 +73,6 @@ def list_tubes(
     """List the tubes of an index: video, tube id, frames, detector confidence, label, path."""
     from dfdc_cli.faces.index import TUBES_CSV, has_index, read_records, resolve_index
     from dfdc_cli.faces.sheets import one_line
-    from dfdc_cli.ui import console
 
     folder = resolve_index(index)
     if not has_index(folder):
@@ -115,7 +114,6 @@ def blend(
     from dfdc_cli.faces.sheets import (
         load_track_geometry, load_tube_frames, one_line, render_blend_sheet, write_png,
     )
-    from dfdc_cli.ui import console
 
     from dfdc_cli.commands.outputs import check_distinct, check_output_file
 

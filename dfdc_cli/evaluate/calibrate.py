@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+from scipy.optimize import isotonic_regression, minimize, minimize_scalar
 
-from dfdc_models.calibration import METHODS, Calibration, band_verdict, logit, sigmoid
-
-from dfdc_cli.evaluate import metrics as M
+from dfdc_cli.atomic import atomic_path, write_json
 from dfdc_cli.errors import UserError
+from dfdc_cli.evaluate import metrics as M
+from dfdc_cli.evaluate.report import _plt
+from dfdc_models import builtin, store
+from dfdc_models.calibration import METHODS, Calibration, band_verdict, logit, sigmoid
 
 CALIBRATION_JSON = "calibration.json"
 DEFAULT_METHOD = "platt"
@@ -80,8 +83,6 @@ def platt_targets(y: np.ndarray) -> np.ndarray:
 
 def fit_platt(y, s) -> dict:
     """a, b of ``sigmoid(a * logit(s) + b)`` minimising the log loss against Platt's targets."""
-    from scipy.optimize import minimize
-
     y, s = _arrays(y, s)
     z, t = logit(s), platt_targets(y)
 
@@ -102,8 +103,6 @@ def fit_platt(y, s) -> dict:
 
 def fit_temperature(y, s) -> dict:
     """t of ``sigmoid(logit(s) / t)`` minimising the log loss (the labels as they are)."""
-    from scipy.optimize import minimize_scalar
-
     y, s = _arrays(y, s)
     z = logit(s)
     # log(1/t) in a bounded range: t -> 0 makes every score 0 or 1, a negative t reverses the order.
@@ -116,8 +115,6 @@ def fit_temperature(y, s) -> dict:
 def fit_isotonic(y, s) -> dict:
     """The non-decreasing least-squares fit of the labels on the scores (scipy's pool-adjacent-
     violators), as knots: one per distinct score, the fitted value of its block."""
-    from scipy.optimize import isotonic_regression
-
     y, s = _arrays(y, s)
     xs, inv = np.unique(s, return_inverse=True)
     sums = np.bincount(inv, weights=y)
@@ -306,8 +303,6 @@ def calibrate_report(videos: Sequence[Mapping], models: Mapping[str, str], out_d
     """Fit every member's calibration (``models``: member -> model id) from evaluated videos (dicts
     as in the report's scan.json, with their labels) and write ``calibration.json`` and one
     ``calibration-<member>.png`` per member into ``out_dir``. Returns the document written."""
-    from dfdc_cli.atomic import write_json
-
     names = list(only) if only else list(models)
     unknown = [m for m in names if m not in models]
     if unknown:
@@ -398,8 +393,6 @@ def record(doc: Mapping, builtin_dir: Optional[Path] = None, to_builtin: bool = 
     package's). ``to_builtin``: into the built-in model whatever model was evaluated, when it is
     the same member (a registered model exported as the built-in one, whose fp16 copy scores
     within ~1e-3 of it). Returns one line per model, saying where."""
-    from dfdc_models import builtin, store
-
     done = []
     for member, rec in doc.get("members", {}).items():
         model_id = str(rec.get("model_id") or "")
@@ -436,9 +429,6 @@ def plot_fit(path: Path, y: np.ndarray, s: np.ndarray, p_cv: np.ndarray, cal: Ca
              n_bins: int = 10) -> None:
     """Left: reliability before (raw score) and after (cross-validated calibrated p). Right: the
     calibrated p of each class, with the UNSURE band."""
-    from dfdc_cli.atomic import atomic_path
-    from dfdc_cli.evaluate.report import _plt
-
     plt = _plt()
     f = cal.fitted_on
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 5), dpi=100)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
 from dfdc_cli.scan.ensemble import CLIP_LO
 
@@ -57,7 +58,6 @@ def roc_auc(y, p) -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    from scipy.stats import rankdata  # ties share their average rank; imported here: scipy.stats is slow to load
 
     r = rankdata(p)
     return float((r[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 
-from dfdc_cli.evaluate import metrics as M
+from dfdc_cli.atomic import atomic_path, write_json, write_text
 from dfdc_cli.errors import UserError
+from dfdc_cli.evaluate import metrics as M
 from dfdc_cli.scan.ensemble import PRIOR
+from dfdc_cli.scan.inputs import index_items
 from dfdc_cli.scan.results import VideoScan
+from dfdc_cli.ui import warn
 
 ENSEMBLE = "ensemble"
 
@@ -59,8 +63,6 @@ def parse_label(value) -> int:
 def labels_from_csv(path: str | Path) -> list[Labelled]:
     """``filename,label`` rows (a ``video`` or ``path`` column also works for the file); relative
     names resolve against the CSV's folder."""
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--val {path}: no such file")
@@ -187,14 +189,11 @@ class EvalSet:
 def eval_set(val: Optional[Path], metadata: Sequence[Path], index: Optional[Path] = None) -> EvalSet:
     """The labelled videos of --val / --metadata, or of an extract index (its own labels unless
     --val / --metadata are given); warns about the videos left out."""
-    from dfdc_cli.ui import warn
-
     if index is None:
         labels, missing = gather_labels(val, metadata)
         if missing:
             warn(f"{len(missing)} labelled videos are missing and left out (first: {missing[0].video})")
         return EvalSet([it.video for it in labels], labels, None, len(missing))
-    from dfdc_cli.scan.inputs import index_items
 
     given = read_labels(val, metadata) if (val is not None or metadata) else None
     found, labels, missing, unlabelled = match_index(index_items(index), given)
@@ -356,10 +355,6 @@ def write_report(out_dir: Path, results: Sequence[VideoScan], items: Sequence[La
                  meta: Mapping) -> dict[str, Path]:
     """metrics.json, videos.csv, tubes.csv, roc.png, calibration.png, summary.md, summary.html,
     scan.json. Returns the paths written."""
-    import pandas as pd
-
-    from dfdc_cli.atomic import atomic_path, write_json, write_text
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     members = list(meta["members"])
@@ -511,8 +506,6 @@ def _plt():
 
 
 def plot_roc(path: Path, table: dict, members: Sequence[str], level: Mapping[str, Mapping]) -> None:
-    from dfdc_cli.atomic import atomic_path
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
     y = table["y"]
@@ -539,8 +532,6 @@ def plot_roc(path: Path, table: dict, members: Sequence[str], level: Mapping[str
 
 
 def plot_calibration(path: Path, table: dict, members: Sequence[str], n_bins: int = 10) -> None:
-    from dfdc_cli.atomic import atomic_path
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
     y = table["y"]

@@ -34,6 +34,7 @@ folds the parts into the main tables. Every write of a folder's tables holds the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import re
 import threading
@@ -47,6 +48,7 @@ import pandas as pd
 
 from dfdc_cli.atomic import atomic_path
 from dfdc_cli.errors import UserError
+from dfdc_cli.paths import default_tubes_dir
 
 VIDEOS_CSV = "videos.csv"
 TUBES_CSV = "tubes.csv"
@@ -212,8 +214,6 @@ def has_index(index_dir: str | Path) -> bool:
 def index_lock(index_dir: str | Path) -> Iterator[None]:
     """Exclusive lock on a folder's tables (``.index.lock``; flock works across the nodes of NFS v4
     and of most cluster filesystems, Lustre only when mounted with ``-o flock``)."""
-    import fcntl
-
     d = Path(index_dir)
     d.mkdir(parents=True, exist_ok=True)
     with open(d / LOCK_FILE, "a") as fh:
@@ -427,8 +427,6 @@ def merge_parts(index_dir: str | Path) -> tuple[list[tuple[int, int]], int, int]
 
 def resolve_index(path: Optional[str | Path]) -> Path:
     """Accept an index folder or either of its CSV files; default: the data dir's tube index."""
-    from dfdc_cli.paths import default_tubes_dir
-
     p = Path(path) if path is not None else default_tubes_dir()
     if p.is_file() and p.name in (VIDEOS_CSV, TUBES_CSV):
         p = p.parent

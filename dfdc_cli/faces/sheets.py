@@ -14,7 +14,13 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import cv2
+import numpy as np
+
+from dfdc_cli.atomic import atomic_path
 from dfdc_cli.errors import UserError
+from dfdc_cli.faces.index import Track
+from dfdc_cli.train.selfblend import track_2d_geometry, track_tube_geometry
 
 # Colours (RGB) of the overlay: detected frames green, interpolated frames yellow, landmarks red.
 _DETECTED = (40, 220, 40)
@@ -46,11 +52,6 @@ def load_track_geometry(track_path: Path, frame_size: tuple[int, int], crops_2d:
     """(landmarks (n,5,2), boxes (n,4), detected (n,)) of a track, in the decoded frames' pixels.
 
     ``crops_2d``: the frames are the 2D pathway's crops (``<stem>_2d.mp4``), not the tube."""
-    import numpy as np
-
-    from dfdc_cli.faces.index import Track
-    from dfdc_cli.train.selfblend import track_2d_geometry, track_tube_geometry
-
     try:
         track = Track.load(track_path)
         if crops_2d:
@@ -67,9 +68,6 @@ def load_track_geometry(track_path: Path, frame_size: tuple[int, int], crops_2d:
 
 def _cell(img, thumb: int):
     """Letter-box one RGB frame into a thumb x thumb cell; returns (cell, scale, (ox, oy))."""
-    import cv2
-    import numpy as np
-
     h, w = img.shape[:2]
     f = thumb / float(max(h, w))
     nw, nh = max(1, round(w * f)), max(1, round(h * f))
@@ -82,8 +80,6 @@ def _cell(img, thumb: int):
 
 
 def _label(cell, text: str) -> None:
-    import cv2
-
     scale = max(0.3, cell.shape[0] / 300.0)
     org = (3, int(14 * scale / 0.45))
     cv2.putText(cell, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
@@ -103,9 +99,6 @@ def render_sheet(frames, every: int = 10, cols: int = 8, thumb: int = 128, geome
 
     ``geometry`` = (landmarks, boxes, detected) in frame pixels draws the track on each cell.
     """
-    import cv2
-    import numpy as np
-
     if cols < 1 or thumb < 16:
         raise UserError("--cols must be >= 1 and --thumb >= 16")
     idx = sample_indices(len(frames), every)
@@ -136,8 +129,6 @@ def render_sheet(frames, every: int = 10, cols: int = 8, thumb: int = 128, geome
 
 def render_blend_sheet(real, fake, mask, every: int = 10, cols: int = 8, thumb: int = 128):
     """Bands of three rows per ``cols`` samples: real (labelled with frame numbers), fake, mask."""
-    import numpy as np
-
     idx = sample_indices(len(real), every)
     ncol = min(cols, len(idx))
     bands = []
@@ -156,10 +147,6 @@ def render_blend_sheet(real, fake, mask, every: int = 10, cols: int = 8, thumb: 
 
 def write_png(path: Path, rgb) -> None:
     """Write an RGB image as PNG, atomically."""
-    import cv2
-
-    from dfdc_cli.atomic import atomic_path
-
     ok, buf = cv2.imencode(".png", rgb[..., ::-1])
     if not ok:
         raise UserError(f"{path}: could not encode the PNG")

@@ -42,8 +42,6 @@ class VideoWriter:
     held whole."""
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float, crf: int = TUBE_CRF):
-        from fractions import Fraction
-
         rate = Fraction(fps).limit_denominator(100000) if fps and fps > 0 else Fraction(30)
         self.container = av.open(str(path), mode="w", format="mp4")
         try:
@@ -121,6 +119,7 @@ import cv2  # noqa: E402
 from dfdc_cli.errors import VideoError  # noqa: E402
 
 
+from fractions import Fraction
 @dataclass
 class VideoInfo:
     """What :func:`probe` learns about a video; sizes are DISPLAYED sizes (after rotation)."""

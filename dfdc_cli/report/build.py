@@ -26,10 +26,20 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+import cv2
 import numpy as np
+from PIL import Image
 
-from dfdc_cli.errors import UserError
+from dfdc_cli.atomic import atomic_dir
+from dfdc_cli.errors import UserError, VideoError
+from dfdc_cli.faces.extract.crops import _frame_2d, _square_tube_frame, _tube_square
+from dfdc_cli.faces.index import TUBE_SIZE, Track
+from dfdc_cli.faces.tubes import box_2d_crops
 from dfdc_cli.report.html import HEAT_SIZE, index_page, short_label, unsure_band, video_page
+from dfdc_cli.report.saliency import clip_cam, frame_cam, overlay, top_frames
+from dfdc_cli.scan.members import load_member
+from dfdc_cli.ui import progress, warn
+from dfdc_models.calibration import Calibration
 
 MARKER = ".deepfake-report"  # a folder holding it is a report this tool may replace
 STRIP_FRAMES = 6
@@ -95,8 +105,6 @@ def ordered(videos: Sequence[Mapping]) -> list[int]:
 def _png(path: Path, rgb: np.ndarray) -> None:
     """An RGB picture as a 256-colour PNG: a third of the full-colour file, and thumbnails do not
     need more (what keeps a report of many videos small)."""
-    from PIL import Image
-
     img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), "RGB")
     img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
@@ -117,8 +125,6 @@ def strip_frames(face: Mapping, n: int = STRIP_FRAMES) -> list[int]:
 
 
 def _scaled_with_box(frames, i: int, box, height: int, colour=(255, 64, 64)) -> np.ndarray:
-    import cv2
-
     w = max(2, int(round(frames.width * height / frames.height)))
     img = np.ascontiguousarray(frames.rgb_resized(i, w, height))
     if box:
@@ -131,9 +137,6 @@ def _scaled_with_box(frames, i: int, box, height: int, colour=(255, 64, 64)) -> 
 def _crop_2d_box(face: Mapping, k: int) -> Optional[np.ndarray]:
     """The 2D crop box of tube frame ``k`` as extracted (from the track in the scan cache), or
     one like it from the sampled boxes when the track is gone."""
-    from dfdc_cli.faces.index import Track
-    from dfdc_cli.faces.tubes import box_2d_crops
-
     tp = face.get("track_path") or ""
     if tp:
         try:
@@ -169,8 +172,6 @@ class _Needs:
 def _decode_needed(path: str, needs: _Needs, faces: Sequence[Mapping]) -> dict:
     """One decode of the video up to the last frame needed: strip images, the thumbnail, 2D crops
     and 3D tubes, as extracted (:mod:`dfdc_cli.faces.extract.crops`)."""
-    from dfdc_cli.faces.extract.crops import _frame_2d, _square_tube_frame, _tube_square
-    from dfdc_cli.faces.index import TUBE_SIZE
     from dfdc_cli.faces.video import decode_iter
 
     needs._first = {fi: int(f["first_frame"]) for fi, f in enumerate(faces)}
@@ -200,8 +201,6 @@ def _decode_needed(path: str, needs: _Needs, faces: Sequence[Mapping]) -> dict:
 
 
 def _draw_strip(face_idx: int, face: Mapping, got: dict) -> Optional[np.ndarray]:
-    import cv2
-
     tiles = []
     for i in strip_frames(face):
         if i not in got["strip"]:
@@ -223,8 +222,6 @@ def score_map(doc: Mapping) -> Callable[[str, Sequence[float]], list[float]]:
     member's recorded calibration applied when the scan applied them (``calibrated``), else as they
     are. A face's per-tube and per-frame figures in the JSON are raw; the threshold and band of a
     calibrated model are on the calibrated scale."""
-    from dfdc_models.calibration import Calibration
-
     cals = {m: Calibration.from_dict(c) for m, c in (doc.get("calibrations") or {}).items() if c} \
         if doc.get("calibrated") else {}
 
@@ -297,10 +294,6 @@ def _heatmaps(fi: int, face: Mapping, got: dict, members: Mapping[str, object], 
               stem: str) -> list[dict]:
     """Heatmap pairs (plain crop, map) of one face: the frame models' highest-scoring frames and
     the frames that weighed most for the 3D members. Returns [{member, frame, p, plain, heat}]."""
-    from dfdc_cli.report.saliency import clip_cam, frame_cam, overlay, top_frames
-
-    import cv2
-
     def save(img: np.ndarray, name: str) -> str:
         img = cv2.resize(img, (HEAT_SIZE, HEAT_SIZE), interpolation=cv2.INTER_AREA) if img.shape[0] > HEAT_SIZE else img
         _png(folder / name, img)
@@ -337,8 +330,6 @@ def _heatmaps(fi: int, face: Mapping, got: dict, members: Mapping[str, object], 
 def load_report_members(doc: Mapping, device: str = "cpu") -> tuple[dict, list[str]]:
     """The members that judged the scan, loaded (registered or built-in) when their model id is
     still the one the scan used: ({name: MemberModel}, notes on those that are not)."""
-    from dfdc_cli.scan.members import load_member
-
     models, notes = {}, []
     for name in doc.get("members") or []:
         want = (doc.get("models") or {}).get(name, "")
@@ -365,8 +356,6 @@ def load_report_members(doc: Mapping, device: str = "cpu") -> tuple[dict, list[s
 
 def _video_pictures(doc: Mapping, v: Mapping, folder: Path, members: Mapping[str, object], heatmaps: bool) -> tuple[dict, list[str]]:
     """Draw one video's pictures into ``folder``: (file names by role, notes)."""
-    from dfdc_cli.errors import VideoError
-
     faces = v.get("faces") or []
     pics: dict = {"strips": {}, "heat": {}}
     notes: list[str] = []
@@ -426,8 +415,6 @@ def write_report(doc: Mapping, out: str | Path, members: Optional[Mapping[str, o
     """Write the report of a scan document into ``out`` (replaced as a whole when done: an earlier
     report there is never half-overwritten). ``members``: name -> MemberModel for the heatmaps
     (None: none). ``on_video(name)`` is called as each video is done. Returns ``out``."""
-    from dfdc_cli.atomic import atomic_dir
-
     out = check_out(out)
     videos = list(doc.get("videos") or [])
     with atomic_dir(out) as tmp:
@@ -454,8 +441,6 @@ def write_report_with_progress(doc: Mapping, out: str | Path, members: Optional[
                                device: str = "cpu") -> Path:
     """:func:`write_report` under a progress bar; ``members`` None: the scan's members are loaded
     (those whose model id is unchanged) for the heatmaps."""
-    from dfdc_cli.ui import progress, warn
-
     notes: list[str] = []
     if members is None:
         members, notes = load_report_members(doc, device)

@@ -16,9 +16,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from dfdc_cli.scan.members import prepare_2d, prepare_3d
+from dfdc_models.archs import get_arch
 
 
 def _last_spatial_conv_output(model: nn.Module, run) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +52,6 @@ def grad_cam(model, clip: torch.Tensor) -> np.ndarray:
     """Grad-CAM of a member for one input as its ``predict`` takes it, raw RGB 0..255: a frame
     (1, 3, H, W) for a frame model (-> (H, W)), a clip (1, 3, T, H, W) for a 3D member
     (-> (T, H, W)); float32 in [0, 1] (all zeros when the logit does not depend on the input)."""
-    import torch.nn.functional as F
-
     model.eval()
     p = next(model.parameters(), None)
     clip = clip.to(p.device) if p is not None else clip  # (a scanner's members may live on a GPU)
@@ -72,8 +75,6 @@ def grad_cam(model, clip: torch.Tensor) -> np.ndarray:
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """A heatmap (JET colours) of ``cam`` (H, W in [0, 1]) blended over an RGB image of the same size."""
-    import cv2
-
     heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return (rgb.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).clip(0, 255).astype(np.uint8)
@@ -83,10 +84,6 @@ def frame_cam(model, crop: np.ndarray, flipped: bool = False) -> tuple[np.ndarra
     """A frame model's map over one 2D crop (uint8 (256, 256, 3), as extracted): (the crop as the
     member saw it at its resolution, the map over it). ``flipped``: the crop was scored mirrored
     (the seed flips every other frame); the map is mirrored back onto the plain crop."""
-    from dfdc_models.archs import get_arch
-
-    from dfdc_cli.scan.members import prepare_2d
-
     mode = get_arch(model.spec.arch).interpolation  # the resize the member was trained and scored with
     x = prepare_2d(torch.from_numpy(np.ascontiguousarray(crop))[None, None], model.spec.res, mode)[:, :, 0]  # 1,3,r,r
     seen = x[0].permute(1, 2, 0).float().round().clamp(0, 255).numpy().astype(np.uint8)
@@ -97,8 +94,6 @@ def frame_cam(model, crop: np.ndarray, flipped: bool = False) -> tuple[np.ndarra
 def clip_cam(model, tube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A 3D member's map over a tube (uint8 (T, 256, 256, 3), as extracted): (the frames as the
     member saw them (T, r, r, 3), the map (T, r, r))."""
-    from dfdc_cli.scan.members import prepare_3d
-
     x = prepare_3d(torch.from_numpy(np.ascontiguousarray(tube))[None], model.spec.res)  # 1,3,T,r,r
     seen = x[0].permute(1, 2, 3, 0).float().round().clamp(0, 255).numpy().astype(np.uint8)
     return seen, grad_cam(model, x)

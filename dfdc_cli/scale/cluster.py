@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from rich.markup import escape
+
 from dfdc_cli.errors import UserError
+from dfdc_cli.ui import warn
 
 INSTALL = 'Ray is not installed: pip install "deepfake[ray]"  (needed for --ray)'
 
@@ -89,8 +96,6 @@ def local_cluster() -> Iterator[Path]:
     workers at this process's priority (:func:`local_priority`), and a private temporary folder
     for Ray's session files, yielded, and removed (with a warning if it cannot be) at the end.
     The process's environment and Ray's setting are restored afterwards."""
-    import tempfile
-
     saved = {k: os.environ.get(k) for k in (_CLUSTERS_ENV, "RAY_worker_niceness")}
     local_priority()
     os.environ[_CLUSTERS_ENV] = "0"
@@ -120,8 +125,6 @@ _SOCKET_PATH_MAX, _SESSION_SUFFIX = 107, 64 + len("/deepfake-ray-12345678")
 def _short_temp_root() -> Optional[str]:
     """The temporary folder (TMPDIR, ...) unless Ray's socket paths under it would be too long;
     then /tmp."""
-    import tempfile
-
     root = tempfile.gettempdir()
     if len(root.encode()) + _SESSION_SUFFIX > _SOCKET_PATH_MAX and os.path.isdir("/tmp"):
         return "/tmp"
@@ -130,17 +133,12 @@ def _short_temp_root() -> Optional[str]:
 
 def _ray_constants():
     """Ray's constants module when Ray is imported already, else None (read on import)."""
-    import sys
-
     return sys.modules.get("ray._private.ray_constants")
 
 
 def _remove_tree(path: Path, tries: int = 5) -> None:
     """Remove ``path``; Ray's processes may still be closing their logs just after shutdown, so
     a failure is retried for a moment, then reported in one line."""
-    import shutil
-    import time
-
     err: Optional[OSError] = None
     for i in range(tries):
         try:
@@ -151,9 +149,6 @@ def _remove_tree(path: Path, tries: int = 5) -> None:
         except OSError as exc:
             err = exc
             time.sleep(0.2 * (i + 1))
-    from rich.markup import escape
-
-    from dfdc_cli.ui import warn
 
     warn(escape(f"could not remove Ray's temporary folder {path}: {err.strerror or err}"))
 

@@ -10,6 +10,7 @@ so shards writing into one folder never write the same file.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
+from dfdc_cli.atomic import csv_text, write_json, write_text
 from dfdc_cli.errors import UserError
+from dfdc_cli.faces.index import index_lock
 
 T = TypeVar("T")
 Shard = tuple[int, int]  # (K, N), K = 1..N
@@ -95,12 +98,6 @@ def merge_outputs(folder: str | Path) -> list[Merged]:
     ``NAME.json|csv``, then remove the parts (under the folder's index lock). JSON: the first
     part's header with every part's ``videos``; CSV (a DFDC submission): every part's rows. Rows
     are sorted by video path (JSON) or file name (CSV)."""
-    import csv
-
-    from dfdc_cli.atomic import write_json, write_text
-    from dfdc_cli.faces.index import index_lock
-    from dfdc_cli.atomic import csv_text
-
     folder = Path(folder)
     out = []
     with index_lock(folder):

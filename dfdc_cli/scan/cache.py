@@ -22,7 +22,9 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from dfdc_cli import __version__
 from dfdc_cli.atomic import write_json
+from dfdc_cli.faces.index import STATUS_OK
 
 
 def tube_set_key(tube_paths: Sequence[str]) -> Optional[str]:
@@ -105,8 +107,6 @@ def _wants_frames(m) -> bool:
 
 def numeric_mode(device: str, precision: Optional[str]) -> str:
     """``v<version>-<device type>-<precision>``; autocast only runs on CUDA, so CPU is always fp32."""
-    from dfdc_cli import __version__
-
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     prec = precision if (dev == "cuda" and precision) else "fp32"
     return f"v{__version__}-{dev}-{prec}"
@@ -137,8 +137,6 @@ class ScanScores:
         """Per video: its key in the score cache. In memory: the video's content and the scan
         settings (:func:`dfdc_cli.scan.inputs.video_key`); tubes read from files (an extract index):
         those files."""
-        from dfdc_cli.faces.index import STATUS_OK
-
         if self.cache is None:
             return [None] * len(extracted)
         return [(e.key or tube_set_key(self._tube_files(e))) if e.status == STATUS_OK and e.tubes else None

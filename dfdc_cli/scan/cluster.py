@@ -14,17 +14,23 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import torch
+
 from dfdc_cli.errors import UserError
+from dfdc_cli.faces.index import STATUS_ERROR
+from dfdc_cli.paths import ENV_CACHE, cache_dir
+from dfdc_cli.runtime import resolve_device
 from dfdc_cli.scale.cluster import describe_failure, require_ray
+from dfdc_cli.scan.ensemble import aggregate_video
+from dfdc_cli.scan.inputs import items_extractor
+from dfdc_cli.scan.results import VideoScan
+from dfdc_cli.scan.scanner import Scanner
 
 
 class ScanActor:
     """A :class:`dfdc_cli.scan.scanner.Scanner` on one node (one GPU, or a few CPUs)."""
 
     def __init__(self, members: list, options: dict, cache_dir: str):
-        from dfdc_cli.paths import ENV_CACHE
-        from dfdc_cli.runtime import resolve_device
-
         # The scan's tube cache and score cache live in the driver's cache folder (shared).
         os.environ[ENV_CACHE] = cache_dir
         device = resolve_device(options.get("device"))
@@ -34,17 +40,12 @@ class ScanActor:
         self.members = members
 
     def scan(self, paths: list, items: Optional[list] = None) -> list:
-        from dfdc_cli.scan.inputs import items_extractor
-        from dfdc_cli.scan.scanner import Scanner
-
         extractor = items_extractor(items) if items is not None else None
         scanner = Scanner(members=self.members, extractor=extractor, **self.options)
         return list(scanner.scan_iter([Path(p) for p in paths]))
 
 
 def _to_device(member, device: str) -> None:
-    import torch
-
     if member.module is None:
         return
     member.module.to(device)
@@ -106,11 +107,6 @@ class RayScanner:
         return ray.remote(ScanActor).options(max_restarts=self.max_restarts, max_task_retries=self.max_restarts, **per), n
 
     def scan_iter(self, paths: Sequence[str | Path]) -> Iterator:
-        from dfdc_cli.paths import cache_dir
-        from dfdc_cli.scan.ensemble import aggregate_video
-        from dfdc_cli.faces.index import STATUS_ERROR
-        from dfdc_cli.scan.results import VideoScan
-
         ray = require_ray()
         paths = [Path(p) for p in paths]
         if not paths:

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
-from dfdc_models.calibration import FAKE, REAL, UNSURE, Calibration, band_verdict
 
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_OK
 from dfdc_cli.scan.results import PRIOR, VideoScan  # the records are a leaf: they import nothing of this
+from dfdc_cli.scan.span import combine_windows
+from dfdc_models.calibration import FAKE, REAL, UNSURE, Calibration, band_verdict
 
 
 CLIP_LO, CLIP_HI = 0.001, 0.999
@@ -206,8 +207,6 @@ def _over_windows(result: "VideoScan", members: Sequence[str], weights,
     """(per-member figures, deciding window) of a video: the seed's figures when its faces are in
     one window; otherwise those of the window with the highest p(fake)
     (:func:`dfdc_cli.scan.span.combine_windows`). Fills each of ``result.windows``' members/p_fake."""
-    from dfdc_cli.scan.span import combine_windows
-
     by_window: dict[int, list] = {}
     for f in result.faces:
         by_window.setdefault(int(f.window), []).append(f)

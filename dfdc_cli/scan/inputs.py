@@ -5,16 +5,28 @@ as :class:`Extracted` records, and read into :class:`LoadedTube` pixels.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from dfdc_cli.errors import UserError
-from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from dfdc_cli.errors import UserError, VideoError
+from dfdc_cli.faces.extract.job import NOT_CACHED, REBUILT
+from dfdc_cli.faces.extract.params import LOW_THRESHOLDS, fallback_stage
+from dfdc_cli.faces.index import (
+    STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, IndexWriteError, has_index, read_tubes, read_videos,
+    resolve_index,
+)
+from dfdc_cli.faces.inputs import walk
+from dfdc_cli.faces.video import frame_count
+from dfdc_cli.paths import scan_tubes_dir
+from dfdc_cli.scale.shard import select
 from dfdc_cli.scan.members import FRAMES_2D
 from dfdc_cli.scan.span import TUBE_ID_STRIDE, Window, frames_read_text
+from dfdc_cli.ui import warn
 
 if TYPE_CHECKING:
     from dfdc_cli.scale.shard import Shard
@@ -24,8 +36,6 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     """The inputs of ``paths`` (:func:`dfdc_cli.faces.inputs.walk`, extract's walker): files as given,
     folders searched recursively for video files (sorted). Missing paths and unreadable folders
     are kept (they become per-video errors: the extractor, given them again, says why)."""
-    from dfdc_cli.faces.inputs import walk
-
     return [f.path for f in walk(paths)]
 
 
@@ -52,8 +62,6 @@ class Extracted:
     @property
     def weak(self) -> bool:
         """Faces found only by the low-threshold fallback: they may be none (noise, cartoons)."""
-        from dfdc_cli.faces.extract.params import LOW_THRESHOLDS
-
         return self.fallback == LOW_THRESHOLDS
 
 
@@ -69,7 +77,6 @@ def _extracted(vrec, trecs) -> Extracted:
     if status == STATUS_NO_FACE and not reason:
         reason = "no face found"
     name = str(v.get("name") or Path(str(v.get("video", ""))).name)
-    from dfdc_cli.faces.extract.params import fallback_stage
 
     return Extracted(str(v.get("video", "")), name, status, reason, float(v.get("seconds") or 0.0), ts,
                      str(v.get("label") or "").upper(), fallback=fallback_stage(reason) if ts else "",
@@ -80,8 +87,6 @@ def index_items(index_dir: str | Path) -> list[Extracted]:
     """The scorable units of a `deepfake extract` index, without extracting anything: one per
     source video (with its status, tubes and label), then one per self-blended copy (tubes named
     ``<stem>_sbi<seed>.mp4``: they share the real video's path but are FAKE items of their own)."""
-    from dfdc_cli.faces.index import has_index, read_tubes, read_videos, resolve_index
-
     root = resolve_index(index_dir)
     if not has_index(root):
         raise UserError(f"--index {root}: no tube index there (videos.csv / tubes.csv); run `deepfake extract` first")
@@ -125,8 +130,6 @@ def items_extractor(items: Sequence[Extracted]) -> Callable:
 def video_key(entry_name: str) -> str:
     """Score-cache key of a video scanned in memory: its store entry's name, i.e. its content's
     sha256 and the extraction settings' key (which include the extractor's version)."""
-    import hashlib
-
     return hashlib.sha256(f"video:{entry_name}".encode()).hexdigest()[:32]
 
 
@@ -154,17 +157,7 @@ def stream_extract(paths: Sequence[Path], device: str, workers: Optional[int],
     ``paths`` are files (:func:`expand_paths`): the extractor's inputs are the same, one to one, so
     its input index is the position in ``paths``.
     """
-    import contextlib
-
     from dfdc_cli.faces import extract as X
-    from dfdc_cli.faces.extract.job import NOT_CACHED, REBUILT
-    from dfdc_cli.faces.index import IndexWriteError
-    from dfdc_cli.errors import VideoError
-    from dfdc_cli.faces.index import STATUS_NO_FACE, STATUS_OK
-    from dfdc_cli.paths import scan_tubes_dir
-    from dfdc_cli.scan.span import TUBE_ID_STRIDE
-    from dfdc_cli.ui import warn
-    from dfdc_cli.faces.video import frame_count
 
     base = X.PRESETS["scan"]
     totals: dict[int, int] = {}
@@ -303,8 +296,6 @@ def scan_inputs(paths: Optional[Sequence[Path]], index: Optional[Path],
                 part: Optional["Shard"] = None) -> tuple[list[Path], Optional[list[Extracted]]]:
     """The videos a scan scores (this shard's ``part`` of them) and, with an ``index``, the index
     items they are (None otherwise: they are extracted)."""
-    from dfdc_cli.scale.shard import select
-
     if index is not None:
         items = select(index_source(index, paths), part, lambda e: e.name)
         videos = [Path(e.video) for e in items]
@@ -323,10 +314,6 @@ def merge_windows(parts: Sequence[tuple[int, int, object]], total: int, span: st
     """One :class:`~dfdc_cli.scan.inputs.Extracted` of a video from its windows' extractions
     ``(k, start frame, Extracted)`` (window order): tube ids offset by window, frame numbers made
     absolute, pixels re-keyed, the windows recorded, and the note saying which frames were read."""
-    from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
-
-    from dfdc_cli.faces.extract.params import LOW_THRESHOLDS
-
     parts = sorted(parts, key=lambda p: p[0])
     first = parts[0][2]
     # Faces found only by the low-threshold fallback may be none (noise, cartoons): when another

@@ -13,8 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+import torch
+import torch.nn.functional as F
+
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import FRAMES_2D  # the 2D member sees the first 32 frames of its crops
+from dfdc_cli.train.augment import resize_frames
+from dfdc_models import builtin, store
+from dfdc_models.archs import get_arch
+from dfdc_models.specs import get_spec
 
 CROP_3D = 224  # 3D members see the centre 224x224 of the 256x256 tube (resized for the 112 members)
 
@@ -31,16 +38,12 @@ NO_MODEL_HELP = (
 
 def registered_members() -> list[str]:
     """Members with an active (registered) model, in the seed's order (then by name)."""
-    from dfdc_models import store
-
     return [m for m in store.members() if store.active(m) is not None]
 
 
 def available_members() -> list[str]:
     """The members scan uses by default: the registered ones; when none is registered, the built-in
     model shipped with the package (if any). A registered model always takes precedence."""
-    from dfdc_models import builtin, store
-
     # A damaged registry must not make its models vanish and the built-in one judge instead.
     store.check_intact()
     names = registered_members()
@@ -58,9 +61,6 @@ def resolve_members(names: Optional[Sequence[str]]) -> list[str]:
         if not found:
             raise UserError(NO_MODEL_HELP)
         return found
-    from dfdc_models.specs import get_spec
-
-    from dfdc_models import store
 
     for n in names:
         try:
@@ -92,8 +92,6 @@ def prepare_3d(tubes, res: int):
     float32, not rounded back to uint8: the seed resized the float crop and normalised it as it
     was. Otherwise the clip stays uint8. A member of resolution >= 256 takes the whole tube.
     """
-    from dfdc_cli.train.augment import resize_frames
-
     x = tubes.permute(0, 4, 1, 2, 3)  # B, 3, T, H, W
     if res < tubes.shape[2]:
         x = centre_crop(x, CROP_3D)
@@ -105,9 +103,6 @@ def prepare_3d(tubes, res: int):
 def prepare_2d(frames, res: int = 256, mode: str = "bicubic"):
     """uint8 2D crops (B, N, 256, 256, 3) -> uint8 (B, 3, N, res, res) (the first 32 frames), resized
     with ``mode`` (the architecture record's ``interpolation``, as in training)."""
-    import torch.nn.functional as F
-    import torch
-
     x = frames[:, :FRAMES_2D].permute(0, 4, 1, 2, 3)
     if x.shape[-1] != res or x.shape[-2] != res:
         b, c, t, h, w = x.shape
@@ -149,8 +144,6 @@ class Member:
     def score_frames(self, batch):
         """(p(fake) (B,), per-frame p(fake) (B, N) or None) of a batch as :meth:`score` takes it:
         a frame model's frame scores come from the same pass as its p(fake)."""
-        import torch
-
         x = prepare_3d(batch, self.res) if self.kind == "3d" else prepare_2d(batch, self.res, self.interpolation)
         if self.kind == "3d" and x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -172,11 +165,6 @@ def is_builtin(m: Member) -> bool:
 
 def load_member(name: str, device) -> Member:
     """Load a registered member's active model once, on ``device``, in eval mode."""
-    import torch
-
-    from dfdc_models import store
-    from dfdc_models.specs import get_spec
-
     try:
         spec = get_spec(name)
     except KeyError as exc:
@@ -199,8 +187,6 @@ def load_member(name: str, device) -> Member:
 
 def member_from_model(model) -> Member:
     """Wrap a :class:`dfdc_models.registry.MemberModel` (eval mode) for the scanner."""
-    from dfdc_models.archs import get_arch
-
     model.eval()
     return Member(name=model.spec.name, kind=model.spec.kind, res=model.spec.res, predict=model.predict,
                   model_id=getattr(model, "model_id", "") or "", module=model,

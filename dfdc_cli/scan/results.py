@@ -4,11 +4,15 @@ submission CSV and the run's tally."""
 
 from __future__ import annotations
 
+import math
+import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from dfdc_cli.atomic import csv_text
+from dfdc_cli import __version__
+from dfdc_cli.atomic import csv_text, write_text
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
 
 PRIOR = 0.5  # p(fake) of a video with no face or that failed (the seed's rule; scan.ensemble applies it)
@@ -110,8 +114,6 @@ class Tally:
 
 def finite(obj):
     """``obj`` with every NaN/Inf float replaced by None: strict JSON parsers refuse bare NaN."""
-    import math
-
     if isinstance(obj, dict):
         return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -122,8 +124,6 @@ def finite(obj):
 
 
 def to_json(results: Sequence[VideoScan], meta: Mapping) -> dict:
-    from dfdc_cli import __version__
-
     return finite({"tool": f"deepfake {__version__}", **dict(meta), "videos": [r.to_dict() for r in results]})
 
 
@@ -132,10 +132,6 @@ def distinct_names(paths: Sequence[str]) -> list[str]:
     the path that tells it from the others (``a/clip.mp4``, ``b/clip.mp4``); the same file given
     twice keeps its name. Linear in the number of paths (folder-per-video datasets repeat one
     name thousands of times)."""
-    from collections import Counter
-
-    import os
-
     parts = [tuple(x for x in str(p).split(os.sep) if x) or (str(p),) for p in paths]
     distinct = list(dict.fromkeys(parts))
     depth: dict[tuple[str, ...], int] = {}
@@ -167,6 +163,4 @@ def submission_rows(results: Sequence[VideoScan]) -> list[tuple[str, float]]:
 
 
 def write_submission(path: str | Path, results: Sequence[VideoScan]) -> None:
-    from dfdc_cli.atomic import write_text
-
     write_text(path, csv_text(["filename", "label"], [(n, f"{p:.6f}") for n, p in submission_rows(results)]))

@@ -27,22 +27,27 @@ The results are :class:`dfdc_cli.scan.results.VideoScan` records.
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
-from dfdc_cli.scan.ensemble import CLIP_HI, CLIP_LO, PRIOR, aggregate_video, verdict_rule
-from dfdc_cli.faces.extract.params import LOW_THRESHOLDS, fallback_stage
-from dfdc_cli.faces.index import STATUS_ERROR, STATUS_OK
-from dfdc_cli.scan.members import Member, is_builtin, load_members
+from dfdc_cli.faces.extract.params import LOW_THRESHOLDS, PRESETS, fallback_stage
+from dfdc_cli.faces.index import STATUS_ERROR, STATUS_OK, Track
 from dfdc_cli.runtime import autocast, autocast_dtype, effective_precision, resolve_device
+from dfdc_cli.scan.cache import ScanScores, ScoreCache, numeric_mode
+from dfdc_cli.scan.ensemble import CLIP_HI, CLIP_LO, PRIOR, aggregate_video, verdict_rule
 from dfdc_cli.scan.inputs import Extracted, LoadedTube, read_tube, stream_extract
+from dfdc_cli.scan.members import Member, is_builtin, load_members
 from dfdc_cli.scan.results import FaceScore, VideoScan
+from dfdc_models import builtin
 
 
 def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -120,8 +125,6 @@ BOX_EVERY = 10  # the face boxes kept per tube in the results: every 10th frame 
 def sampled_boxes(track_path: str, start: int = 0) -> list[list[int]]:
     """[frame, x1, y1, x2, y2, detected] every BOX_EVERY frames of a tube's track file (source
     frames, ``start`` added: a window's tracks count from its first frame); [] when unreadable."""
-    from dfdc_cli.faces.index import Track
-
     if not track_path:
         return []
     try:
@@ -216,8 +219,6 @@ def drop_non_finite(fresh: Sequence[dict[int, dict[str, float]]]) -> list[list[s
     """A member that gave NaN or Inf for a tube has no score for that video at all (it is an error
     of that member on that video, not a number to average): its scores of the video are removed
     from ``fresh`` (per video: tube id -> {member: p}), and per video the reasons are returned."""
-    import math
-
     notes: list[list[str]] = []
     for scores in fresh:
         bad: dict[str, tuple[int, float]] = {}
@@ -267,12 +268,6 @@ class Scanner:
         span: str = "first",
         windows: int = 8,
     ):
-        import functools
-
-        import torch
-
-        from dfdc_cli.scan.cache import ScanScores, ScoreCache, numeric_mode
-
         self.device = resolve_device(device)
         self.workers = workers
         self.batch_size = max(1, int(batch_size))
@@ -308,8 +303,6 @@ class Scanner:
         device tensors between calls (the benchmark's models-only ceiling). ``frames_out``
         (optional, one dict per tube) receives the frame models' per-frame p(fake) (member -> list).
         """
-        import torch
-
         out: list[dict[str, float]] = [dict() for _ in tubes]
         batches: dict[tuple, list[list[int]]] = {}  # members of a kind needing the same tubes share them
         resident = on_device if on_device is not None else {}
@@ -332,8 +325,6 @@ class Scanner:
 
     def _to_device(self, m: Member, tubes: Sequence[LoadedTube], g: list[int], resident: dict):
         """A batch's stacked pixels on the device, once per kind of pixels and batch."""
-        import torch
-
         key = (m.kind, tuple(g))
         if key not in resident:
             t = torch.from_numpy(np.stack([m.pixels(tubes[i]) for i in g]))
@@ -347,8 +338,6 @@ class Scanner:
                      frames_out: Optional[list[dict]] = None) -> None:
         """Score a batch into ``out``; out of device memory, halve it (a single tube that does
         not fit is left unscored by this member, and the video says so)."""
-        import torch
-
         try:
             p, per_frame = m.score_frames(x)
         except torch.cuda.OutOfMemoryError:
@@ -404,8 +393,6 @@ class Scanner:
         """A video's record: its faces that got pixels (``scores``: tube id -> {member: p},
         this run's and the score cache's; ``frame_scores`` likewise, per frame), aggregated over
         the members (and over the windows read, :mod:`dfdc_cli.scan.span`)."""
-        from dataclasses import asdict
-
         r = VideoScan(video=e.video, name=e.name, status=e.status, reason=e.reason, extract_seconds=e.seconds,
                       cached_members=list(cached_names), weak=e.weak, span=self.span if e.windows else "first",
                       n_frames=int(e.n_total), fps=float(e.fps))
@@ -527,8 +514,6 @@ class Scanner:
     # -- what the output says about the run ------------------------------------------------------
     def judged_by(self) -> str:
         """One line on which model(s) gave the verdicts; the built-in one points to its model card."""
-        from dfdc_models import builtin
-
         parts = []
         for m in self.members:
             if is_builtin(m):
@@ -539,8 +524,6 @@ class Scanner:
         return "judged by " + "; ".join(parts)
 
     def describe(self) -> dict:
-        from dfdc_models import builtin
-
         out = {
             "members": self.names,
             "weights": {m: self.weights.get(m, 1.0) for m in self.names},
@@ -565,8 +548,6 @@ class Scanner:
 
 def _scan_settings() -> dict:
     """The extraction settings of a scan (the scan preset), for the machine output and reports."""
-    from dfdc_cli.faces.extract.params import PRESETS
-
     d = PRESETS["scan"].to_dict()
     d.pop("span_window", None)
     return d

@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+from dfdc_cli.errors import UserError
+
 SPANS = ("auto", "first", "whole")
 DEFAULT_SPAN = "auto"
 DEFAULT_WINDOWS = 8
@@ -42,8 +44,6 @@ SPAN_HELP = ("Frames read per video: 'first' = the first 100 (the seed's rule); 
 
 
 def check_span(span: str, windows: int) -> str:
-    from dfdc_cli.errors import UserError
-
     s = str(span).strip().lower()
     if s not in SPANS:
         raise UserError(f"--span: expected one of {', '.join(SPANS)}, got {span!r}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Optional
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -216,8 +217,6 @@ def sample_jpeg_quality(rng: np.random.Generator, cfg: Mapping[str, Any]) -> int
 
 def jpeg_roundtrip(frames: np.ndarray, quality: int) -> np.ndarray:
     """uint8 RGB frames (T, H, W, 3) encoded and decoded as JPEG at ``quality``."""
-    import cv2
-
     out = []
     for fr in frames:
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(fr[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])

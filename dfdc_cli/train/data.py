@@ -30,9 +30,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from dfdc_cli.train import augment
 from dfdc_cli.errors import UserError
-from dfdc_cli.faces.index import FRAMES_2D, has_index, read_tubes, resolve_index
+from dfdc_cli.faces.index import FRAMES_2D, Track, has_index, read_tubes, resolve_index
+from dfdc_cli.lifecycle import watch_parent
+from dfdc_cli.train import augment
+from dfdc_cli.train.selfblend import SelfBlendParams, blend_clip, track_2d_geometry, track_tube_geometry
 
 FAKE, REAL = "FAKE", "REAL"
 PAD_MODES = ("loop", "reflect", "repeat")
@@ -236,8 +238,6 @@ def worker_init(_worker_id: int) -> None:
     (OpenCV's thread count is left alone: calling ``cv2.setNumThreads`` in a forked worker hangs
     when the parent process had already used OpenCV's thread pool.)
     """
-    from dfdc_cli.lifecycle import watch_parent
-
     watch_parent()
     torch.set_num_threads(1)
 
@@ -345,11 +345,6 @@ class ClipDataset(Dataset):
 
         ``from_2d``: the frames are the 2D pathway's crops, whose geometry differs from the tube's
         (per-frame square boxes), so the track is mapped into those crops instead."""
-        from dfdc_cli.faces.index import Track
-        from dfdc_cli.train.selfblend import (
-            SelfBlendParams, blend_clip, track_2d_geometry, track_tube_geometry,
-        )  # lazy import
-
         if not self.tracks[row] or not Path(self.tracks[row]).exists():
             raise UserError(f"self-blending needs the tube's track file (track_path) for {self.paths[row]}")
         if self._sb_params is None:
@@ -413,8 +408,6 @@ class FrameBank(Dataset):
         interpolation: str = "bilinear",
     ):
         self.interpolation = interpolation
-        from dfdc_cli.faces.index import Track
-        from dfdc_cli.train.selfblend import SelfBlendParams, track_2d_geometry, track_tube_geometry
         from dfdc_cli.faces.video import read_video
 
         self.res = int(res)
@@ -467,8 +460,6 @@ class FrameBank(Dataset):
         return len(self.frames)
 
     def __getitem__(self, item):
-        from dfdc_cli.train.selfblend import blend_clip
-
         row, sbi, rng = parse_item(item)
         i = int(rng.integers(0, len(self.frames[row])))
         frame = self.frames[row][i : i + 1]

@@ -23,9 +23,11 @@ import torch
 
 from dfdc_cli.atomic import atomic_path, write_text
 from dfdc_cli.errors import UserError
-from dfdc_cli.train.model_adapter import unwrap, register_best, weights_state_dict
+from dfdc_cli.evaluate.metrics import log_loss, roc_auc
 from dfdc_cli.runtime import Runtime, autocast
 from dfdc_cli.train.loop import Hook, Progress, Stepper, TrainLoop, _to_input, rate, rng_state, set_rng_state
+from dfdc_cli.train.model_adapter import register_best, unwrap, weights_state_dict
+from dfdc_models.checkpoint import numpy_globals, read_checkpoint
 
 # ----------------------------------------------------------------------------------------------
 # Validation
@@ -64,8 +66,6 @@ def evaluate(model, loader, rt: Runtime,
 
 def balanced_log_loss(y: np.ndarray, p: np.ndarray) -> float:
     """Mean of the per-class log losses (each class weighs half): the validation loss."""
-    from dfdc_cli.evaluate.metrics import log_loss
-
     losses = [log_loss(y[y == c], p[y == c]) for c in (0, 1) if np.any(y == c)]
     return float(np.mean(losses)) if losses else math.nan
 
@@ -97,8 +97,6 @@ class Validation(Hook):
             row["best"] = True
 
     def _validate(self, loop: TrainLoop, row: dict) -> None:
-        from dfdc_cli.evaluate.metrics import log_loss, roc_auc
-
         rt = loop.rt
         v0 = time.perf_counter()
         prog = Progress(loop.show_progress, f"epoch {loop.epoch + 1}/{loop.epochs} validation", len(self.loader))
@@ -153,8 +151,6 @@ class Checkpointer(Hook):
 
     def resume(self, loop: TrainLoop, folder: Path) -> None:
         """Restore ``folder/last.pt`` into the run's parts and ``loop`` (which continues after its epoch)."""
-        from dfdc_models.checkpoint import numpy_globals, read_checkpoint
-
         # A run folder is a file the user hands over: a safe load, never a pickle that runs code.
         ck = read_checkpoint(Path(folder) / "last.pt", allow=tuple(numpy_globals()))
         unwrap(self.model).load_state_dict(ck["model"])

@@ -21,8 +21,9 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
-from dfdc_cli.train import augment
+from dfdc_cli import ui
 from dfdc_cli.runtime import Runtime, autocast
+from dfdc_cli.train import augment
 
 
 def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -231,8 +232,6 @@ class Progress:
 
     def __init__(self, enabled: bool, desc: str, total: int, every_s: float = PLAIN_PROGRESS_EVERY_S,
                  clock: Callable[[], float] = time.perf_counter):
-        from dfdc_cli import ui
-
         self.console = ui.err_console
         self.enabled = bool(enabled) and total > 0
         self.desc, self.total, self.every_s, self.clock = desc, int(total), float(every_s), clock

@@ -5,14 +5,18 @@ checkpoint."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from dfdc_models.archs import IMAGENET_ARCHS, arch_names, get_arch
-
 from dfdc_cli.errors import UserError
+from dfdc_cli.paths import data_dir
+from dfdc_models import registry, store
+from dfdc_models.archs import IMAGENET_ARCHS, arch_names, get_arch
+from dfdc_models.pretrained import hub_checkpoints_dir
+from dfdc_models.specs import get_spec
 
 # Where `init = "pretrained"` looks for the seed's starting weights: the data folder's ``pretrained/``
 # and torch hub's checkpoint cache, under the file names of each architecture's record (dfdc_models.archs).
@@ -21,10 +25,6 @@ PRETRAINED_FILES: dict[str, tuple[str, ...]] = {a: get_arch(a).pretrained_files 
 
 
 def pretrained_dirs() -> list[Path]:
-    from dfdc_models.pretrained import hub_checkpoints_dir
-
-    from dfdc_cli.paths import data_dir
-
     return [data_dir() / "pretrained", hub_checkpoints_dir()]
 
 
@@ -77,7 +77,6 @@ def resolve_init(spec, init: Any, echo: Optional[Callable[[str], None]] = None) 
         other = get_spec(name)
     except KeyError:
         raise UserError(f"--init {s}: not a file, a registry member, 'imagenet', 'pretrained' or 'scratch'") from None
-    from dfdc_models import store
 
     entry = store.get_entry(other.name, model_id or None)
     if other.arch != spec.arch:
@@ -87,8 +86,6 @@ def resolve_init(spec, init: Any, echo: Optional[Callable[[str], None]] = None) 
 
 def build_model(spec, init: Any, device: torch.device):
     """The member's model via the registry (forward: RGB 0..255 clips -> FAKE logit (B,))."""
-    from dfdc_models import registry
-
     path, how = resolve_init(spec, init)
     model = registry.build(spec, init=path) if path is not None else registry.build(spec)
     if how.startswith("ImageNet"):
@@ -144,11 +141,6 @@ def weights_state_dict(model) -> dict:
 def register_best(recipe: Mapping, run_dir: Path, weights: Path, val_loss: float, extra: Mapping) -> Any:
     """Register ``best.pt`` in the model registry (made active), with the resolved recipe and the
     log copied beside the stored weights."""
-    import shutil
-
-    from dfdc_models import store
-    from dfdc_models.specs import get_spec
-
     spec = get_spec(recipe["model"]["member"])
     entry = store.register(
         spec, weights, source=f"train:{run_dir}",

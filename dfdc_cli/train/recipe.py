@@ -28,6 +28,7 @@ import tomli_w
 
 from dfdc_cli.errors import UserError
 from dfdc_cli.runtime import check_precision
+from dfdc_models.specs import MEMBERS, get_spec, spec_for
 
 RECIPE_SECTIONS = ("model", "data", "optim", "augment", "selfblend", "train")
 OPTIMIZERS = ("adam", "adamw", "ranger")
@@ -176,8 +177,6 @@ def resolve_recipe(
     overrides: Optional[Mapping] = None,
 ) -> dict:
     """Build the run's recipe: defaults -> member recipe -> recipe file -> overrides; validated."""
-    from dfdc_models.specs import MEMBERS, get_spec, spec_for
-
     schema = defaults()
     user = load_recipe_file(recipe_file) if recipe_file else {}
     over = deep_merge({}, overrides or {})  # (a copy: the key check types values in place)

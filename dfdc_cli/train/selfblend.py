@@ -30,17 +30,23 @@ Public API (the trainer's dataset and ``deepfake extract --self-blend`` call the
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+import tomllib
+import zlib
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
+import av
 import cv2
 import numpy as np
 
+from dfdc_cli.atomic import atomic_path
 from dfdc_cli.errors import UserError
-from dfdc_cli.faces.index import FRAMES_2D, TUBE_SIZE
+from dfdc_cli.faces.index import FRAMES_2D, TUBE_SIZE, Track, TubeRecord
+from dfdc_cli.faces.tubes import box_2d_crops
 
 # The canonical five points (left eye, right eye, nose, left and right mouth corner) in a unit face
 # frame whose x and y run 0..1 over a tight face crop (the widely used 112-px alignment template / 112).
@@ -442,8 +448,6 @@ def track_tube_geometry(track) -> tuple[np.ndarray, np.ndarray]:
 def track_2d_geometry(track, n: int = FRAMES_2D, size: int = TUBE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks (n', 5, 2) and boxes (n', 4) in the pixels of the 2D pathway's crops
     (``<stem>_2d.mp4``: the first ``n`` frames, square crops of ``tubes.box_2d_crops``, ``size`` px)."""
-    from dfdc_cli.faces.tubes import box_2d_crops
-
     crops = box_2d_crops(track, n)
     k = len(crops)
     side = (crops[:, 2] - crops[:, 0]).astype(np.float64)
@@ -455,8 +459,6 @@ def track_2d_geometry(track, n: int = FRAMES_2D, size: int = TUBE_SIZE) -> tuple
 
 
 def _video_fps(path: Path) -> float:
-    import av
-
     with av.open(str(path)) as container:
         rate = container.streams.video[0].average_rate
     return float(rate) if rate else 30.0
@@ -475,8 +477,6 @@ def self_blend_tube(
     Returns stats: frames, seed, the plan (shape, ratio, transforms), the mean mask value and the
     mean fraction of the frame where the mask is > 0.5 x ratio ("area").
     """
-    from dfdc_cli.atomic import atomic_path
-    from dfdc_cli.faces.index import Track
     from dfdc_cli.faces.video import read_video, write_video
 
     tube_path, track_path, out_path = Path(tube_path), Path(track_path), Path(out_path)
@@ -521,8 +521,6 @@ def self_blend_tube(
 
 def tube_seed(seed: int, tube_path: str | Path) -> int:
     """A per-tube seed derived from a global seed and the tube's file name (stable across runs)."""
-    import zlib
-
     p = Path(tube_path)
     tag = zlib.crc32(f"{p.parent.name}/{p.name}".encode())
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, tag]).generate_state(1)[0])
@@ -545,10 +543,6 @@ def self_blend_records(
     keeps a fake with its original), ``name = <real stem>_sbi<seed>.mp4`` and the new paths (no 2D
     crops). ``on_done(record, stats_or_None)`` is called per tube (stats None when skipped).
     """
-    from dataclasses import replace
-
-    from dfdc_cli.faces.index import TubeRecord
-
     params = params or SelfBlendParams()
     out_dir = Path(out_dir)
     out: list = []
@@ -576,9 +570,6 @@ def self_blend_records(
 
 def params_from_file(path: str | Path) -> SelfBlendParams:
     """Generator parameters from TOML (a ``[selfblend]`` table or top-level keys) or JSON."""
-    import json
-    import tomllib
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")

@@ -34,17 +34,20 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-
-from dfdc_models.archs import get_arch
+from torch.utils.data import DataLoader
 
 from dfdc_cli.atomic import write_text
 from dfdc_cli.errors import UserError
+from dfdc_cli.paths import runs_dir
+from dfdc_cli.runtime import Runtime, setup_runtime
+from dfdc_cli.train import data, sampling
+from dfdc_cli.train.hooks import Checkpointer, EpochLog, Registration, StopAfter, Validation
+from dfdc_cli.train.loop import Stepper, TrainLoop, seed_all
 from dfdc_cli.train.model_adapter import build_model, freeze, resolve_init
 from dfdc_cli.train.optim import make_optimizer, make_scheduler
 from dfdc_cli.train.recipe import dumps_toml
-from dfdc_cli.runtime import Runtime, setup_runtime
-from dfdc_cli.train.hooks import Checkpointer, EpochLog, Registration, StopAfter, Validation
-from dfdc_cli.train.loop import Stepper, TrainLoop, seed_all
+from dfdc_models.archs import get_arch
+from dfdc_models.specs import get_spec
 
 
 @dataclass
@@ -60,8 +63,6 @@ class TrainResult:
 
 
 def new_run_dir(member: str) -> Path:
-    from dfdc_cli.paths import runs_dir
-
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     base = runs_dir() / f"{member}-{stamp}"
     path, i = base, 1
@@ -92,11 +93,6 @@ def _loader_workers(d: Mapping, rt: Runtime) -> int:
 
 
 def _make_data(r: Mapping, spec, rt: Runtime, say: Callable[[str], None]) -> _Data:
-    from torch.utils.data import DataLoader
-
-    from dfdc_cli.train import data
-    from dfdc_cli.train import sampling
-
     d, o, a, t = r["data"], r["optim"], r["augment"], r["train"]
     seed = int(t["seed"])
     kind = "3d" if spec.is_3d else "2d"
@@ -231,8 +227,6 @@ def train(
     show_progress: bool = True,
 ) -> TrainResult:
     """Train one member as the (resolved) recipe says; resume from ``resume`` (a run folder)."""
-    from dfdc_models.specs import get_spec
-
     if resume is not None:
         resume = Path(resume).expanduser()
         if not (resume / "last.pt").is_file():

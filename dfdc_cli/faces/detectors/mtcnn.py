@@ -40,6 +40,7 @@ import os
 import threading
 from typing import Optional, Sequence, Union
 
+import facenet_pytorch
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,8 +70,6 @@ _NETS_LOCK = threading.Lock()
 
 
 def _weights_dir() -> str:
-    import facenet_pytorch
-
     return os.path.join(os.path.dirname(facenet_pytorch.__file__), "data")
 
 

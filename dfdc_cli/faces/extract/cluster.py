@@ -12,12 +12,18 @@ Joining the cluster and describing its failures: :mod:`dfdc_cli.scale.cluster`.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
+
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.detectors import DetectSettings, load as load_detector
+from dfdc_cli.faces.extract.job import LazyDetect, safe_process
+from dfdc_cli.faces.extract.pool import detect_batched
 from dfdc_cli.runtime import one_thread
 from dfdc_cli.scale.cluster import describe_failure, require_ray
 
@@ -29,7 +35,6 @@ def _extract_job(path: str, out_dir: str, params, detectors: Sequence) -> tuple:
     """One video, on a Ray worker: the local path's per-video job; detection in this process or,
     given detector actors, in one of them (picked by the path, so retries go to the same one)."""
     global _local_detect
-    from dfdc_cli.faces.extract.job import LazyDetect, safe_process
 
     one_thread()
     if detectors:
@@ -51,8 +56,6 @@ class DetectorActor:
     (:func:`dfdc_cli.faces.extract.pool.detect_batched`, the local CUDA path's batching)."""
 
     def __init__(self, device: str = "cuda", batch_size: int = 64, wait_s: float = 0.005):
-        from concurrent.futures import ThreadPoolExecutor
-
         one_thread()
         self.detector = load_detector(device=device, batch_size=batch_size)
         self.wait_s = wait_s
@@ -62,10 +65,6 @@ class DetectorActor:
         self.batches = 0
 
     async def detect(self, images, settings: DetectSettings):
-        import asyncio
-
-        import numpy as np
-
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         # Arrays from Ray's object store are read-only; torch wants writable ones.
@@ -79,10 +78,6 @@ class DetectorActor:
         return answer
 
     async def _flush(self) -> None:
-        import asyncio
-
-        from dfdc_cli.faces.extract.pool import detect_batched
-
         loop = asyncio.get_running_loop()
         try:
             await asyncio.sleep(self.wait_s)

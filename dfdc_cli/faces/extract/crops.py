@@ -12,10 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import numpy as np
 
-from dfdc_cli.faces.index import TUBE_SIZE
 from dfdc_cli.faces.extract.params import ExtractParams
+from dfdc_cli.faces.index import TUBE_SIZE
+from dfdc_cli.faces.tubes import box_2d_crops
 
 
 def square_face(crop: np.ndarray, size: int = TUBE_SIZE, sq: Optional[np.ndarray] = None) -> np.ndarray:
@@ -26,8 +28,6 @@ def square_face(crop: np.ndarray, size: int = TUBE_SIZE, sq: Optional[np.ndarray
     OpenCV INTER_LINEAR) and truncated to uint8, not rounded; a 1e-4 effect on p(fake), but
     measurable against the seed's outputs. ``sq``: a float64 square of side max(h, w) to pad into
     (reused between the frames of one tube, whose crops all have one shape)."""
-    import cv2
-
     h, w = crop.shape[:2]
     side = max(h, w)
     if sq is None or sq.shape[:2] != (side, side):
@@ -53,8 +53,6 @@ def _tube_square(box) -> np.ndarray:
 def face_2d(crop: np.ndarray, size: int = TUBE_SIZE) -> np.ndarray:
     """A 2D crop as the 2D member sees it: resized to size x size (bicubic, uint8; the aspect
     changes if the crop is not square), as the seed's Resize(256, 256, INTER_CUBIC)."""
-    import cv2
-
     if crop.shape[:2] == (size, size):
         return np.ascontiguousarray(crop)
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
@@ -89,8 +87,6 @@ class TubeOut:
 
     def __init__(self, t, folder: Optional[Path], params: ExtractParams, fps: float, write: bool = True,
                  keep: bool = False, save_track: bool = True):
-        from dfdc_cli.faces.tubes import box_2d_crops
-
         self.t = t
         self.folder = folder
         self.params = params

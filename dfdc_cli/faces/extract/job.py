@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 
+from dfdc_cli import atomic
 from dfdc_cli.errors import UserError, VideoError
+from dfdc_cli.faces import video
 from dfdc_cli.faces.detectors import DetectFn, DetectSettings, load as load_detector
-from dfdc_cli.faces.index import STATUS_OK, Faces
 from dfdc_cli.faces.extract.crops import write_tubes
 from dfdc_cli.faces.extract.memory import check_memory, detect_chunk
 from dfdc_cli.faces.extract.params import ExtractParams, fallback_attempts
 from dfdc_cli.faces.extract.store import RESULT_JSON, lookup, new_result, tube_json
+from dfdc_cli.faces.index import STATUS_OK, Faces, Track
+from dfdc_cli.faces.tubes import find_tubes
 
 
 FILES, MEMORY, MEMORY_AND_FILES = "files", "memory", "memory+files"  # where the tube pixels go
@@ -61,8 +65,6 @@ def _detect_sampled(frames, params: ExtractParams, detect: DetectFn, mult: float
 
 
 def _find(faces: list, frames, params: ExtractParams, max_faces: int) -> list:
-    from dfdc_cli.faces.tubes import find_tubes
-
     return find_tubes(
         faces,
         params.every,
@@ -82,8 +84,6 @@ def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thr
     """One sequential decode of ``path``, detecting while decoding: returns (frames, faces in
     source pixels of every n-th frame, held). With ``hold``, the decoded frames are kept while they
     fit the budget (``held`` says whether all of them were); otherwise only the current one."""
-    from dfdc_cli.faces import video
-
     settings = _settings(params, thresholds)
     faces: list = []
     batch: list = []
@@ -128,8 +128,6 @@ def _detect_pass(path, params: ExtractParams, detect: DetectFn, mult: float, thr
 def _redecode(path, n: int, start: int = 0):
     """The first ``n`` frames (from ``start``) again, one at a time, as (index, frames) with only
     that frame held."""
-    from dfdc_cli.faces import video
-
     frames = None
     for frames in video.decode_iter(path, max_frames=n, start=start):
         i = len(frames) - 1
@@ -152,8 +150,6 @@ def process_video(path: str | Path, out_dir: str | Path, params: ExtractParams, 
     Memory stays bounded whatever the video's length: frames are held only while they fit the
     hold budget (:func:`.memory.hold_bytes`, less when memory is short); a longer video is decoded a
     second time to crop its tubes."""
-    from dfdc_cli import atomic
-
     t0 = time.time()
     path = Path(path)
     sha, entry, cached = lookup(path, out_dir, params, need_files=mode != MEMORY)
@@ -249,7 +245,6 @@ def window_start(path, params: ExtractParams) -> int:
     video's frame count)."""
     if params.span_window[1] == 1:
         return 0
-    from dfdc_cli.faces import video
 
     return params.start_frame(video.frame_count(path))
 
@@ -257,10 +252,6 @@ def window_start(path, params: ExtractParams) -> int:
 def _crop_again(path: Path, res: dict, entry: Path, params: ExtractParams) -> dict:
     """The pixels of a stored entry's tubes (geometry and tracks from the entry), from one
     streamed decode of the video up to the last tube's last frame."""
-    from types import SimpleNamespace
-
-    from dfdc_cli.faces.index import Track
-
     tubes = []
     for t in res["tubes"]:
         try:

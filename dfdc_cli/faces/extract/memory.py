@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dfdc_cli.errors import VideoError
+from dfdc_cli.faces import video
 from dfdc_cli.faces.extract.params import ExtractParams
 
 # Decoded frames held per video (I420: 3.1 MB a 1080p frame, so 512 MB hold 5.5 s of 1080p at
@@ -125,8 +126,6 @@ def plan_workers(paths: Sequence[str], params: ExtractParams, cap: int, sample: 
     """The default number of workers: at most ``cap``, and no more than the memory available
     allows (available memory / :func:`estimate_peak` of the largest of the first ``sample``
     videos). Returns (workers, a note saying why when memory limits them, else "")."""
-    from dfdc_cli.faces import video
-
     avail = available_memory()
     if avail is None or cap <= 1:
         return cap, ""

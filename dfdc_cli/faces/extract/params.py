@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -201,8 +202,6 @@ def fallback_note(stage: str) -> str:
 
 def fallback_stage(reason: str) -> str:
     """The fallback stage a reason names ("" when none): the index keeps it only in the reason."""
-    import re
-
     m = re.search(r"found by fallback \((\w+)\)", reason or "")
     return m.group(1) if m else ""
 

@@ -15,15 +15,19 @@ workers send::
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
-from dfdc_cli.faces.inputs import VideoInput
 from dfdc_cli.faces.detectors import DetectSettings, load as load_detector
 from dfdc_cli.faces.extract.job import FILES, LazyDetect, safe_process
 from dfdc_cli.faces.extract.params import ExtractParams
+from dfdc_cli.faces.inputs import VideoInput
+from dfdc_cli.lifecycle import GRACE_S, forkserver_preload, watch_parent
+from dfdc_cli.runtime import one_thread
 
 
 class Job(NamedTuple):
@@ -80,11 +84,6 @@ def _worker_main(wid: int, tasks, results, out_dir: str, params: ExtractParams, 
                  mode: str = FILES) -> None:
     """Worker loop: a Job in, a Done out, until Stop. ``remote``: detection goes to the parent as
     a DetectRequest, whose DetectAnswer comes back on this worker's task queue."""
-    import signal
-
-    from dfdc_cli.lifecycle import watch_parent
-    from dfdc_cli.runtime import one_thread
-
     watch_parent()  # never outlive the main process, however it dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
 
@@ -127,11 +126,8 @@ def mp_context():
     """Worker processes start from a fork server that has imported torch and the extractor once
     (per main process): starting a worker then takes milliseconds instead of seconds, and no
     worker is forked from a process whose torch/OpenMP threads are running (which can hang)."""
-    import multiprocessing as mp
-
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
-    from dfdc_cli.lifecycle import forkserver_preload
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(forkserver_preload(["torch", "cv2", "av", "scipy.ndimage", "dfdc_cli.faces.extract", "dfdc_cli.faces.detectors.mtcnn"]))
@@ -194,8 +190,6 @@ class Pool:
         """Stop the workers: after their current job, or (``abort``: the run was interrupted or
         given up) at once, SIGTERM letting them remove half-written entries; SIGKILL for any
         worker still there after that."""
-        from dfdc_cli.lifecycle import GRACE_S
-
         if abort:
             for p in self.procs.values():
                 if p.is_alive():

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
+from rich.table import Table
+
+from dfdc_cli import ui
 from dfdc_cli.errors import UserError, VideoError
+from dfdc_cli.faces.extract.job import FILES, MEMORY, MODES, LazyDetect, safe_process
+from dfdc_cli.faces.extract.memory import plan_workers
+from dfdc_cli.faces.extract.params import DEFAULT_PARAMS, ExtractParams
+from dfdc_cli.faces.extract.pool import run_pool
+from dfdc_cli.faces.extract.store import lookup, records_for
 from dfdc_cli.faces.index import (
     STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, VIDEOS_CSV, IndexWriteError, IndexWriter, TubeRecord,
     VideoRecord, table_paths,
@@ -24,11 +32,8 @@ from dfdc_cli.faces.index import (
 from dfdc_cli.faces.inputs import VideoInput, collect_inputs
 from dfdc_cli.lifecycle import Interrupted
 from dfdc_cli.runtime import resolve_device
-from dfdc_cli.faces.extract.job import FILES, MEMORY, MODES, LazyDetect, safe_process
-from dfdc_cli.faces.extract.memory import plan_workers
-from dfdc_cli.faces.extract.params import DEFAULT_PARAMS, ExtractParams
-from dfdc_cli.faces.extract.pool import run_pool
-from dfdc_cli.faces.extract.store import lookup, records_for
+from dfdc_cli.scale.shard import select
+from dfdc_cli.ui import console
 
 
 class VideoDone(NamedTuple):
@@ -111,8 +116,6 @@ def iter_extract(
     cache lookup and workers (:mod:`dfdc_cli.scale.cluster`): called with the jobs, it yields
     (job index, result, error) as each finishes; ``device`` is then the executor's business.
     """
-    from dfdc_cli.scale.shard import select
-
     out_dir = _out_dir(out_dir)
     if executor is None:
         device = resolve_device(device)
@@ -141,8 +144,6 @@ def _iter_jobs(
     notes: Optional[list] = None, shard: Optional[tuple[int, int]] = None, executor: Optional[Callable] = None,
     mode: str = FILES, need_pixels: Optional[Callable[[int, dict], bool]] = None,
 ) -> Iterator[VideoDone]:
-    from dfdc_cli import ui
-
     index = IndexWriter(out_dir, fresh=fresh, shard=shard) if write else None
     counts = {STATUS_OK: 0, STATUS_NO_FACE: 0, STATUS_ERROR: 0}
     n_cached = 0
@@ -295,10 +296,6 @@ def _status_text(counts: dict, cached: int) -> str:
 
 
 def _summary(res: ExtractResult) -> None:
-    from rich.table import Table
-
-    from dfdc_cli.ui import console
-
     by = {s: [v for v in res.videos if v.status == s] for s in (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)}
     table = Table(title="deepfake extract", show_header=True, header_style="bold")
     table.add_column("status")

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Optional
 
 from dfdc_cli.errors import VideoError
+from dfdc_cli.faces.extract.params import EXTRACTOR_VERSION, ExtractParams, fallback_note
 from dfdc_cli.faces.index import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK, TubeRecord, VideoRecord, record_from
 from dfdc_cli.faces.inputs import VideoInput, missing_reason
-from dfdc_cli.faces.extract.params import EXTRACTOR_VERSION, ExtractParams, fallback_note
 
 STORE = "store"
 RESULT_JSON = "result.json"
