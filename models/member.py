@@ -21,6 +21,7 @@ The raw network (seed state_dict layout) is ``member.net``; save/load ``member.n
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .specs import MemberSpec
@@ -156,3 +157,25 @@ class MemberModel(nn.Module):
         if self.spec.flip_tta:
             p = (p + torch.sigmoid(self.net_fake_logit(x.flip(-1)).float())) / 2
         return p
+
+
+def resize_frames(x: torch.Tensor, res: int, mode: str = "bilinear") -> torch.Tensor:
+    """Float frames (..., H, W) -> (..., res, res): bilinear (or ``mode``, a 2D member's
+    architecture record's ``interpolation``), align_corners=False, no antialiasing, in float and
+    never rounded back to uint8.
+
+    The one resize of a member's input, shared by scan (``dfdc_cli.scan.members.prepare_3d``) and
+    training, so that a member sees one kind of resampling in both. It is what the seed's notebook
+    did (OpenCV INTER_LINEAR on the float centre crop, 224 -> 112, normalised without
+    re-quantising); an exact halving is the mean of each 2x2 block, computed as such (faster, same
+    numbers)."""
+    h, w = x.shape[-2:]
+    if (h, w) == (res, res):
+        return x
+    lead = x.shape[:-2]
+    y = x.reshape(-1, 1, h, w)
+    if h == w == 2 * res and mode == "bilinear":
+        y = F.avg_pool2d(y, 2)
+    else:
+        y = F.interpolate(y, size=(res, res), mode=mode, align_corners=False, antialias=False)
+    return y.reshape(*lead, res, res)

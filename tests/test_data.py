@@ -234,7 +234,7 @@ def test_2d_self_blend_follows_the_face_in_the_2d_crops(tmp_path):
     from the tube's union box: the blend must land on the face in the crops, not where the face sits
     in the tube."""
     from dfdc_cli.faces.index import Track
-    from dfdc_cli.train.selfblend import track_2d_geometry
+    from dfdc_cli.faces.tubes import track_2d_geometry
     from dfdc_cli.faces.video import write_video
 
     n, size = 8, 256

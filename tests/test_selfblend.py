@@ -9,9 +9,8 @@ import pytest
 
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import Track
-from dfdc_cli.train.selfblend import (
-    SelfBlendParams, blend_clip, sample_plan, self_blend_tube, track_tube_geometry,
-)
+from dfdc_cli.train.selfblend import SelfBlendParams, blend_clip, sample_plan, self_blend_tube
+from dfdc_cli.faces.tubes import track_tube_geometry
 
 # Landmarks of a frontal face relative to its box (x, y as fractions of the box side): eyes, nose,
 # mouth corners (close to what MTCNN gives).
@@ -189,7 +188,7 @@ def test_self_blend_tube_writes_mp4_and_track(tmp_path):
 
 def test_track_2d_geometry_centres_the_box():
     pytest.importorskip("dfdc_cli.faces.tubes")
-    from dfdc_cli.train.selfblend import track_2d_geometry
+    from dfdc_cli.faces.tubes import track_2d_geometry
 
     _, lm, bx = synthetic_face_tube(t=40)
     track = Track(frames=np.arange(40), boxes=bx * 3, landmarks=lm * 3, probs=np.full(40, 0.9, np.float32),

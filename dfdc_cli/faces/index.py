@@ -28,31 +28,28 @@ Job arrays (``--shard K/N``) write their own part of the tables, ``videos.part-K
 ``tubes.part-K-of-N.csv``, so that shards sharing a folder never write the same file. Readers
 (:func:`read_videos`, :func:`read_tubes`) merge the main tables and every part; :func:`merge_parts`
 folds the parts into the main tables. Every write of a folder's tables holds the folder's lock
-(:func:`index_lock`), so a merge never loses the rows of a shard that is still writing.
+(:func:`dfdc_cli.atomic.index_lock`), so a merge never loses the rows of a shard that is still writing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 import re
 import threading
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from dfdc_cli.atomic import atomic_path
+from dfdc_cli.atomic import atomic_path, index_lock
 from dfdc_cli.errors import UserError
 from dfdc_cli.paths import default_tubes_dir
 
 VIDEOS_CSV = "videos.csv"
 TUBES_CSV = "tubes.csv"
-LOCK_FILE = ".index.lock"
 _PART = re.compile(r"^videos\.part-(\d+)-of-(\d+)\.csv$")
 
 TUBE_SIZE = 256  # side of the tube frames and of the 2D crops (the seed's)
@@ -208,20 +205,6 @@ def parts_of(index_dir: str | Path) -> list[tuple[int, int]]:
 def has_index(index_dir: str | Path) -> bool:
     v, t = table_paths(index_dir)
     return v.exists() or t.exists() or bool(part_tables(index_dir))
-
-
-@contextlib.contextmanager
-def index_lock(index_dir: str | Path) -> Iterator[None]:
-    """Exclusive lock on a folder's tables (``.index.lock``; flock works across the nodes of NFS v4
-    and of most cluster filesystems, Lustre only when mounted with ``-o flock``)."""
-    d = Path(index_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / LOCK_FILE, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _by_path(df: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import numpy as np
 from dfdc_cli.atomic import atomic_path
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import Track
-from dfdc_cli.train.selfblend import track_2d_geometry, track_tube_geometry
+from dfdc_cli.faces.tubes import track_2d_geometry, track_tube_geometry
 
 # Colours (RGB) of the overlay: detected frames green, interpolated frames yellow, landmarks red.
 _DETECTED = (40, 220, 40)

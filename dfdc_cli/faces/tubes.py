@@ -240,3 +240,24 @@ def box_2d_crops(track: Track, n: int = FRAMES_2D, scale: float = 1.2, q: float 
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     return np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
+
+
+# ----------------------------------------------------------------------------- tube helpers
+def track_tube_geometry(track) -> tuple[np.ndarray, np.ndarray]:
+    """A :class:`dfdc_cli.faces.index.Track`'s landmarks (n, 5, 2) and boxes (n, 4) in tube pixels."""
+    lm = track.to_tube_coords(np.asarray(track.landmarks, np.float32).reshape(-1, 5, 2))
+    bx = track.to_tube_coords(np.asarray(track.boxes, np.float32).reshape(-1, 2, 2)).reshape(-1, 4)
+    return lm.astype(np.float32), bx.astype(np.float32)
+
+
+def track_2d_geometry(track, n: int = FRAMES_2D, size: int = TUBE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks (n', 5, 2) and boxes (n', 4) in the pixels of the 2D pathway's crops
+    (``<stem>_2d.mp4``: the first ``n`` frames, square crops of ``tubes.box_2d_crops``, ``size`` px)."""
+    crops = box_2d_crops(track, n)
+    k = len(crops)
+    side = (crops[:, 2] - crops[:, 0]).astype(np.float64)
+    f = (size / np.maximum(side, 1e-6))[:, None, None]
+    org = crops[:, None, :2]
+    lm = (np.asarray(track.landmarks, np.float64)[:k].reshape(k, 5, 2) - org) * f
+    bx = (np.asarray(track.boxes, np.float64)[:k].reshape(k, 2, 2) - org) * f
+    return lm.astype(np.float32), bx.reshape(k, 4).astype(np.float32)

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
-from dfdc_cli.atomic import csv_text, write_json, write_text
+from dfdc_cli.atomic import csv_text, index_lock, write_json, write_text
 from dfdc_cli.errors import UserError
-from dfdc_cli.faces.index import index_lock
 
 T = TypeVar("T")
 Shard = tuple[int, int]  # (K, N), K = 1..N

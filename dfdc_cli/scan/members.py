@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import FRAMES_2D  # the 2D member sees the first 32 frames of its crops
-from dfdc_cli.train.augment import resize_frames
 from dfdc_models import builtin, store
 from dfdc_models.archs import get_arch
+from dfdc_models.member import resize_frames
 from dfdc_models.specs import get_spec
 
 CROP_3D = 224  # 3D members see the centre 224x224 of the 256x256 tube (resized for the 112 members)
@@ -88,7 +88,7 @@ def prepare_3d(tubes, res: int):
     """uint8 tubes (B, T, 256, 256, 3) -> clips (B, 3, T, res, res) for a 3D member.
 
     Centre crop 224 (the seed's inference crop); for other resolutions the crop is resized by
-    :func:`dfdc_cli.train.augment.resize_frames` (the resize training validates with) and handed over in
+    :func:`dfdc_models.member.resize_frames` (the resize training validates with) and handed over in
     float32, not rounded back to uint8: the seed resized the float crop and normalised it as it
     was. Otherwise the clip stays uint8. A member of resolution >= 256 takes the whole tube.
     """

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dfdc_models.member import resize_frames
+
 # Defaults: the seed's values (docs/method.md §3). Recipes override any of them under [augment].
 CLIP_DEFAULTS: dict[str, Any] = {
     "brightness_contrast_p": 0.25,
@@ -145,28 +147,6 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
     return y.reshape(n, c, h, w)
-
-
-def resize_frames(x: torch.Tensor, res: int, mode: str = "bilinear") -> torch.Tensor:
-    """Float frames (..., H, W) -> (..., res, res): bilinear (or ``mode``, a 2D member's
-    architecture record's ``interpolation``), align_corners=False, no antialiasing, in float and
-    never rounded back to uint8.
-
-    The one resize of a member's input, shared by scan (:func:`dfdc_cli.scan.members.prepare_3d`) and
-    training, so that a member sees one kind of resampling in both. It is what the seed's notebook
-    did (OpenCV INTER_LINEAR on the float centre crop, 224 -> 112, normalised without
-    re-quantising); an exact halving is the mean of each 2x2 block, computed as such (faster, same
-    numbers)."""
-    h, w = x.shape[-2:]
-    if (h, w) == (res, res):
-        return x
-    lead = x.shape[:-2]
-    y = x.reshape(-1, 1, h, w)
-    if h == w == 2 * res and mode == "bilinear":
-        y = F.avg_pool2d(y, 2)
-    else:
-        y = F.interpolate(y, size=(res, res), mode=mode, align_corners=False, antialias=False)
-    return y.reshape(*lead, res, res)
 
 
 def apply_clip_params(frames: np.ndarray, params: Mapping[str, Any], res: int,

@@ -32,9 +32,10 @@ from torch.utils.data import Dataset
 
 from dfdc_cli.errors import UserError
 from dfdc_cli.faces.index import FRAMES_2D, Track, has_index, read_tubes, resolve_index
+from dfdc_cli.faces.tubes import track_2d_geometry, track_tube_geometry
 from dfdc_cli.lifecycle import watch_parent
 from dfdc_cli.train import augment
-from dfdc_cli.train.selfblend import SelfBlendParams, blend_clip, track_2d_geometry, track_tube_geometry
+from dfdc_cli.train.selfblend import SelfBlendParams, blend_clip
 
 FAKE, REAL = "FAKE", "REAL"
 PAD_MODES = ("loop", "reflect", "repeat")

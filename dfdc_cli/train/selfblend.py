@@ -45,8 +45,8 @@ import numpy as np
 
 from dfdc_cli.atomic import atomic_path
 from dfdc_cli.errors import UserError
-from dfdc_cli.faces.index import FRAMES_2D, TUBE_SIZE, Track, TubeRecord
-from dfdc_cli.faces.tubes import box_2d_crops
+from dfdc_cli.faces.index import Track, TubeRecord
+from dfdc_cli.faces.tubes import track_tube_geometry
 
 # The canonical five points (left eye, right eye, nose, left and right mouth corner) in a unit face
 # frame whose x and y run 0..1 over a tight face crop (the widely used 112-px alignment template / 112).
@@ -435,27 +435,6 @@ def blend_clip(
         out = img + mask[..., None] * (src - img)
         fake[i, y0:y1, x0:x1][nz] = np.rint(out[nz]).astype(np.uint8)
     return fake, masks
-
-
-# ----------------------------------------------------------------------------- tube helpers
-def track_tube_geometry(track) -> tuple[np.ndarray, np.ndarray]:
-    """A :class:`dfdc_cli.faces.index.Track`'s landmarks (n, 5, 2) and boxes (n, 4) in tube pixels."""
-    lm = track.to_tube_coords(np.asarray(track.landmarks, np.float32).reshape(-1, 5, 2))
-    bx = track.to_tube_coords(np.asarray(track.boxes, np.float32).reshape(-1, 2, 2)).reshape(-1, 4)
-    return lm.astype(np.float32), bx.astype(np.float32)
-
-
-def track_2d_geometry(track, n: int = FRAMES_2D, size: int = TUBE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks (n', 5, 2) and boxes (n', 4) in the pixels of the 2D pathway's crops
-    (``<stem>_2d.mp4``: the first ``n`` frames, square crops of ``tubes.box_2d_crops``, ``size`` px)."""
-    crops = box_2d_crops(track, n)
-    k = len(crops)
-    side = (crops[:, 2] - crops[:, 0]).astype(np.float64)
-    f = (size / np.maximum(side, 1e-6))[:, None, None]
-    org = crops[:, None, :2]
-    lm = (np.asarray(track.landmarks, np.float64)[:k].reshape(k, 5, 2) - org) * f
-    bx = (np.asarray(track.boxes, np.float64)[:k].reshape(k, 2, 2) - org) * f
-    return lm.astype(np.float32), bx.reshape(k, 4).astype(np.float32)
 
 
 def _video_fps(path: Path) -> float:
