@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_LINES = 600
 # Stage folders, lowest first: a folder imports only from folders before it (and the shared modules
 # at the package's top: atomic, errors, paths, ui, runtime, lifecycle). commands/ and cli.py come last.
-ORDER = ["dfdc_models", "infra", "scale", "faces", "scan", "evaluate", "train", "commands"]
+ORDER = ["dfdc_models", "infra", "scale", "faces", "scan", "evaluate", "report", "train", "commands"]
 
 
 def _modules() -> dict[str, Path]:
