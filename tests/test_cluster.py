@@ -135,7 +135,7 @@ def test_without_ray_the_flag_says_how_to_install(monkeypatch, capsys, tmp_path,
 LOCAL_RUN = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from dfdc_cli import cluster as C
+from dfdc_cli.scale import cluster as C
 def worker_pid():
     return os.getpid()
 with C.connect("local", 1) as ray:

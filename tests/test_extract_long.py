@@ -138,7 +138,7 @@ def test_workers_default_is_limited_by_memory(monkeypatch, carphone_path, carpho
 
 _CHILD = """
 import json, resource, sys
-from dfdc_cli import extract as X
+from dfdc_cli.faces import extract as X
 # every 30th frame: the face is still found, detection (the slow part on CPU) is a third
 res = X.extract([sys.argv[1]], sys.argv[2], X.DEFAULT_PARAMS.replace(every=30), workers=1, progress=False, quiet=True)
 print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
