@@ -155,22 +155,24 @@ def _entry_problem(folder: Path) -> Optional[tuple[Path, str]]:
     return None
 
 
-def damaged(member: Optional[str] = None) -> list[Damage]:
-    """Everything in the registry (of one member, or all) that cannot be read: a model folder whose
-    manifest is missing, unreadable or wrong, or whose weights are missing; an ``ACTIVE`` pointer
-    that cannot be read or names no usable model. Such damage is an error for whoever would use
-    that member, never a reason to quietly use something else."""
+def _member_folders(member: Optional[str] = None) -> list[tuple[str, Path]]:
+    """(member name, its registry folder) of one member, or of every member with a folder."""
     root = paths.models_dir()
     if member is not None:
         names = [_spec(member).name]
     else:
         names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if root.is_dir() else []
+    return [(name, root / name) for name in names if (root / name).is_dir()]
+
+
+def damaged(member: Optional[str] = None) -> list[Damage]:
+    """Everything in the registry (of one member, or all) that cannot be read: a model folder whose
+    manifest is missing, unreadable or wrong, or whose weights are missing; an ``ACTIVE`` pointer
+    that cannot be read or names no usable model. Such damage is an error for whoever would use
+    that member, never a reason to quietly use something else."""
     out: list[Damage] = []
-    for name in names:
-        folder = root / name
-        if not folder.is_dir():
-            continue
+    for name, folder in _member_folders(member):
         ok: set[str] = set()
         bad: set[str] = set()
         for d in sorted(folder.iterdir()):
@@ -211,17 +213,8 @@ def check_intact(member_names: Optional[Iterable[str]] = None) -> None:
 
 def list_entries(member: Optional[str] = None) -> list[Entry]:
     """Registered models (of one member, or all), seed members first, oldest first within a member."""
-    root = paths.models_dir()
-    if member is not None:
-        names = [_spec(member).name]
-    else:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if root.is_dir() else []
     out: list[Entry] = []
-    for name in names:
-        folder = root / name
-        if not folder.is_dir():
-            continue
+    for name, folder in _member_folders(member):
         aid = _active_id(name)
         entries = [e for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
                    if (e := _read_entry(d, aid)) is not None]
