@@ -38,7 +38,7 @@ from scipy.optimize import isotonic_regression, minimize, minimize_scalar
 from dfdc_cli.atomic import atomic_path, write_json
 from dfdc_cli.errors import UserError
 from dfdc_cli.evaluate import metrics as M
-from dfdc_cli.evaluate.report import _plt
+from dfdc_cli.evaluate.report import pyplot, reliability_axes
 from dfdc_models import builtin, store
 from dfdc_models.calibration import METHODS, Calibration, band_verdict, logit, sigmoid
 
@@ -429,7 +429,7 @@ def plot_fit(path: Path, y: np.ndarray, s: np.ndarray, p_cv: np.ndarray, cal: Ca
              n_bins: int = 10) -> None:
     """Left: reliability before (raw score) and after (cross-validated calibrated p). Right: the
     calibrated p of each class, with the UNSURE band."""
-    plt = _plt()
+    plt = pyplot()
     f = cal.fitted_on
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 5), dpi=100)
     for p, style, label in ((s, "s--", f"before (log loss {f['before']['log_loss']:.3f}, "
@@ -440,13 +440,7 @@ def plot_fit(path: Path, y: np.ndarray, s: np.ndarray, p_cv: np.ndarray, cal: Ca
         ax.plot(c["mean_p"], c["frac_fake"], style, lw=2 if style == "o-" else 1.2, label=label)
         for mp, fr, n in zip(c["mean_p"], c["frac_fake"], c["count"]):
             ax.annotate(str(n), (mp, fr), textcoords="offset points", xytext=(4, -10), fontsize=6, color="grey")
-    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    ax.set_xlabel("mean p(fake) in the bin")
-    ax.set_ylabel("fraction FAKE")
-    ax.set_title(f"{member}: reliability ({cal.method}; {f['n']} videos)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="upper left", fontsize=7)
+    reliability_axes(ax, "mean p(fake) in the bin", f"{member}: reliability ({cal.method}; {f['n']} videos)")
     bins = np.linspace(0, 1, 21)
     bx.hist([p_cv[y == 0], p_cv[y == 1]], bins=bins, label=["REAL", "FAKE"], color=["tab:green", "tab:red"],
             alpha=0.8)

@@ -496,7 +496,20 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}td:first-child{
 """
 
 
-def _plt():
+def reliability_axes(ax, xlabel: str, title: str) -> None:
+    """The frame of a reliability diagram (eval's calibration plot, `models calibrate`'s fit plot):
+    the diagonal, labels, limits with room for points at 0 and 1, the legend."""
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction FAKE")
+    ax.set_title(title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="upper left", fontsize=7)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (reports and calibration plots)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -506,7 +519,7 @@ def _plt():
 
 
 def plot_roc(path: Path, table: dict, members: Sequence[str], level: Mapping[str, Mapping]) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
     y = table["y"]
     for name in list(members) + [ENSEMBLE]:
@@ -532,7 +545,7 @@ def plot_roc(path: Path, table: dict, members: Sequence[str], level: Mapping[str
 
 
 def plot_calibration(path: Path, table: dict, members: Sequence[str], n_bins: int = 10) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
     y = table["y"]
     for name in list(members) + [ENSEMBLE]:
@@ -543,13 +556,7 @@ def plot_calibration(path: Path, table: dict, members: Sequence[str], n_bins: in
             ax.plot(c["mean_p"], c["frac_fake"], "o-", lw=2.5, label=f"{name} (ECE {fmt(c['ece'], 3)})")
         else:
             ax.plot(c["mean_p"], c["frac_fake"], ".--", lw=1, alpha=0.7, label=name)
-    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    ax.set_xlabel("mean predicted p(fake)")
-    ax.set_ylabel("fraction FAKE")
-    ax.set_title(f"Calibration, video level ({n_bins} bins)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="upper left", fontsize=7)
+    reliability_axes(ax, "mean predicted p(fake)", f"Calibration, video level ({n_bins} bins)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
