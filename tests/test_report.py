@@ -289,3 +289,29 @@ def test_timeline_puts_a_calibrated_models_scores_on_the_bands_scale():
     assert score_map(doc)("m", raw) == pytest.approx([cal.apply(p) for p in raw])
     assert score_map(doc)("other", raw) == raw  # a member without one stays as it is
     assert score_map({**doc, "calibrated": False})("m", raw) == raw  # scan did not apply it
+
+
+def test_a_video_page_shows_member_scores_on_the_verdicts_scale_and_faces_seen_together():
+    """The faces table and the heatmap captions put each member's raw score through its calibration
+    (as p(fake) is), and say so; a video read in windows counts faces seen together, not tubes."""
+    from dfdc_cli.report.build import score_map
+    from dfdc_cli.report.html import video_page
+    from dfdc_models.calibration import Calibration
+
+    cal = Calibration("platt", {"a": 0.5, "b": -1.0}, 1 / 3, 2 / 3)
+
+    def face(tid, window, raw):
+        return {"tube_id": tid, "window": window, "first_frame": 100 * window, "last_frame": 100 * window + 99,
+                "members": {"m": raw}, "p_fake": cal.apply(raw)}
+
+    v = {"name": "v.mp4", "status": "ok", "verdict": "REAL", "p_fake": 0.2, "n_faces": 1,
+         "faces": [face(0, 0, 0.9), face(1000, 1, 0.8), face(2000, 2, 0.7)]}
+    pics = {"heat": {0: [{"member": "m", "frame": 3, "p": 0.9, "plain": "a.png", "heat": "b.png"}]}}
+    for calibrated in (True, False):
+        doc = {"members": ["m"], "calibrated": calibrated, "calibrations": {"m": cal.to_dict()}}
+        page = video_page(doc, v, "assets", pics, [], score_map(doc))
+        shown = f"{cal.apply(0.9):.3f}" if calibrated else "0.900"
+        assert f'<td class="num">{shown}</td>' in page
+        assert f"frame 3, p(fake) {shown}" in page
+        assert ("verdict&#x27;s scale" in page or "verdict's scale" in page) == calibrated
+        assert "faces 1 (3 face tubes in 3 windows" in page

@@ -71,6 +71,7 @@ def test_aggregate_over_windows_is_the_seed_within_a_window_and_max_across():
     assert w1["members"] == pytest.approx({"a": 0.9, "b": 0.7}) and w1["p_fake"] == pytest.approx(0.8)
     assert r.window == 1 and r.p_fake == pytest.approx(0.8) and r.verdict == "FAKE"
     assert r.members == pytest.approx({"a": 0.9, "b": 0.7})  # the deciding window's member figures
+    assert r.n_faces == 2  # faces seen together: two in window 0 (three tubes in all)
     # One window: the seed's figures exactly (mean over faces, mean over members).
     one = VideoScan(video="/v.mp4", name="v.mp4", status="ok", faces=[face(0, 0), face(1, 0)])
     aggregate_video(one, scores, ["a", "b"], None, 0.5)

@@ -429,7 +429,7 @@ def write_report(doc: Mapping, out: str | Path, members: Optional[Mapping[str, o
                 base += "_"
             names.add(base)
             pics, vnotes = _video_pictures(doc, v, tmp / "v" / base, members or {}, heatmaps)
-            (tmp / "v" / f"{base}.html").write_text(video_page(doc, v, base, pics, list(notes) + vnotes))
+            (tmp / "v" / f"{base}.html").write_text(video_page(doc, v, base, pics, list(notes) + vnotes, score_map(doc)))
             rows.append((v, f"v/{base}.html", f"v/{base}/{pics['thumb']}" if pics.get("thumb") else None))
             if on_video is not None:
                 on_video(str(v.get("name", "")))

@@ -91,16 +91,36 @@ def _json_short(x) -> str:
     return json.dumps(x) if isinstance(x, (list, dict)) else str(x)
 
 
-def _member_table(members: Sequence[str], faces: Sequence[Mapping], short: Callable[[str], str]) -> str:
+def _member_table(members: Sequence[str], faces: Sequence[Mapping], short: Callable[[str], str],
+                  scale: Scale) -> str:
     head = "<tr><th>face</th><th>window</th><th>frames</th>" + "".join(
         f'<th class="num" title="{_e(m)}">{_e(short(m))}</th>' for m in members) + '<th class="num">p(fake)</th></tr>'
     rows = []
     for f in faces:
+        scores = f.get("members") or {}
         rows.append(f"<tr><td>{_e(f['tube_id'])}</td><td>{int(f.get('window') or 0) + 1}</td>"
                     f"<td>{_e(f['first_frame'])}-{_e(f['last_frame'])}</td>" +
-                    "".join(f'<td class="num">{_fmt((f.get("members") or {}).get(m))}</td>' for m in members) +
+                    "".join(f'<td class="num">{_fmt(_scaled(scale, m, scores.get(m)))}</td>' for m in members) +
                     f'<td class="num"><b>{_fmt(f.get("p_fake"))}</b></td></tr>')
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+# (member, raw scores) -> the scores on the verdict's scale (dfdc_cli.report.build.score_map)
+Scale = Callable[[str, Sequence[float]], list[float]]
+
+
+def _scaled(scale: Scale, member: str, p) -> Optional[float]:
+    return None if p is None else scale(member, [float(p)])[0]
+
+
+def _faces_line(v: Mapping) -> str:
+    """"faces N", and the tubes behind it when the video was read in several windows."""
+    faces = v.get("faces") or []
+    n = int(v.get("n_faces", len(faces)) or 0)
+    windows = {int(f.get("window") or 0) for f in faces}
+    if len(faces) > n or len(windows) > 1:
+        return f"faces {n} ({len(faces)} face tubes in {len(windows)} windows: tubes are not linked across windows)"
+    return f"faces {n}"
 
 
 def short_label(name: str) -> str:
@@ -112,14 +132,18 @@ def short_label(name: str) -> str:
         return name
 
 
-def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Sequence[str]) -> str:
-    """The HTML of one video's page (``assets``: its picture folder, relative to the page)."""
+def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Sequence[str],
+               scale: Optional[Scale] = None) -> str:
+    """The HTML of one video's page (``assets``: its picture folder, relative to the page; ``scale``:
+    member scores onto the verdict's scale, as the faces' and video's p(fake) are)."""
+    scale = scale or (lambda m, ps: [float(p) for p in ps])
+    calibrated = bool(doc.get("calibrated"))
     members = list(doc.get("members") or [])
     faces = v.get("faces") or []
     parts = ['<p><a href="../index.html">&larr; all videos</a></p>',
              f"<h1>{_e(v.get('name'))}</h1>",
              f"<p>{_verdict_cell(v)} &nbsp; p(fake) <b>{_fmt(v.get('p_fake')) if v.get('verdict') else '(' + _fmt(v.get('p_fake')) + ')'}</b>"
-             f" &nbsp; faces {len(faces)}</p>"]
+             f" &nbsp; {_e(_faces_line(v))}</p>"]
     if v.get("reason"):
         parts.append(f'<p class="note">{_e(v["reason"])}</p>')
     for n in notes:
@@ -132,7 +156,9 @@ def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Seq
                      "read; dashed red: the verdict threshold" + ("; yellow: the UNSURE band." if unsure_band(doc, v) else ".") +
                      "</p>")
     if faces:
-        parts.append("<h2>Faces</h2>" + _member_table(members, faces, short_label))
+        parts.append("<h2>Faces</h2>" + _member_table(members, faces, short_label, scale) + (
+            '<p class="note">Member columns: each member\'s p(fake) of the tube through the calibration its model '
+            "records, on the verdict's scale as p(fake) is (the JSON keeps the raw scores).</p>" if calibrated else ""))
     for fi, f in enumerate(faces):
         parts.append(f"<h3>Face {_e(f['tube_id'])}: frames {_e(f['first_frame'])}-{_e(f['last_frame'])}, "
                      f"p(fake) {_fmt(f.get('p_fake'))}</h3>")
@@ -145,7 +171,8 @@ def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Seq
                 f'<td><img src="{_e(assets)}/{_e(h["plain"])}" alt="crop" width="{HEAT_SIZE}">'
                 f'<img src="{_e(assets)}/{_e(h["heat"])}" alt="heatmap" width="{HEAT_SIZE}"><br>'
                 f'{_e(short_label(h["member"]))}, frame {h["frame"]}'
-                + (f", p(fake) {_fmt(h['p'])}" if h.get("p") is not None else "") + "</td>" for h in heats)
+                + (f", p(fake) {_fmt(_scaled(scale, h['member'], h['p']))}" + (" calibrated" if calibrated else "")
+                   if h.get("p") is not None else "") + "</td>" for h in heats)
             parts.append(f'<p class="note">{_e(SALIENCY_NOTE)}</p><table class="heat"><tr>{cells}</tr></table>')
     parts.append("<h2>Technical facts</h2>" + _facts(doc, v))
     return _page(str(v.get("name", "video")), "\n".join(parts))

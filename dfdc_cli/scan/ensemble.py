@@ -169,7 +169,9 @@ def aggregate_video(
                         if m in face_scores.get(face.tube_id, {})}
         p = combine_members(rule.calibrate(face.members), weights)
         face.p_fake = None if p is None else clip_p(p)
-    result.n_faces = len(result.faces)
+    # Faces seen together: tubes are not linked across windows, so a person read in three windows
+    # is three tubes but one face.
+    result.n_faces = most_faces_in_a_window(result.faces)
     result.members, result.window = _over_windows(result, members, weights, rule)
     result.members_calibrated = rule.calibrate(result.members) if rule.calibrated else {}
     missing = [m for m, s in result.members.items() if s is None]
@@ -192,6 +194,14 @@ def aggregate_video(
         note = f"{WEAK_NOTE}; scores say {result.model_verdict}"
         result.reason = f"{result.reason}; {note}" if result.reason else note
     return result
+
+
+def most_faces_in_a_window(faces) -> int:
+    """The number of faces of a video: the most face tubes of any one window it was read in."""
+    per_window: dict[int, int] = {}
+    for f in faces:
+        per_window[int(f.window)] = per_window.get(int(f.window), 0) + 1
+    return max(per_window.values(), default=0)
 
 
 def window_figures(faces, members: Sequence[str], weights, rule: "VerdictRule") -> tuple[dict, Optional[float]]:
