@@ -101,3 +101,15 @@ def test_the_models_package_imports_nothing_of_the_cli():
     edges = _imports(_modules())
     assert not [(m, t) for m, ts in edges.items() if m.startswith("dfdc_models") for t in ts
                 if t.startswith("dfdc_cli")]
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name used across modules is part of a module's interface: it has no leading underscore."""
+    mods = _modules()
+    crossing = []
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("dfdc_cli", "dfdc_models"):
+                crossing += [f"{m} imports {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not crossing, "\n".join(crossing)

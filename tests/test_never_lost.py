@@ -456,6 +456,51 @@ def test_extract_into_a_full_folder_fails_each_video_in_one_line(tmp_path, monke
     assert any("videos.csv" in ln and "No space left" in ln for ln in err.splitlines()), err
 
 
+@pytest.mark.slow
+def test_extract_whose_index_cannot_be_written_still_shows_what_it_did(tmp_path, monkeypatch, capsys, carphone):
+    """The tubes are stored but the index tables cannot be written: the summary of the run still
+    shows, then one line says why the index is behind, and the exit code says it failed."""
+    import errno
+    import os
+
+    from dfdc_cli.faces import index as I
+
+    def no_space(out_dir, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out_dir) / I.VIDEOS_CSV))
+
+    monkeypatch.setattr(I, "write_index", no_space)
+    out_dir = tmp_path / "tubes"
+    code, out, err = run_cli(monkeypatch, capsys, "extract", carphone, "--out", out_dir, "--workers", "1", width=120)
+    assert code != 0 and "Traceback" not in err, err
+    assert "deepfake extract" in out and "1 processed" in out and "not brought up to date" in out, out  # the summary
+    lines = [ln for ln in err.splitlines() if "could not be written" in ln]
+    assert len(lines) >= 1 and all("No space left" in ln for ln in lines), err
+    assert "kept in the tube store" in err.replace("\n", " "), err
+    assert not (out_dir / I.VIDEOS_CSV).exists()
+
+
+@pytest.mark.slow
+def test_eval_whose_report_cannot_be_written_still_prints_its_figures(tmp_path, monkeypatch, capsys, carphone,
+                                                                      bikes, tiny_members, full_disk):
+    import csv
+
+    val = tmp_path / "val.csv"
+    with val.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["filename", "label"])
+        w.writerow([carphone, "REAL"])
+        w.writerow([bikes, "FAKE"])
+    out = tmp_path / "report"
+    out.mkdir()
+    full_disk.append(out)
+    code, stdout, err = run_cli(monkeypatch, capsys, "eval", "--val", val, "--out", out, "--workers", "1", width=120)
+    assert code == 1 and "Traceback" not in err, err
+    assert "video level" in stdout and "ensemble" in stdout  # the figures are printed all the same
+    bad = [ln for ln in err.splitlines() if "the report is incomplete" in ln]
+    assert len(bad) == 1 and "No space left" in bad[0] and str(out) in bad[0], err
+    assert not (out / "metrics.json").exists()
+
+
 def test_tubes_show_never_writes_its_sheet_over_the_tube(tmp_path, monkeypatch, capsys, carphone):
     import shutil
 

@@ -8,7 +8,7 @@ from typing import List, Mapping, Optional
 
 import typer
 
-from dfdc_cli.commands.scan import _plain_table, member_label, scan_with_progress, split_members, warn_missing_2d
+from dfdc_cli.commands.scan import plain_table, member_label, scan_with_progress, split_members, warn_missing_2d
 from dfdc_cli.runtime import DEVICE_HELP, PRECISION_HELP
 from dfdc_cli.scan.options import ScanOptions
 
@@ -162,10 +162,10 @@ def metrics_tables(report: dict, width: int) -> tuple[list, bool]:
 
 def _interval(fig: Mapping, key: str) -> str:
     """``lo–hi`` of a figure's bootstrap interval (two decimals: six columns fit 80), or ""."""
-    from dfdc_cli.evaluate.report import _num
+    from dfdc_cli.evaluate.report import finite_or_none
 
     ci = fig.get("ci", {}).get(key)
-    if not ci or _num(ci.get("lo")) is None:
+    if not ci or finite_or_none(ci.get("lo")) is None:
         return ""
     return f"{ci['lo']:.2f}–{ci['hi']:.2f}"
 
@@ -181,7 +181,7 @@ def metrics_table(level: Mapping[str, Mapping], title: str, short: bool = False,
     from dfdc_cli.evaluate.report import columns, ENSEMBLE, fmt, summary_rows
 
     split = split and any(_interval(fig, k) for fig in level.values() for k, _ in columns())
-    t = _plain_table(f"deepfake eval, {title}")
+    t = plain_table(f"deepfake eval, {title}")
     if split:  # one space between columns: eight columns of intervals fit 80
         t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
                   title=t.title, title_justify="left", title_style="bold")

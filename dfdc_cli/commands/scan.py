@@ -272,7 +272,7 @@ def _note(r) -> str:
     return (r.reason or "no face found") if r.status == "no_face" else r.reason
 
 
-def _plain_table(title: Optional[str] = None):
+def plain_table(title: Optional[str] = None):
     from rich import box
     from rich.table import Table
 
@@ -313,7 +313,7 @@ def results_table(results, members, rule, width: int = 80, inline_members: Optio
         rule = VerdictRule.single(rule)
     name_w, fits = table_layout(results, members, width)
     inline = fits if inline_members is None else inline_members
-    t = _plain_table(f"deepfake scan ({rule.title()})")
+    t = plain_table(f"deepfake scan ({rule.title()})")
     t.add_column("video", no_wrap=True, min_width=name_w)
     t.add_column("faces", justify="right", no_wrap=True)
     shown = list(members) if inline else []
@@ -363,7 +363,7 @@ def member_scores_tables(results, members, width: int = 80) -> list:
     name_w = max(NAME_MIN, min(longest, NAME_MAX, width - max(cols(g) for g in groups)))
     tables = []
     for group in groups:
-        t = _plain_table("p(fake) per member")
+        t = plain_table("p(fake) per member")
         t.add_column("video", no_wrap=True, min_width=name_w)
         for m in group:
             t.add_column(member_label(m), justify="right", no_wrap=True)

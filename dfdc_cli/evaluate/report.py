@@ -301,7 +301,7 @@ def evaluate_results(results: Sequence[VideoScan], items: Sequence[Labelled], me
 # Report folder
 
 
-def _num(v) -> Optional[float]:
+def finite_or_none(v) -> Optional[float]:
     if v is None:
         return None
     v = float(v)
@@ -314,21 +314,21 @@ def _jsonable(obj):
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
-        return _num(obj)
+        return finite_or_none(obj)
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
 
 
 def fmt(v, digits: int = 4) -> str:
-    v = _num(v)
+    v = finite_or_none(v)
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def fmt_ci(fig: Mapping, key: str, digits: int = 3) -> str:
     s = fmt(fig.get(key), digits)
     ci = fig.get("ci", {}).get(key)
-    if ci and _num(ci.get("lo")) is not None:
+    if ci and finite_or_none(ci.get("lo")) is not None:
         s += f" [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
     return s
 

@@ -32,7 +32,7 @@ from PIL import Image
 
 from dfdc_cli.atomic import atomic_dir
 from dfdc_cli.errors import UserError, VideoError
-from dfdc_cli.faces.extract.crops import _frame_2d, _square_tube_frame, _tube_square
+from dfdc_cli.faces.extract.crops import frame_2d, square_tube_frame, tube_square
 from dfdc_cli.faces.index import TUBE_SIZE, Track
 from dfdc_cli.faces.tubes import box_2d_crops
 from dfdc_cli.report.html import HEAT_SIZE, index_page, short_label, unsure_band, video_page
@@ -177,7 +177,7 @@ def _decode_needed(path: str, needs: _Needs, faces: Sequence[Mapping]) -> dict:
     needs._first = {fi: int(f["first_frame"]) for fi, f in enumerate(faces)}
     end = needs.last()
     got: dict = {"strip": {}, "thumb": None, "crops_2d": {}, "tubes_3d": {}}
-    tubes = {fi: (np.empty((last - first + 1, TUBE_SIZE, TUBE_SIZE, 3), np.uint8), _tube_square(box))
+    tubes = {fi: (np.empty((last - first + 1, TUBE_SIZE, TUBE_SIZE, 3), np.uint8), tube_square(box))
              for fi, (first, last, box) in needs.tubes_3d.items()}
     by_frame_2d: dict[int, list] = {}
     for (fi, k), box in needs.crops_2d.items():
@@ -190,10 +190,10 @@ def _decode_needed(path: str, needs: _Needs, faces: Sequence[Mapping]) -> dict:
         if needs.thumb and i == needs.thumb[0]:
             got["thumb"] = _scaled_with_box(frames, i, needs.thumb[1], int(round(THUMB_WIDTH * frames.height / frames.width)))
         for fi, k, box in by_frame_2d.get(i, ()):
-            got["crops_2d"][(fi, k)] = _frame_2d(frames, i, box, TUBE_SIZE)
+            got["crops_2d"][(fi, k)] = frame_2d(frames, i, box, TUBE_SIZE)
         for fi, (first, last, box) in needs.tubes_3d.items():
             if first <= i <= last:
-                tubes[fi][0][i - first] = _square_tube_frame(frames, i, tuple(int(v) for v in box), TUBE_SIZE, tubes[fi][1])
+                tubes[fi][0][i - first] = square_tube_frame(frames, i, tuple(int(v) for v in box), TUBE_SIZE, tubes[fi][1])
         frames.drop_before(i + 1)
     got["tubes_3d"] = {fi: t[0] for fi, t in tubes.items()}
     got["height"] = frames.height if frames is not None else 0

@@ -25,7 +25,7 @@ from dfdc_cli.atomic import atomic_path, write_text
 from dfdc_cli.errors import UserError
 from dfdc_cli.evaluate.metrics import log_loss, roc_auc
 from dfdc_cli.runtime import Runtime, autocast
-from dfdc_cli.train.loop import Hook, Progress, Stepper, TrainLoop, _to_input, rate, rng_state, set_rng_state
+from dfdc_cli.train.loop import Hook, Progress, Stepper, TrainLoop, to_input, rate, rng_state, set_rng_state
 from dfdc_cli.train.model_adapter import register_best, unwrap, weights_state_dict
 from dfdc_models.checkpoint import numpy_globals, read_checkpoint
 
@@ -49,7 +49,7 @@ def evaluate(model, loader, rt: Runtime,
     two_d = model.kind == "2d"
     ys, ps, n_items = [], [], 0
     for x, y in loader:
-        x = _to_input(x, rt.device)
+        x = to_input(x, rt.device)
         with autocast(rt.device.type, rt.amp_dtype):
             out = model.p_fake_2d(x) if two_d else model(x)  # 2D: p(fake) already, in float32
         p = out if two_d else torch.sigmoid(out.float().reshape(-1))

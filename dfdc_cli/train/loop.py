@@ -26,7 +26,7 @@ from dfdc_cli.runtime import Runtime, autocast
 from dfdc_cli.train import augment
 
 
-def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 clips to the device (moved as uint8: 4x less traffic; the model scales them)."""
     return x.to(device, non_blocking=True)
 
@@ -45,7 +45,7 @@ class Stepper:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         rt = self.rt
-        x = _to_input(x, rt.device)
+        x = to_input(x, rt.device)
         y = y.to(rt.device, non_blocking=True).float()
         y2, lam = y, None
         if self.cutmix and rng.random() < float(self.aug.get("cutmix_p", 1.0)):

@@ -38,13 +38,13 @@ def square_face(crop: np.ndarray, size: int = TUBE_SIZE, sq: Optional[np.ndarray
     return cv2.resize(sq, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.uint8)
 
 
-def _square_tube_frame(frames, i: int, box, size: int, sq: np.ndarray) -> np.ndarray:
+def square_tube_frame(frames, i: int, box, size: int, sq: np.ndarray) -> np.ndarray:
     """Frame ``i`` cropped to ``box`` and squared (:func:`square_face`) into ``sq``."""
     x1, y1, x2, y2 = box
     return square_face(frames.crop_rgb(i, x1, y1, x2, y2), size, sq)
 
 
-def _tube_square(box) -> np.ndarray:
+def tube_square(box) -> np.ndarray:
     x1, y1, x2, y2 = (int(v) for v in box)
     side = max(x2 - x1, y2 - y1)
     return np.zeros((side, side, 3), np.float64)
@@ -58,7 +58,7 @@ def face_2d(crop: np.ndarray, size: int = TUBE_SIZE) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _frame_2d(frames, i: int, box2d, size: int) -> np.ndarray:
+def frame_2d(frames, i: int, box2d, size: int) -> np.ndarray:
     """The 2D pathway's crop of frame ``i``: the square ``box2d`` (zero outside the frame),
     resized to size x size (:func:`face_2d`)."""
     bx1, by1, bx2, by2 = box2d
@@ -72,9 +72,9 @@ def tube_frames(frames, box, first: int, last: int, size: int = TUBE_SIZE) -> np
     (n, size, size, 3)."""
     box = tuple(int(v) for v in box)
     out = np.empty((last - first + 1, size, size, 3), np.uint8)
-    sq = _tube_square(box)
+    sq = tube_square(box)
     for k, i in enumerate(range(first, last + 1)):
-        out[k] = _square_tube_frame(frames, i, box, size, sq)
+        out[k] = square_tube_frame(frames, i, box, size, sq)
     return out
 
 
@@ -96,7 +96,7 @@ class TubeOut:
         stem = f"tube{t.tube_id}"
         self.files = {"tube_file": f"{stem}.mp4" if write else "", "track_file": f"{stem}.npz", "tube2d_file": ""}
         self.box = tuple(int(v) for v in t.box)
-        self.sq = _tube_square(self.box)
+        self.sq = tube_square(self.box)
         self.boxes_2d, self.n_2d = None, 0
         if params.with_2d:
             self.files["tube2d_file"] = f"{stem}_2d.mp4" if write else ""
@@ -130,9 +130,9 @@ class TubeOut:
         if not t.first_frame <= i <= t.last_frame:
             return
         k = i - t.first_frame
-        self._put("tube_file", self.frames, k, _square_tube_frame(frames, i, self.box, size, self.sq))
+        self._put("tube_file", self.frames, k, square_tube_frame(frames, i, self.box, size, self.sq))
         if k < self.n_2d:
-            self._put("tube2d_file", self.frames_2d, k, _frame_2d(frames, i, self.boxes_2d[k], size))
+            self._put("tube2d_file", self.frames_2d, k, frame_2d(frames, i, self.boxes_2d[k], size))
             if k == self.n_2d - 1 and "tube2d_file" in self.writers:
                 self.writers["tube2d_file"].close()
         if i == t.last_frame:

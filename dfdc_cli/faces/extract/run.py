@@ -273,8 +273,14 @@ def extract(paths: Sequence[str | Path], out_dir: str | Path, params: ExtractPar
     done: list[VideoDone] = []
     notes: list[str] = []
     run = iter_extract(paths, out_dir, params, notes=notes, **options)
-    with contextlib.closing(run):
-        done.extend(run)
+    unindexed: Optional[IndexWriteError] = None
+    try:
+        with contextlib.closing(run):
+            done.extend(run)
+    except IndexWriteError as exc:
+        # Raised as the run closes, every video settled: the summary of what was done still shows,
+        # and the one line of why the index is not up to date follows it.
+        unindexed = exc
     done.sort(key=lambda d: d.index)
     out = ExtractResult(
         videos=[d.video for d in done],
@@ -287,7 +293,9 @@ def extract(paths: Sequence[str | Path], out_dir: str | Path, params: ExtractPar
         shard=options.get("shard"),
     )
     if summary and not options.get("quiet"):
-        _summary(out)
+        _summary(out, indexed=unindexed is None)
+    if unindexed is not None:
+        raise unindexed
     return out
 
 
@@ -295,7 +303,7 @@ def _status_text(counts: dict, cached: int) -> str:
     return f"ok {counts.get(STATUS_OK, 0)}  no_face {counts.get(STATUS_NO_FACE, 0)}  error {counts.get(STATUS_ERROR, 0)}  cached {cached}"
 
 
-def _summary(res: ExtractResult) -> None:
+def _summary(res: ExtractResult, indexed: bool = True) -> None:
     by = {s: [v for v in res.videos if v.status == s] for s in (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)}
     table = Table(title="deepfake extract", show_header=True, header_style="bold")
     table.add_column("status")
@@ -310,9 +318,10 @@ def _summary(res: ExtractResult) -> None:
     console.print(table)
     for note in res.notes:
         console.print(note, highlight=False, soft_wrap=True)
+    where = f"index: {videos_csv}\n       {tubes_csv}" if indexed else f"index: {videos_csv} not brought up to date"
     console.print(
         f"{res.cached} cached, {len(res.videos) - res.cached} processed in {res.seconds:.1f} s "
-        f"({rate:.2f} videos/s)\nindex: {videos_csv}\n       {tubes_csv}",
+        f"({rate:.2f} videos/s)\n{where}",
         highlight=False,
         soft_wrap=True,
     )
