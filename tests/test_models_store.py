@@ -202,3 +202,22 @@ def test_cli_import_success_and_clear_failure(mc3_file, tmp_path):
     assert bad.exit_code == 1
     assert f"failed {mc3_file} does not match member i3d_224" in " ".join(bad.output.split())
     assert "0 registered, 0 already registered, 1 failed" in bad.output
+
+
+def test_cli_list_at_80_columns_cuts_nothing(mc3_file):
+    """With the built-in model's long name listed, the network column (which the member's name
+    already says) gives way rather than cutting the network, id or date."""
+    import re
+
+    from dfdc_cli.cli import app
+
+    store.import_checkpoint(mc3_file, "mc3_112")
+    active = store.active("mc3_112")
+    narrow = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in narrow.output, narrow.output
+    row = next(ln for ln in lines if ln.startswith("mc3_112 "))
+    assert active.model_id in row and re.search(r"\d{4}-\d{2}-\d{2}", row), row
+    wide = _cli("models", "list")
+    assert "network" in wide.output and "mc3/112" in wide.output

@@ -4,7 +4,6 @@ columns when they fit, a compact second table when asked."""
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest

@@ -49,47 +49,62 @@ def list_cmd(
             in_use = "not in use: registered models take precedence"
         caption = (caption + "; " if caption else "") + f"built in = ships with the package ({in_use}); card: {builtin.CARD}"
 
-    table = _compact_table(f"Model registry: {paths.models_dir()}", caption or None)
-    table.add_column("member", no_wrap=True, min_width=name_w)
-    if all_entries:
-        table.add_column("id", no_wrap=True, min_width=13)
-    else:
-        table.add_column("network", no_wrap=True)
-        table.add_column("#", justify="right", no_wrap=True)
-        table.add_column("active", no_wrap=True, min_width=12)
-    table.add_column("loss", justify="right", no_wrap=True)
-    table.add_column("date", no_wrap=True, min_width=10)
-    if all_entries:
-        table.add_column("source", no_wrap=True)
-        # the source's start (import: / train:) and its file name matter most
-        source_w = max(20, console.width - name_w - 13 - 6 - 10 - 2 * 4)
-    for name in names:
-        spec = get_spec(name)
-        rows = by_member.get(name, [])
+    def build(network: bool):
+        table = _compact_table(f"Model registry: {paths.models_dir()}", caption or None)
+        table.add_column("member", no_wrap=True, min_width=name_w)
         if all_entries:
-            for e in rows:
-                vl = "" if e.val_loss is None else f"{e.val_loss:.4f}"
-                table.add_row(name, e.model_id + ("*" if e.active else ""), vl, e.date[:10],
-                              _short_source(e.source, source_w))
-            for d in broken:
-                if d.member == name:
-                    table.add_row(name, "[red]damaged[/red]", "", "", _short_source(str(d.path), source_w))
-            if name == built_in:
-                table.add_row(name, "built in", "", "", _short_source(str(builtin.folder()), source_w))
-            elif not rows:
-                table.add_row(name, "[dim]-[/dim]", "", "", "")
-            continue
-        act = next((e for e in rows if e.active), None)
-        base = [name, f"{spec.arch}/{spec.res}", str(len(rows))]
-        if name in broken_members:
-            table.add_row(*base, "[red]damaged[/red]", "", "")
-        elif act is None and name == built_in:
-            table.add_row(*base, "built in", "", "")
-        elif act is None:
-            table.add_row(*base, "[dim]none[/dim]", "", "")
+            table.add_column("id", no_wrap=True, min_width=13)
         else:
-            vl = "" if act.val_loss is None else f"{act.val_loss:.4f}"
-            table.add_row(*base, act.model_id, vl, act.date[:10])
+            if network:
+                table.add_column("network", no_wrap=True)
+            table.add_column("#", justify="right", no_wrap=True)
+            table.add_column("active", no_wrap=True, min_width=12)
+        table.add_column("loss", justify="right", no_wrap=True)
+        table.add_column("date", no_wrap=True, min_width=10)
+        if all_entries:
+            table.add_column("source", no_wrap=True)
+        for row in rows_of(network):
+            table.add_row(*row)
+        return table
+
+    # the source's start (import: / train:) and its file name matter most
+    source_w = max(20, console.width - name_w - 13 - 6 - 10 - 2 * 4)
+
+    def rows_of(network: bool) -> list[list[str]]:
+        out = []
+        for name in names:
+            spec = get_spec(name)
+            rows = by_member.get(name, [])
+            if all_entries:
+                for e in rows:
+                    vl = "" if e.val_loss is None else f"{e.val_loss:.4f}"
+                    out.append([name, e.model_id + ("*" if e.active else ""), vl, e.date[:10],
+                                _short_source(e.source, source_w)])
+                for d in broken:
+                    if d.member == name:
+                        out.append([name, "[red]damaged[/red]", "", "", _short_source(str(d.path), source_w)])
+                if name == built_in:
+                    out.append([name, "built in", "", "", _short_source(str(builtin.folder()), source_w)])
+                elif not rows:
+                    out.append([name, "[dim]-[/dim]", "", "", ""])
+                continue
+            act = next((e for e in rows if e.active), None)
+            base = [name, *([f"{spec.arch}/{spec.res}"] if network else []), str(len(rows))]
+            if name in broken_members:
+                out.append([*base, "[red]damaged[/red]", "", ""])
+            elif act is None and name == built_in:
+                out.append([*base, "built in", "", ""])
+            elif act is None:
+                out.append([*base, "[dim]none[/dim]", "", ""])
+            else:
+                vl = "" if act.val_loss is None else f"{act.val_loss:.4f}"
+                out.append([*base, act.model_id, vl, act.date[:10]])
+        return out
+
+    table = build(network=True)
+    if not all_entries and not _fits(table, console.width):
+        # The member's name says its network and resolution; cut cells would say less than none.
+        table = build(network=False)
     console.print(table)
     from dfdc_cli.ui import err_console
 
@@ -98,6 +113,14 @@ def list_cmd(
     if broken:
         err_console.print("scan and eval refuse a damaged member until it is repaired, removed or imported again",
                           highlight=False)
+
+
+def _fits(table, width: int) -> bool:
+    import io
+
+    from rich.console import Console
+
+    return Console(width=10_000, file=io.StringIO()).measure(table).maximum <= width
 
 
 def _short_source(source: str, width: int) -> str:
