@@ -18,8 +18,8 @@ from typing import Optional, Union
 import torch
 
 from . import calibration as C
-from .atomic import atomic_path, write_text
-from .checkpoint import extract_state_dict, read_checkpoint, sha256_file
+from .atomic import write_text
+from .checkpoint import extract_state_dict, read_checkpoint, save_checkpoint, sha256_file
 from .errors import UserError
 from .registry import build
 from .specs import get_spec
@@ -108,8 +108,7 @@ def export(weights: Union[str, Path], member_name: str, out_dir: Union[str, Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{spec.name}.pt"
-    with atomic_path(target) as tmp:
-        torch.save(half, tmp)
+    save_checkpoint(half, target)
     meta = {"member": spec.name, "weights": target.name, "arch": spec.arch, "res": spec.res,
             "card": CARD, **dict(extra or {})}
     if meta.get("calibration") is not None:

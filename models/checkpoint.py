@@ -19,8 +19,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .errors import UserError
 from .layouts import largest_layout_bytes
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` into ``path`` atomically, the same tensors giving the same bytes.
+
+    torch names the archive's inner folder after the path it is handed, and an atomic write's
+    temporary file has a random name: given an open file, it names it "archive". So a regenerated
+    model is byte-identical, and its registry id (a hash of the file) the same."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -33,7 +33,7 @@ from . import calibration as C, paths
 from .archs import get_arch
 from .atomic import atomic_dir, write_text
 from .calibration import Calibration
-from .checkpoint import extract_state_dict, read_bytes, read_checkpoint, sha256_file
+from .checkpoint import extract_state_dict, read_bytes, read_checkpoint, save_checkpoint, sha256_file
 from .errors import UserError
 from .registry import check_layout, load_strict, match_layouts, normalize_keys
 from .specs import MEMBERS, MemberSpec, get_spec, named_as_released
@@ -343,7 +343,7 @@ def register(
             staged.write_bytes(keep)
             sha = source_sha
         else:
-            torch.save(sd, staged)
+            save_checkpoint(sd, staged)
             sha = sha256_file(staged)
         model_id = sha[:12]
         entry = Entry(

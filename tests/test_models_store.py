@@ -204,20 +204,35 @@ def test_cli_import_success_and_clear_failure(mc3_file, tmp_path):
     assert "0 registered, 0 already registered, 1 failed" in bad.output
 
 
-def test_cli_list_at_80_columns_cuts_nothing(mc3_file):
+def test_cli_list_at_80_columns_cuts_nothing(mc3_file, monkeypatch, capsys):
     """With the built-in model's long name listed, the network column (which the member's name
     already says) gives way rather than cutting the network, id or date."""
     import re
 
-    from dfdc_cli.cli import app
+    from cli_util import run_cli
 
     store.import_checkpoint(mc3_file, "mc3_112")
     active = store.active("mc3_112")
-    narrow = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "80"})
-    assert narrow.exit_code == 0, narrow.output
-    lines = narrow.output.splitlines()
-    assert max(map(len, lines)) <= 80 and "…" not in narrow.output, narrow.output
+    code, out, err = run_cli(monkeypatch, capsys, "models", "list", width=80)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in out, out
     row = next(ln for ln in lines if ln.startswith("mc3_112 "))
     assert active.model_id in row and re.search(r"\d{4}-\d{2}-\d{2}", row), row
-    wide = _cli("models", "list")
-    assert "network" in wide.output and "mc3/112" in wide.output
+    code, wide, err = run_cli(monkeypatch, capsys, "models", "list", width=250)
+    assert code == 0 and "network" in wide and "mc3/112" in wide, wide
+
+
+def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
+    """torch names a saved archive after the path it is given; an atomic write's temporary name is
+    random. Saved through a file handle, a regenerated model is byte-identical: same file, same id."""
+    from dfdc_models import builtin
+    from dfdc_models.checkpoint import save_checkpoint, sha256_file
+    from dfdc_models.registry import build_net
+
+    sd = build_net("mc3").state_dict()
+    a, b = save_checkpoint(sd, tmp_path / "a.pt"), save_checkpoint(sd, tmp_path / "sub" / "b.pt")
+    assert sha256_file(a) == sha256_file(b)
+    one = builtin.export(a, "mc3_112", tmp_path / "one")
+    two = builtin.export(b, "mc3_112", tmp_path / "two")
+    assert one.read_bytes() == two.read_bytes()

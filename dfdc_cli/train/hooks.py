@@ -21,13 +21,13 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
-from dfdc_cli.atomic import atomic_path, write_text
+from dfdc_cli.atomic import write_text
 from dfdc_cli.errors import UserError
 from dfdc_cli.evaluate.metrics import log_loss, roc_auc
 from dfdc_cli.runtime import Runtime, autocast
 from dfdc_cli.train.loop import Hook, Progress, Stepper, TrainLoop, to_input, rate, rng_state, set_rng_state
 from dfdc_cli.train.model_adapter import register_best, unwrap, weights_state_dict
-from dfdc_models.checkpoint import numpy_globals, read_checkpoint
+from dfdc_models.checkpoint import numpy_globals, read_checkpoint, save_checkpoint
 
 # ----------------------------------------------------------------------------------------------
 # Validation
@@ -131,8 +131,7 @@ class Checkpointer(Hook):
         if not self.enabled:
             return
         if loop.row["best"]:
-            with atomic_path(self.run_dir / "best.pt") as tmp:
-                torch.save(weights_state_dict(self.model), tmp)
+            save_checkpoint(weights_state_dict(self.model), self.run_dir / "best.pt")
         ck = {
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -146,8 +145,7 @@ class Checkpointer(Hook):
             "history": loop.history,
             "member": self.member,
         }
-        with atomic_path(self.run_dir / "last.pt") as tmp:
-            torch.save(ck, tmp)
+        save_checkpoint(ck, self.run_dir / "last.pt")
 
     def resume(self, loop: TrainLoop, folder: Path) -> None:
         """Restore ``folder/last.pt`` into the run's parts and ``loop`` (which continues after its epoch)."""
