@@ -211,3 +211,22 @@ def test_eval_table_keeps_whole_names_and_intervals_beside_the_figures_where_the
     assert line_of(plain, "R21D-CM").endswith("  24 (12F/12R)")
     plain, short = eval_text(eval_report(["i3d_224"], bootstrap=0), 80)
     assert not short and line_of(plain, "i3d_224").endswith("  24 (12F/12R)")
+
+
+def test_the_hint_for_left_out_member_scores_says_only_what_helps(monkeypatch, capsys):
+    """At 80 columns eight members' scores are left out and the hint names their short labels; one
+    member's score is the video's p(fake), so nothing is left out and there is no hint."""
+    from dfdc_cli import ui
+    from dfdc_cli.scan.ensemble import VerdictRule
+
+    monkeypatch.setattr(ui.console, "width", 80)
+    C.print_results(scans(), EIGHT, VerdictRule.single(0.5))
+    err = capsys.readouterr().err
+    assert "--members-table" in err and "MC3 = mc3_112" in err
+    one = ["efficientnet_lite0_224"]  # its label is its whole name: no room beside the note at 80
+    results = scans()
+    for r in results:
+        r.members = {"efficientnet_lite0_224": r.members["mc3_112"]}
+    C.print_results(results, one, VerdictRule.single(0.5))
+    out, err = capsys.readouterr()
+    assert "--members-table" not in err and "abofeumbvv.mp4" in out

@@ -237,7 +237,8 @@ def verdict_lines(rule, tally) -> list[str]:
     elif rule.note:
         out.append(rule.note)
     if tally.weak:
-        out.append(f"{tally.weak} videos are UNSURE because only the low-threshold fallback found a face there "
+        out.append(f"{tally.weak} {'video is' if tally.weak == 1 else 'videos are'} UNSURE because only the "
+                   "low-threshold fallback found a face there "
                    "(it finds faces in noise and cartoons)")
     return out
 
@@ -383,7 +384,8 @@ def print_results(results, members, rule, members_table: bool = False) -> None:
     if members_table:
         for t in member_scores_tables(results, members, width):
             console.print(t)
-    elif members and not table_layout(results, members, width)[1]:
-        labels = ", ".join(f"{member_label(m)} = {m}" for m in members)
-        err_console.print(f"[dim]per-member scores do not fit in {width} columns: --members-table shows them "
-                          f"({labels})[/dim]", highlight=False)
+    elif len(members) > 1 and not table_layout(results, members, width)[1]:
+        # (one member's score is the video's p(fake): nothing is left out)
+        labels = ", ".join(f"{member_label(m)} = {m}" for m in members if member_label(m) != m)
+        err_console.print(f"[dim]per-member scores do not fit in {width} columns: --members-table shows them"
+                          + (f" ({labels})" if labels else "") + "[/dim]", highlight=False)
