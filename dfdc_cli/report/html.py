@@ -39,7 +39,7 @@ table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #d
 th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .FAKE{color:#b71c1c;font-weight:bold}.REAL{color:#1b5e20;font-weight:bold}.NOFACE{color:#8d6e00}.ERROR{color:#6a1b9a}
 .UNSURE{color:#e65100;font-weight:bold}
-img{image-rendering:auto}img.thumb{max-width:128px;max-height:96px}.note{color:#555;font-size:90%}.heat td{border:none;padding:2px 6px;text-align:center;font-size:85%}
+img{image-rendering:auto}img.thumb{max-width:128px;max-height:96px}.note{color:#555;font-size:90%}.heat{display:flex;flex-wrap:wrap;gap:8px 16px}.heat figure{margin:0;text-align:center;font-size:85%;width:min-content}.heat figure div{display:flex;gap:2px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:bold}dd{margin:0}
 code{background:#f4f4f4;padding:0 3px}
 """
@@ -167,13 +167,14 @@ def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Seq
             parts.append(f'<p><img src="{_e(assets)}/{_e(strip)}" alt="frames of face {_e(f["tube_id"])} with its box"></p>')
         heats = pictures.get("heat", {}).get(fi) or []
         if heats:
+            # one figure per (member, frame): the crop and its map side by side; the figures wrap
             cells = "".join(
-                f'<td><img src="{_e(assets)}/{_e(h["plain"])}" alt="crop" width="{HEAT_SIZE}">'
-                f'<img src="{_e(assets)}/{_e(h["heat"])}" alt="heatmap" width="{HEAT_SIZE}"><br>'
+                f'<figure><div><img src="{_e(assets)}/{_e(h["plain"])}" alt="crop" width="{HEAT_SIZE}">'
+                f'<img src="{_e(assets)}/{_e(h["heat"])}" alt="heatmap" width="{HEAT_SIZE}"></div><figcaption>'
                 f'{_e(short_label(h["member"]))}, frame {h["frame"]}'
                 + (f", p(fake) {_fmt(_scaled(scale, h['member'], h['p']))}" + (" calibrated" if calibrated else "")
-                   if h.get("p") is not None else "") + "</td>" for h in heats)
-            parts.append(f'<p class="note">{_e(SALIENCY_NOTE)}</p><table class="heat"><tr>{cells}</tr></table>')
+                   if h.get("p") is not None else "") + "</figcaption></figure>" for h in heats)
+            parts.append(f'<p class="note">{_e(SALIENCY_NOTE)}</p><div class="heat">{cells}</div>')
     parts.append("<h2>Technical facts</h2>" + _facts(doc, v))
     return _page(str(v.get("name", "video")), "\n".join(parts))
 
