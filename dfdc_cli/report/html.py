@@ -39,7 +39,7 @@ table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #d
 th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .FAKE{color:#b71c1c;font-weight:bold}.REAL{color:#1b5e20;font-weight:bold}.NOFACE{color:#8d6e00}.ERROR{color:#6a1b9a}
 .UNSURE{color:#e65100;font-weight:bold}
-img{image-rendering:auto}img.thumb{max-width:128px;max-height:96px}.note{color:#555;font-size:90%}.heat{display:flex;flex-wrap:wrap;gap:8px 16px}.heat figure{margin:0;text-align:center;font-size:85%;width:min-content}.heat figure div{display:flex;gap:2px}
+img{image-rendering:auto}img.fit{max-width:100%;height:auto}img.thumb{max-width:128px;max-height:96px}.note{color:#555;font-size:90%}.heat{display:flex;flex-wrap:wrap;gap:8px 16px}.heat figure{margin:0;text-align:center;font-size:85%;width:min-content}.heat figure div{display:flex;gap:2px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:bold}dd{margin:0}
 code{background:#f4f4f4;padding:0 3px}
 """
@@ -150,7 +150,7 @@ def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Seq
         parts.append(f'<p class="note">{_e(n)}</p>')
     if pictures.get("timeline"):
         parts.append("<h2>Timeline</h2>"
-                     f'<p><img src="{_e(assets)}/{_e(pictures["timeline"])}" alt="p(fake) over time" width="900"></p>'
+                     f'<p><img class="fit" src="{_e(assets)}/{_e(pictures["timeline"])}" alt="p(fake) over time" width="900"></p>'
                      '<p class="note">Lines: each member\'s p(fake) of a face tube over the frames it spans; dots: a '
                      "frame model's p(fake) of single frames (every other one mirrored, as scored). Grey: the frames "
                      "read; dashed red: the verdict threshold" + ("; yellow: the UNSURE band." if unsure_band(doc, v) else ".") +
@@ -164,7 +164,7 @@ def video_page(doc: Mapping, v: Mapping, assets: str, pictures: dict, notes: Seq
                      f"p(fake) {_fmt(f.get('p_fake'))}</h3>")
         strip = pictures.get("strips", {}).get(fi)
         if strip:
-            parts.append(f'<p><img src="{_e(assets)}/{_e(strip)}" alt="frames of face {_e(f["tube_id"])} with its box"></p>')
+            parts.append(f'<p><img class="fit" src="{_e(assets)}/{_e(strip)}" alt="frames of face {_e(f["tube_id"])} with its box"></p>')
         heats = pictures.get("heat", {}).get(fi) or []
         if heats:
             # one figure per (member, frame): the crop and its map side by side; the figures wrap
