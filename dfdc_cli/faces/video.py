@@ -219,6 +219,21 @@ _POOL: dict[int, list[np.ndarray]] = {}
 _POOL_MAX_BYTES = int(os.environ.get("DEEPFAKE_FRAME_POOL_MB", "1024")) * (1 << 20)
 
 
+def _pack_i420(flat: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, H2: int, W2: int) -> None:
+    """Write planes into ``flat``, the I420 buffer of an even ``H2`` x ``W2`` frame: Y (h, w) with its
+    last row and column repeated up to the even size, then U and V (``H2/2`` x ``W2/2`` each)."""
+    Y = flat[: H2 * W2].reshape(H2, W2)
+    h, w = y.shape
+    Y[:h, :w] = y
+    if h < H2:
+        Y[h:, :w] = y[-1:, :]
+    if w < W2:
+        Y[:, w:] = Y[:, w - 1 : w]
+    q = H2 * W2 // 4
+    flat[H2 * W2 : H2 * W2 + q].reshape(H2 // 2, W2 // 2)[:] = u
+    flat[H2 * W2 + q :].reshape(H2 // 2, W2 // 2)[:] = v
+
+
 def _take_buffer(n: int) -> np.ndarray:
     free = _POOL.get(n)
     return free.pop() if free else np.empty(n, np.uint8)
@@ -271,18 +286,8 @@ class Frames:
     # -- filling -------------------------------------------------------------------------------
     def append_planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
         """Add one frame from (already rotated) planes: Y (H, W), U/V (ceil(H/2), ceil(W/2))."""
-        H2, W2 = self.H2, self.W2
-        buf = _take_buffer(H2 * W2 * 3 // 2)
-        Y = buf[: H2 * W2].reshape(H2, W2)
-        h, w = y.shape
-        Y[:h, :w] = y
-        if h < H2:
-            Y[h:, :w] = y[-1:, :]
-        if w < W2:
-            Y[:, w:] = Y[:, w - 1 : w]
-        q = H2 * W2 // 4
-        buf[H2 * W2 : H2 * W2 + q].reshape(H2 // 2, W2 // 2)[:] = u
-        buf[H2 * W2 + q :].reshape(H2 // 2, W2 // 2)[:] = v
+        buf = _take_buffer(self.H2 * self.W2 * 3 // 2)
+        _pack_i420(buf, y, u, v, self.H2, self.W2)
         self._bufs.append(buf)
 
     def __len__(self) -> int:
@@ -339,24 +344,13 @@ class Frames:
             return self.rgb(i)
         w2, h2 = width + (width & 1), height + (height & 1)
         Y, U, V = self.planes(i)
-        # Scale the even-padded planes so that the displayed area maps onto (width, height).
-        sx, sy = w2 / width, h2 / height
+        # The displayed area of each plane maps onto the new size (chroma onto the even-padded one).
         ys = cv2.resize(Y[: self.height, : self.width], (width, height), interpolation=cv2.INTER_LINEAR)
         ch, cw = (self.height + 1) // 2, (self.width + 1) // 2
         us = cv2.resize(U[:ch, :cw], (w2 // 2, h2 // 2), interpolation=cv2.INTER_LINEAR)
         vs = cv2.resize(V[:ch, :cw], (w2 // 2, h2 // 2), interpolation=cv2.INTER_LINEAR)
-        del sx, sy
         buf = np.empty((h2 * 3 // 2, w2), np.uint8)
-        flat = buf.reshape(-1)
-        yv = flat[: h2 * w2].reshape(h2, w2)
-        yv[:height, :width] = ys
-        if height < h2:
-            yv[height:, :width] = ys[-1:, :]
-        if width < w2:
-            yv[:, width:] = yv[:, width - 1 : width]
-        q = h2 * w2 // 4
-        flat[h2 * w2 : h2 * w2 + q] = us.reshape(-1)
-        flat[h2 * w2 + q :] = vs.reshape(-1)
+        _pack_i420(buf.reshape(-1), ys, us, vs, h2, w2)
         return cv2.cvtColor(buf, cv2.COLOR_YUV2RGB_I420)[:height, :width]
 
     def crop_rgb(self, i: int, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
