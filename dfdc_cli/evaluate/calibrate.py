@@ -39,6 +39,7 @@ from dfdc_cli.atomic import atomic_path, write_json
 from dfdc_cli.errors import UserError
 from dfdc_cli.evaluate import metrics as M
 from dfdc_cli.evaluate.report import pyplot, reliability_axes
+from dfdc_cli.scan.results import finite
 from dfdc_models import builtin, store
 from dfdc_models.calibration import METHODS, Calibration, band_verdict, logit, sigmoid
 
@@ -323,21 +324,10 @@ def calibrate_report(videos: Sequence[Mapping], models: Mapping[str, str], out_d
             plot_fit(png, y, s, p_cv, cal, m)
             doc["members"][m] = {"model_id": models[m], "calibration": cal.to_dict(), "plot": png.name}
         target = out_dir / CALIBRATION_JSON
-        write_json(target, _finite(doc))
+        write_json(target, finite(doc))
     except OSError as exc:
         raise UserError(f"{target}: cannot be written ({exc.strerror or exc})") from None
     return doc
-
-
-def _finite(obj):
-    """NaN -> None, so that strict JSON parsers read the file."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def read_report(report: Path) -> tuple[list[dict], dict[str, str], str]:

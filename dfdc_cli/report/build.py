@@ -290,6 +290,13 @@ def draw_timeline(path: Path, video: Mapping, members: Sequence[str], threshold:
 # Heatmaps
 
 
+def _frames_to_explain(face: Mapping, member: str) -> list[int]:
+    """A frame model's frames (indices into the face's 2D crops) that get a heatmap: its
+    highest-scoring ones, or the first when it recorded no per-frame scores."""
+    ps = (face.get("frame_scores") or {}).get(member) or []
+    return [int(k) for k in np.argsort(-np.asarray(ps), kind="stable")[:HEAT_FRAMES]] if ps else [0]
+
+
 def _heatmaps(fi: int, face: Mapping, got: dict, members: Mapping[str, object], folder: Path,
               stem: str) -> list[dict]:
     """Heatmap pairs (plain crop, map) of one face: the frame models' highest-scoring frames and
@@ -305,8 +312,7 @@ def _heatmaps(fi: int, face: Mapping, got: dict, members: Mapping[str, object], 
             continue
         if model.spec.kind == "2d":
             ps = (face.get("frame_scores") or {}).get(m) or []
-            ks = [int(k) for k in np.argsort(-np.asarray(ps), kind="stable")[:HEAT_FRAMES]] if ps else [0]
-            for k in ks:
+            for k in _frames_to_explain(face, m):
                 crop = got["crops_2d"].get((fi, k))
                 if crop is None:
                     continue
@@ -383,9 +389,7 @@ def _video_pictures(doc: Mapping, v: Mapping, folder: Path, members: Mapping[str
                 if m not in (f.get("members") or {}):
                     continue
                 if model.spec.kind == "2d":
-                    ps = (f.get("frame_scores") or {}).get(m) or []
-                    ks = [int(k) for k in np.argsort(-np.asarray(ps), kind="stable")[:HEAT_FRAMES]] if ps else [0]
-                    for k in ks:
+                    for k in _frames_to_explain(f, m):
                         box = _crop_2d_box(f, k)
                         if box is not None:
                             needs.crops_2d[(fi, k)] = box
