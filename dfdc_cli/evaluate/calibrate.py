@@ -58,18 +58,6 @@ BAND_HELP = ("UNSURE band rule: 'odds:K' (default odds:2: FAKE when the calibrat
 # The maps
 
 
-def _arrays(y, s) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y, dtype=np.float64).ravel()
-    s = np.asarray(s, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError("labels must be 0 (REAL) or 1 (FAKE)")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores must be finite")
-    return y, s
-
-
 def _nll(z: np.ndarray, t: np.ndarray) -> float:
     """Cross-entropy of targets ``t`` against sigmoid(``z``), from the logits: exact and convex where
     probabilities round to 0 or 1 (clipping them instead leaves plateaus a line search stalls on)."""
@@ -84,7 +72,7 @@ def platt_targets(y: np.ndarray) -> np.ndarray:
 
 def fit_platt(y, s) -> dict:
     """a, b of ``sigmoid(a * logit(s) + b)`` minimising the log loss against Platt's targets."""
-    y, s = _arrays(y, s)
+    y, s = M.labels_and_scores(y, s)
     z, t = logit(s), platt_targets(y)
 
     def f(w):
@@ -104,7 +92,7 @@ def fit_platt(y, s) -> dict:
 
 def fit_temperature(y, s) -> dict:
     """t of ``sigmoid(logit(s) / t)`` minimising the log loss (the labels as they are)."""
-    y, s = _arrays(y, s)
+    y, s = M.labels_and_scores(y, s)
     z = logit(s)
     # log(1/t) in a bounded range: t -> 0 makes every score 0 or 1, a negative t reverses the order.
     # The loss is convex in 1/t, so unimodal in its log, where the search spans 1e-3..1e3 evenly.
@@ -116,7 +104,7 @@ def fit_temperature(y, s) -> dict:
 def fit_isotonic(y, s) -> dict:
     """The non-decreasing least-squares fit of the labels on the scores (scipy's pool-adjacent-
     violators), as knots: one per distinct score, the fitted value of its block."""
-    y, s = _arrays(y, s)
+    y, s = M.labels_and_scores(y, s)
     xs, inv = np.unique(s, return_inverse=True)
     sums = np.bincount(inv, weights=y)
     counts = np.bincount(inv).astype(np.float64)
@@ -148,7 +136,7 @@ def folds(y: np.ndarray, k: int = FOLDS, seed: int = 0) -> list[np.ndarray]:
 
 def cross_val_apply(y, s, method: str = DEFAULT_METHOD, k: int = FOLDS, seed: int = 0) -> np.ndarray:
     """Out-of-fold calibrated p: each video calibrated by a map fitted on the other folds."""
-    y, s = _arrays(y, s)
+    y, s = M.labels_and_scores(y, s)
     out = np.empty_like(s)
     for test in folds(y, k, seed):
         train = np.setdiff1d(np.arange(y.size), test)
@@ -193,7 +181,7 @@ def choose_band(y, p, band: str = DEFAULT_BAND) -> tuple[float, float, str]:
     videos FAKE, lo the highest calling at most FNR of the FAKE videos REAL (empirical; with a
     dozen videos of a class a rate moves in steps of ~8%); where the two overlap, one threshold
     halfway gives both and no video is UNSURE. ``none``: one threshold, 0.5."""
-    y, p = _arrays(y, p)
+    y, p = M.labels_and_scores(y, p)
     kind, nums = parse_band(band)
     if kind == "none":
         return 0.5, 0.5, "one threshold 0.5, no UNSURE band"
@@ -221,7 +209,7 @@ def band_check(y, p, lo: float, hi: float, promise: Optional[float] = None) -> d
     (REAL videos called FAKE, of all REAL), the false-negative rate (FAKE called REAL, of all FAKE),
     and the error rate of the verdicts it gives; ``promise`` (the odds rule's 1/(K+1)): whether
     that error rate is within it."""
-    y, p = _arrays(y, p)
+    y, p = M.labels_and_scores(y, p)
     v = np.array([band_verdict(float(x), lo, hi) for x in p])
     n_real, n_fake = int(np.sum(y == 0)), int(np.sum(y == 1))
     decided = v != "UNSURE"
@@ -252,7 +240,7 @@ def fit(y, s, method: str = DEFAULT_METHOD, band: str = DEFAULT_BAND, *, member:
         source: str = "", seed: int = 0) -> tuple[Calibration, np.ndarray]:
     """Fit the calibration of raw scores ``s`` on labels ``y`` and choose its band. Returns the
     record (its ``fitted_on`` carries the figures) and the out-of-fold calibrated p (for plots)."""
-    y, s = _arrays(y, s)
+    y, s = M.labels_and_scores(y, s)
     n_fake, n_real = int(y.sum()), int(y.size - y.sum())
     if min(n_fake, n_real) < MIN_PER_CLASS:
         raise UserError(f"{member or 'calibration'}: {n_fake} FAKE and {n_real} REAL scored videos; a calibration "

@@ -26,7 +26,8 @@ from dfdc_cli.scan.ensemble import CLIP_LO
 CLIP = CLIP_LO  # the seed's clip: p in [0.001, 0.999], the ensemble's own
 
 
-def _arrays(y, p) -> tuple[np.ndarray, np.ndarray]:
+def labels_and_scores(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (0 REAL / 1 FAKE) and finite scores as float arrays of one length, or ValueError."""
     y = np.asarray(y, dtype=np.float64).ravel()
     p = np.asarray(p, dtype=np.float64).ravel()
     if y.shape != p.shape:
@@ -44,7 +45,7 @@ def clip_probs(p, eps: float = CLIP) -> np.ndarray:
 
 def log_loss(y, p, eps: float = CLIP) -> float:
     """Mean binary cross-entropy of p(fake) after clipping to [eps, 1 - eps]."""
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     if y.size == 0:
         return math.nan
     p = clip_probs(p, eps)
@@ -53,7 +54,7 @@ def log_loss(y, p, eps: float = CLIP) -> float:
 
 def roc_auc(y, p) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties count half). NaN unless both classes occur."""
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -68,7 +69,7 @@ def roc_curve(y, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Point i counts ``p >= thresholds[i]`` as FAKE. With one class only, the missing rate is NaN.
     """
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     order = np.argsort(-p, kind="mergesort")
     ps, ys = p[order], y[order]
     last = np.r_[np.flatnonzero(ps[1:] != ps[:-1]), ps.size - 1] if ps.size else np.zeros(0, int)
@@ -88,7 +89,7 @@ def average_precision(y, p) -> float:
     """Area under the precision-recall curve as a step sum: sum_k (R_k - R_{k-1}) P_k over distinct
     score thresholds (scikit-learn's definition). NaN when there is no FAKE; defined (= precision of
     the whole set) when there is no REAL."""
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     n_pos = y.sum()
     if y.size == 0 or n_pos == 0:
         return math.nan
@@ -105,7 +106,7 @@ def average_precision(y, p) -> float:
 
 def confusion(y, p, threshold: float = 0.5) -> dict[str, int]:
     """Counts at a threshold (FAKE when p >= threshold); FAKE is the positive class."""
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     pred = p >= threshold
     pos = y == 1
     return {
@@ -117,7 +118,7 @@ def confusion(y, p, threshold: float = 0.5) -> dict[str, int]:
 
 
 def accuracy(y, p, threshold: float = 0.5) -> float:
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     if y.size == 0:
         return math.nan
     return float(np.mean((p >= threshold) == (y == 1)))
@@ -126,7 +127,7 @@ def accuracy(y, p, threshold: float = 0.5) -> float:
 def balanced_accuracy(y, p, threshold: float = 0.5) -> float:
     """Mean of the per-class recalls (TPR and TNR) over the classes present (as scikit-learn does:
     with one class only it is that class's recall)."""
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     if y.size == 0:
         return math.nan
     pred = p >= threshold
@@ -161,7 +162,7 @@ def eer(y, p) -> tuple[float, float]:
 def calibration_bins(y, p, n_bins: int = 10) -> dict[str, list]:
     """Reliability diagram data on equal-width bins of p: mean p, fraction FAKE and count per bin
     (empty bins left out), plus the expected calibration error (count-weighted |mean p - fraction|)."""
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.digitize(p, edges[1:-1], right=False), 0, n_bins - 1)
     mean_p, frac, count, lo, hi = [], [], [], [], []
@@ -211,7 +212,7 @@ METRICS: dict[str, Metric] = {
 
 def binary_metrics(y, p, threshold: float = 0.5) -> dict:
     """Every figure of a report for one set of scores: metrics, counts and notes on undefined ones."""
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     n_fake = int(y.sum())
     n_real = int(y.size - n_fake)
     out: dict = {name: fn(y, p) for name, fn in METRICS.items()}
@@ -252,7 +253,7 @@ def bootstrap_ci(
     Returns ``{metric: {"lo", "hi", "level", "n_valid"}}``; resamples where a metric is undefined
     (e.g. one class drawn) are skipped and counted out of ``n_valid``.
     """
-    y, p = _arrays(y, p)
+    y, p = labels_and_scores(y, p)
     names = list(metrics or METRICS)
     rng = np.random.default_rng(seed)
     if groups is None:
