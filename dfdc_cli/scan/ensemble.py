@@ -22,6 +22,7 @@ The tests drive these functions directly; the scanner (:mod:`dfdc_cli.scan.scann
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
@@ -198,10 +199,7 @@ def aggregate_video(
 
 def most_faces_in_a_window(faces) -> int:
     """The number of faces of a video: the most face tubes of any one window it was read in."""
-    per_window: dict[int, int] = {}
-    for f in faces:
-        per_window[int(f.window)] = per_window.get(int(f.window), 0) + 1
-    return max(per_window.values(), default=0)
+    return max(Counter(int(f.window) for f in faces).values(), default=0)
 
 
 def window_figures(faces, members: Sequence[str], weights, rule: "VerdictRule") -> tuple[dict, Optional[float]]:
